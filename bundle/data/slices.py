@@ -1,0 +1,193 @@
+"""Axial slices of every volume, extracted once and cached, so no volume is re-read per sample per epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from monai.transforms import Compose, LoadImaged, ScaleIntensityRangePercentilesd
+
+from bundle.data.datalist import SCORE_KEYS, DatalistError, entry_name
+from bundle.transforms.slicing import ExtractSlicesd
+
+__all__ = ["SliceCache", "volume_transform"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def volume_transform(
+    spatial_size: int = 128,
+    slice_axis: int | None = None,
+    lower: float = 0.5,
+    upper: float = 99.5,
+    with_label: bool = True,
+) -> Compose:
+    """Read a volume (and its mask), normalise intensities per volume, cut and resize its axial slices.
+
+    Intensities are mapped from the volume's ``lower``..``upper`` percentiles to 0..1 (clipped); slices are
+    resized with linear interpolation, masks with nearest.
+
+    Args:
+        spatial_size: in-plane size of the slices.
+        slice_axis: spatial axis to slice along; None reads it from the image geometry.
+        lower: lower intensity percentile mapped to 0.
+        upper: upper intensity percentile mapped to 1.
+        with_label: also read and slice the ``label`` key.
+
+    Returns:
+        a transform from ``{"image": path[, "label": path]}`` to ``{"image": (S, 1, h, w)[, "label": ...]}``.
+    """
+    keys = ["image", "label"] if with_label else ["image"]
+    return Compose(
+        [
+            LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+            ScaleIntensityRangePercentilesd(keys="image", lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
+            ExtractSlicesd(keys=keys, spatial_size=spatial_size, slice_axis=slice_axis,
+                           mode=["bilinear", "nearest"][: len(keys)]),  # fmt: skip
+        ]
+    )
+
+
+def _fingerprint(path: str) -> list:
+    """Identity of a file or folder's content for cache keys: names, sizes and modification times."""
+    if os.path.isdir(path):
+        return sorted((f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns)
+                      for f in os.listdir(path))  # fmt: skip
+    st = os.stat(path)
+    return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
+
+
+class SliceCache:
+    """The 2D slices of a list of volumes, held in memory as compact arrays and kept on disk between runs.
+
+    Each volume is read once (:func:`volume_transform`); its slices are stored as float16 images and uint8 masks
+    in ``cache_dir`` under a key of the file's identity and the preprocessing settings, so later runs skip the
+    read. :meth:`records` gives per-slice dicts for a MONAI ``Dataset``.
+
+    Args:
+        entries: datalist entries (absolute ``image``, optional ``label``, ``patient``, optional scores).
+        spatial_size: in-plane size of the slices.
+        slice_axis: spatial axis to slice along; None reads it from each image's geometry.
+        cache_dir: folder of the on-disk cache; None keeps the slices in memory only.
+        lower: lower intensity percentile of the per-volume normalisation.
+        upper: upper intensity percentile of the per-volume normalisation.
+        num_workers: threads reading volumes in parallel (0: in this thread).
+
+    Raises:
+        DatalistError: naming the entry whose image or mask cannot be read or does not match.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[dict],
+        spatial_size: int = 128,
+        slice_axis: int | None = None,
+        cache_dir: str | None = None,
+        lower: float = 0.5,
+        upper: float = 99.5,
+        num_workers: int = 0,
+    ) -> None:
+        if int(spatial_size) < 8:
+            raise ValueError(f"spatial_size must be >= 8, got {spatial_size}")
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
+        self.entries = list(entries)
+        self.spatial_size = int(spatial_size)
+        self.slice_axis = slice_axis
+        self.cache_dir = cache_dir
+        self.lower, self.upper = float(lower), float(upper)
+        if cache_dir:
+            os.makedirs(cache_dir, exist_ok=True)
+        self._transforms: dict[bool, Compose] = {}  # built on the first read: a fully cached set reads nothing
+        if num_workers > 0 and len(self.entries) > 1:
+            with ThreadPoolExecutor(num_workers) as pool:
+                volumes = list(pool.map(self._volume, self.entries))
+        else:
+            volumes = [self._volume(e) for e in self.entries]
+        n_read = sum(v[3] for v in volumes)
+        counts = [len(v[0]) for v in volumes]
+        empty = np.zeros((0, self.spatial_size, self.spatial_size))
+        self.images = np.concatenate([v[0] for v in volumes] or [empty.astype(np.float16)])[:, None]
+        self.labels = np.concatenate([v[1] for v in volumes] or [empty.astype(np.uint8)])[:, None]
+        self.volume = np.repeat(np.arange(len(volumes)), counts)
+        self.slice = np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)])
+        self.slice_axes = [v[2] for v in volumes]
+        self.has_mask = np.array([bool(self.entries[v].get("label")) for v in self.volume], dtype=bool)
+        self.has_la = self.labels.any(axis=(1, 2, 3)) & self.has_mask
+        logger.info(
+            f"slice cache: {len(self.entries)} volumes, {len(self)} slices ({int(self.has_la.sum())} with LA); "
+            f"{n_read} volumes read, {len(self.entries) - n_read} from {cache_dir}"
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the slice arrays."""
+        return int(self.images.nbytes + self.labels.nbytes)
+
+    def _key(self, entry: dict) -> str:
+        ident = [CACHE_VERSION, _fingerprint(entry["image"]), _fingerprint(entry["label"]) if entry.get("label") else None,
+                 self.spatial_size, self.slice_axis, self.lower, self.upper]  # fmt: skip
+        return hashlib.sha1(json.dumps(ident, default=str).encode()).hexdigest()[:20]
+
+    def _volume(self, entry: dict) -> tuple[np.ndarray, np.ndarray, int, bool]:
+        """(images (S, h, w) float16, masks (S, h, w) uint8, slice axis, whether the volume was read now)."""
+        with_label = bool(entry.get("label"))
+        path = os.path.join(self.cache_dir, f"slices_{self._key(entry)}.npz") if self.cache_dir else None
+        if path and os.path.isfile(path):
+            try:
+                with np.load(path) as z:
+                    return z["image"], z["label"], int(z["axis"]), False
+            except (OSError, ValueError, KeyError):
+                logger.warning(f"{path}: unreadable cache file, re-reading {entry['image']}")
+        if with_label not in self._transforms:
+            self._transforms[with_label] = volume_transform(self.spatial_size, self.slice_axis, self.lower,
+                                                            self.upper, with_label)  # fmt: skip
+        try:
+            d = self._transforms[with_label]({"image": entry["image"], "label": entry["label"]} if with_label else {"image": entry["image"]})
+        except Exception as e:  # readers raise many types; the message must name the entry
+            cause = e.__cause__ or e
+            raise DatalistError(f"{entry_name(entry)}: cannot read and slice {entry['image']} ({cause})") from e
+        img = d["image"].numpy()[:, 0].astype(np.float16)
+        if with_label:
+            if d["label"].shape != d["image"].shape:
+                raise DatalistError(f"{entry_name(entry)}: mask slices {tuple(d['label'].shape)} do not match "
+                                    f"image slices {tuple(d['image'].shape)}")  # fmt: skip
+            lab = (d["label"].numpy()[:, 0] > 0).astype(np.uint8)
+        else:
+            lab = np.zeros(img.shape, np.uint8)
+        axis = int(d["slice_axis"])
+        if path:
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, image=img, label=lab, axis=axis)
+            os.replace(tmp, path)
+        return img, lab, axis, True
+
+    def records(self, indices: Sequence[int] | np.ndarray | None = None) -> list[dict]:
+        """Per-slice dicts for a MONAI ``Dataset``.
+
+        Each holds ``image`` (1, h, w) float16 and ``label`` (1, h, w) uint8 as views of the cache, ``volume``
+        (index in ``entries``), ``slice``, ``has_la``, and the entry's ``patient`` and scores where present.
+
+        Args:
+            indices: slice indices to include; None for all, a boolean mask is accepted.
+        """
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        extra = [{k: e[k] for k in ("patient", *SCORE_KEYS) if k in e} for e in self.entries]
+        return [
+            {"image": self.images[n], "label": self.labels[n], "volume": int(self.volume[n]),
+             "slice": int(self.slice[n]), "has_la": bool(self.has_la[n]), **extra[self.volume[n]]}  # fmt: skip
+            for n in idx
+        ]

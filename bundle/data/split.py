@@ -1,0 +1,112 @@
+"""Patient-level train/validation/test splits, deterministic by seed."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+import numpy as np
+
+from bundle.data.datalist import DatalistError, entry_name
+
+__all__ = ["PARTS", "split_patients", "check_split", "assign_split", "load_split", "save_split"]
+
+PARTS = ("train", "val", "test")
+
+
+def split_patients(
+    patients: Iterable[str], test_size: float = 20, val_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[str]]:
+    """Split patients into test, then the rest into train and validation (the paper: 20 test, 90:10).
+
+    The result depends only on the set of patients and the arguments, never on their order.
+
+    Args:
+        patients: patient ids (duplicates are collapsed).
+        test_size: number of test patients when >= 1, else the fraction of all patients; 0 for no test set.
+        val_fraction: fraction of the non-test patients used for validation (at least one when > 0).
+        seed: random seed.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
+
+    Raises:
+        DatalistError: when the sizes leave no training patient.
+    """
+    unique = sorted({str(p) for p in patients})
+    n = len(unique)
+    if test_size < 0 or not 0 <= val_fraction < 1:
+        raise DatalistError(f"split: test_size must be >= 0 and val_fraction in [0, 1), got {test_size}, {val_fraction}")
+    n_test = int(test_size) if test_size >= 1 else int(round(test_size * n))
+    n_rest = n - n_test
+    n_val = max(1, int(round(val_fraction * n_rest))) if val_fraction > 0 else 0
+    if n_rest - n_val < 1:
+        raise DatalistError(
+            f"split: {n} patients cannot hold {n_test} test and {n_val} validation patients and still train; "
+            "lower test_size (a count, or a fraction below 1)"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [unique[i] for i in order]
+    return {
+        "train": sorted(shuffled[n_test + n_val :]),
+        "val": sorted(shuffled[n_test : n_test + n_val]),
+        "test": sorted(shuffled[:n_test]),
+    }
+
+
+def check_split(split: dict[str, list[str]], source: str = "split") -> None:
+    """Raise when a patient is listed in two parts of ``split``.
+
+    Raises:
+        DatalistError: naming the patient and both parts.
+    """
+    seen: dict[str, str] = {}
+    for part in PARTS:
+        for p in split.get(part, []):
+            if p in seen and seen[p] != part:
+                raise DatalistError(f"{source}: patient {p} is in both '{seen[p]}' and '{part}'")
+            seen[p] = part
+
+
+def assign_split(entries: list[dict], split: dict[str, list[str]], source: str = "split") -> dict[str, list[dict]]:
+    """Distribute datalist entries to the split parts by their patient.
+
+    Raises:
+        DatalistError: when an entry's patient is in two parts or in none.
+    """
+    check_split(split, source)
+    part_of = {p: part for part in PARTS for p in split.get(part, [])}
+    out: dict[str, list[dict]] = {part: [] for part in PARTS}
+    for e in entries:
+        part = part_of.get(str(e.get("patient")))
+        if part is None:
+            raise DatalistError(f"{entry_name(e)}: patient is in no part of {source}")
+        out[part].append(e)
+    return out
+
+
+def save_split(split: dict, path: str) -> str:
+    """Write ``split`` (patients per part, plus any extra keys) as JSON; returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(split, f, indent=1)
+    return path
+
+
+def load_split(path: str) -> dict[str, list[str]]:
+    """Read a split JSON written by :func:`save_split` (or by hand: ``{"train": [...], "val": [...], "test": [...]}``).
+
+    Raises:
+        DatalistError: when the file is missing or malformed, or a patient is in two parts.
+    """
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DatalistError(f"{path}: not a readable split file ({e})") from e
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(p, []), list) for p in PARTS):
+        raise DatalistError(f"{path}: a split file maps 'train', 'val' and 'test' to lists of patient ids")
+    split = {p: [str(x) for x in raw.get(p, [])] for p in PARTS}
+    check_split(split, os.path.basename(path))
+    return split

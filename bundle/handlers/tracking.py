@@ -1,0 +1,79 @@
+"""MLflow tracking of a bundle run: MONAI's handler plus provenance tags, run files and the best-epoch summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+from ignite.engine import Engine
+
+from monai.handlers import MLFlowHandler
+
+from bundle.utils import provenance_tags
+
+__all__ = ["MLflowTracker"]
+
+logger = logging.getLogger(__name__)
+
+
+class MLflowTracker(MLFlowHandler):
+    """MONAI's ``MLFlowHandler`` with what every run of this bundle records.
+
+    On top of MONAI's parameters, per-iteration loss and per-epoch metrics it logs, when the run starts, the
+    provenance tags (package versions, git commit) and ``start_artifacts`` (the split, the resolved config); when
+    the run completes, ``artifacts`` (the best checkpoint) and the best-epoch metrics from ``summary_file`` as
+    ``best_<name>``.
+
+    Args:
+        tags: extra run tags, merged over the provenance tags.
+        start_artifacts: files logged as soon as the run starts (missing ones are skipped).
+        summary_file: JSON written by :class:`bundle.handlers.BestMetrics`, read when the run completes.
+        bundle_root: repository whose git commit is recorded.
+        kwargs: arguments of ``monai.handlers.MLFlowHandler`` (``tracking_uri``, ``experiment_name``,
+            ``run_name``, ``experiment_param``, ``artifacts``, ...).
+    """
+
+    def __init__(
+        self,
+        tags: dict | None = None,
+        start_artifacts: Sequence[str] | None = None,
+        summary_file: str | None = None,
+        bundle_root: str = ".",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.tags = dict(tags or {})
+        self.start_artifacts = [p for p in (start_artifacts or []) if p]
+        self.summary_file = summary_file
+        self.bundle_root = bundle_root
+
+    @property
+    def run_id(self) -> str | None:
+        """Id of the MLflow run, once started."""
+        return self.cur_run.info.run_id if self.cur_run else None
+
+    def start(self, engine: Engine) -> None:
+        super().start(engine)
+        tags = {**provenance_tags(self.bundle_root), **{k: str(v) for k, v in self.tags.items()}}
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+        for path in self.start_artifacts:
+            self.log_artifact(path)
+        logger.info(f"MLflow run {self.run_id} ({self.cur_run.info.run_name}) in {self.client.tracking_uri}")
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Log a file to the current run (nothing when no run is active or the file is missing)."""
+        if self.run_id and path and os.path.isfile(path):
+            self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def complete(self) -> None:
+        if self.cur_run and self.summary_file and os.path.isfile(self.summary_file):
+            with open(self.summary_file) as f:
+                summary = json.load(f)
+            best = {f"best_{k}": float(v) for k, v in summary.get("metrics", {}).items()}
+            best["best_epoch"] = float(summary.get("epoch", 0))
+            self._log_metrics(best, step=int(summary.get("epoch", 0)))
+            self.log_artifact(self.summary_file)
+        super().complete()

@@ -1,0 +1,1 @@
+from bundle.metrics.segmentation import VolumeDice, la_presence, volume_dice

@@ -1,0 +1,85 @@
+"""Stage-1 metrics: per-volume (3D) Dice from slice predictions, and slice-level LA presence."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Metric
+
+from monai.handlers import from_engine
+
+__all__ = ["VolumeDice", "la_presence", "volume_dice"]
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(i) for i in x]) if isinstance(x, (list, tuple)) else torch.as_tensor(x)
+
+
+def la_presence(output: Sequence[dict] | dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slice-level LA presence from an evaluator's (decollated) output, for MONAI's ``ConfusionMatrix`` handler.
+
+    A slice contains the LA when any pixel of its binarised prediction (the postprocessing thresholds the
+    sigmoid at ``t``) is set: the paper's slice selection rule.
+
+    Args:
+        output: ``engine.state.output``, a list of per-slice dicts (or one batched dict) with ``pred`` and
+            ``label`` of shape ``(1, h, w)``.
+
+    Returns:
+        predicted and true presence, each of shape ``(batch, 1)``.
+    """
+    pred, label = from_engine(["pred", "label"])(output)
+    pred, label = _as_tensor(pred), _as_tensor(label)
+    return (pred.flatten(1) > 0.5).any(1, keepdim=True).float(), (label.flatten(1) > 0.5).any(1, keepdim=True).float()
+
+
+def volume_dice(intersection: float, pred_sum: float, label_sum: float) -> float:
+    """Dice of one volume from its summed intersection and sizes; NaN when both are empty."""
+    total = pred_sum + label_sum
+    return float("nan") if total == 0 else 2.0 * intersection / total
+
+
+class VolumeDice(Metric):
+    """3D Dice per volume, averaged over volumes, from binarised per-slice predictions.
+
+    MONAI's ``DiceMetric`` scores each item of a batch on its own; here the items are slices and a volume's
+    slices are spread over batches, so intersections and sizes are summed per volume id (read from the
+    engine's batch) and the Dice is taken once per volume at the end of the epoch. Volumes without LA in both
+    prediction and label are left out of the mean.
+
+    Args:
+        output_transform: maps ``engine.state.output`` to ``(pred, label)``.
+        volume_key: key of the volume id in the engine's batch items.
+    """
+
+    def __init__(
+        self, output_transform: Callable = from_engine(["pred", "label"]), volume_key: str = "volume"
+    ) -> None:
+        self.volume_key = volume_key
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._sums: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(3))
+
+    def update(self, output: tuple) -> None:
+        """``output``: ``(pred, label, volume_ids)`` with pred and label ``(batch, 1, h, w)`` binary."""
+        pred, label, volumes = output
+        pred, label = _as_tensor(pred).flatten(1) > 0.5, _as_tensor(label).flatten(1) > 0.5
+        inter, ps, ls = (pred & label).sum(1), pred.sum(1), label.sum(1)
+        for v, i, p, g in zip(volumes, inter.tolist(), ps.tolist(), ls.tolist()):
+            self._sums[int(v)] += (i, p, g)
+
+    def compute(self) -> float:
+        scores = [volume_dice(*s) for s in self._sums.values()]
+        scores = [s for s in scores if not np.isnan(s)]
+        return float(np.mean(scores)) if scores else float("nan")
+
+    def iteration_completed(self, engine: Engine) -> None:
+        pred, label = self._output_transform(engine.state.output)
+        batch = engine.state.batch
+        volumes = [b[self.volume_key] for b in batch] if isinstance(batch, list) else list(batch[self.volume_key])
+        self.update((pred, label, [int(v) for v in volumes]))

@@ -1,0 +1,2 @@
+from bundle.transforms.augment import RandSliceAffine, RandSliceAffined
+from bundle.transforms.slicing import ExtractSlices, ExtractSlicesd, resolve_slice_axis

@@ -1,0 +1,107 @@
+"""Small helpers the configs call: provenance tags, keeping old checkpoints, saving the resolved config."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+
+__all__ = ["backup_existing", "git_commit", "package_versions", "provenance_tags", "save_resolved_config"]
+
+logger = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "monai", "numpy", "pytorch-ignite", "mlflow", "nibabel", "pydicom", "itk", "scikit-image",
+            "scikit-learn")  # fmt: skip
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` ("missing" where not installed)."""
+    out = {}
+    for p in packages:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = "missing"
+    return out
+
+
+def git_commit(path: str = ".") -> str:
+    """The git commit of the repository holding ``path`` (with ``-dirty`` when it has local changes), or "unknown"."""
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance_tags(bundle_root: str = ".") -> dict[str, str]:
+    """Tags every run carries: package versions, python, platform and the bundle's git commit."""
+    tags = {f"version.{k}": v for k, v in package_versions().items()}
+    tags.update({"version.python": platform.python_version(), "platform": platform.platform(),
+                 "git_commit": git_commit(bundle_root)})  # fmt: skip
+    try:
+        import torch
+
+        tags["device.cuda"] = str(torch.cuda.is_available())
+    except ImportError:
+        pass
+    return tags
+
+
+def backup_existing(path: str, overwrite: bool = False) -> str | None:
+    """Keep an existing file before a run replaces it: moved to ``<stem>.<time><suffix>`` beside it.
+
+    Args:
+        path: file a run is about to write (e.g. ``models/model.pt``).
+        overwrite: True lets the run replace the file without a copy.
+
+    Returns:
+        the backup path, or None when nothing was moved.
+    """
+    if overwrite or not os.path.isfile(path):
+        return None
+    stem, suffix = os.path.splitext(path)
+    backup = f"{stem}.{time.strftime('%Y%m%d_%H%M%S')}{suffix}"
+    n = 1
+    while os.path.exists(backup):
+        backup, n = f"{stem}.{time.strftime('%Y%m%d_%H%M%S')}_{n}{suffix}", n + 1
+    shutil.move(path, backup)
+    logger.info(f"kept the previous {path} as {backup}")
+    return backup
+
+
+def save_resolved_config(path: str) -> str | None:
+    """Write the config of the running bundle workflow (all files merged, command-line overrides applied) as JSON.
+
+    The bundle runner gives expressions no handle on its parser, so the parser is looked up in the calling
+    frames (the expression is evaluated inside ``ConfigParser.get_parsed_content``).
+
+    Args:
+        path: output JSON path.
+
+    Returns:
+        ``path``, or None when called outside a bundle config.
+    """
+    from monai.bundle import ConfigParser
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ConfigParser):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(candidate.get(), f, indent=1, default=str)
+            return path
+        frame = frame.f_back
+    logger.warning("save_resolved_config: not called from a bundle config; nothing saved")
+    return None

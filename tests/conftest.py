@@ -1,0 +1,57 @@
+"""Shared fixtures: small generated datasets, so the tests never need ../shared data."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+LA2018 = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "la2018"))
+
+
+def write_nifti(path: str, array: np.ndarray, affine: np.ndarray | None = None) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> str:
+    """A small synthetic demo set (8 patients, 32x32x8 voxels): returns its datalist path."""
+    from bundle.data.demo import make_demo_dataset
+
+    return make_demo_dataset(str(tmp_path_factory.mktemp("demo")), n_patients=8, shape=(32, 32, 8),
+                             spacing=(2.5, 2.5, 5.0))  # fmt: skip
+
+
+@pytest.fixture
+def toy_dataset(tmp_path):
+    """A folder with two patients' images and masks and a datalist writer for variations of its entries."""
+    rng = np.random.default_rng(0)
+    for p in ("a", "b"):
+        img = rng.integers(0, 200, (16, 12, 6)).astype(np.uint8)
+        lab = np.zeros((16, 12, 6), np.uint8)
+        lab[4:10, 3:8, 2:4] = 1
+        write_nifti(str(tmp_path / "images" / f"{p}.nii.gz"), img)
+        write_nifti(str(tmp_path / "labels" / f"{p}.nii.gz"), lab)
+
+    def make(seg=None, quality=None, name="dataset.json") -> str:
+        seg = seg if seg is not None else [
+            {"image": f"images/{p}.nii.gz", "label": f"labels/{p}.nii.gz", "patient": p} for p in ("a", "b")]
+        quality = quality if quality is not None else [
+            {"image": f"images/{p}.nii.gz", "patient": p, "nulling": 3, "sharpness": 4, "enhancement": 2,
+             "fibrosis": 5} for p in ("a", "b")]  # fmt: skip
+        path = tmp_path / name
+        path.write_text(json.dumps({"segmentation": seg, "quality": quality}))
+        return str(path)
+
+    make.root = tmp_path
+    return make
