@@ -168,7 +168,7 @@ class SliceCache:
             lab = np.zeros(img.shape, np.uint8)
         axis = int(d["slice_axis"])
         if path:
-            tmp = path + ".tmp.npz"
+            tmp = f"{path}.{os.getpid()}.tmp.npz"  # unique per process: ranks may fill the cache at once
             np.savez(tmp, image=img, label=lab, axis=axis)
             os.replace(tmp, path)
         return img, lab, axis, True
