@@ -140,8 +140,7 @@ class SliceCache:
             n_read = sum(v[3] for v in volumes)
             counts = [len(v[0]) for v in volumes]
             empty = np.zeros((0, self.spatial_size, self.spatial_size))
-            images = np.concatenate([v[0] for v in volumes] or [empty.astype(np.float16)])[:, None]
-            self.images = _encode(images, dtype)
+            self.images = np.concatenate([_encode(v[0], dtype) for v in volumes] or [_encode(empty, dtype)])[:, None]
             self.labels = np.concatenate([v[1] for v in volumes] or [empty.astype(np.uint8)])[:, None]
             self.volume = np.repeat(np.arange(len(volumes)), counts)
             self.slice = np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)])
