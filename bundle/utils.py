@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import json
@@ -12,7 +13,17 @@ import shutil
 import subprocess
 import time
 
-__all__ = ["backup_existing", "git_commit", "package_versions", "provenance_tags", "save_resolved_config"]
+__all__ = [
+    "backup_existing",
+    "cleanup_distributed",
+    "git_commit",
+    "init_distributed",
+    "is_rank0",
+    "package_versions",
+    "provenance_tags",
+    "rank0_first",
+    "save_resolved_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +116,64 @@ def save_resolved_config(path: str) -> str | None:
         frame = frame.f_back
     logger.warning("save_resolved_config: not called from a bundle config; nothing saved")
     return None
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def is_rank0() -> bool:
+    """True in a single process and on the global rank 0 of a distributed run (``RANK`` set by ``torchrun``)."""
+    dist = _dist()
+    return (dist.get_rank() if dist else int(os.environ.get("RANK", "0"))) == 0
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); nothing otherwise.
+
+    NCCL on CUDA, gloo on CPU; each process uses the GPU of its ``LOCAL_RANK``. Multi-node runs need nothing
+    more: ``torchrun``'s rendezvous sets the environment this reads.
+
+    Args:
+        backend: process-group backend; None picks "nccl" when CUDA is available, else "gloo".
+
+    Returns:
+        whether this process is part of a distributed run.
+    """
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return True
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group, if any (the last step of a distributed run)."""
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Let the global rank 0 do a block first (write a cache, a demo set) while the other ranks wait, then them.
+
+    A no-op outside a distributed run.
+    """
+    dist = _dist()
+    if dist is not None and dist.get_rank() > 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if dist is not None and dist.get_rank() == 0:
+            dist.barrier()

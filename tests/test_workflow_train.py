@@ -99,3 +99,19 @@ def test_bad_datalist_stops_before_training(toy_dataset, tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("ERROR data: dataset.json: segmentation[0] (patient a): image not found"), last
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_speed_switches_smoke(tiny_demo, tmp_path):
+    switches = {"cache_dtype": "uint8", "cache_mmap": True, "augment_on_device": True, "channels_last": True,
+                "autocast": "bf16"}  # fmt: skip
+    wf = ConfigWorkflow(config_file=CONFIG, workflow_type="train", datalist=tiny_demo, output_dir=str(tmp_path / "r"),
+                        ckpt_dir=str(tmp_path / "m"), **TINY, **switches)  # fmt: skip
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    state = torch.load(tmp_path / "m" / "model.pt", map_location="cpu")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    client, runs = _runs(tmp_path / "r")
+    assert runs[0].data.params["autocast"] == "bf16" and "val_mean_dice" in runs[0].data.metrics

@@ -10,6 +10,7 @@ from bundle.data.datalist import LIST_KEYS, DatalistError, load_datalist, valida
 from bundle.data.demo import make_demo_dataset
 from bundle.data.slices import SliceCache
 from bundle.data.split import PARTS, assign_split, load_split, save_split, split_patients
+from bundle.utils import is_rank0, rank0_first
 
 __all__ = ["DataSplit", "cached_slices", "prepare_data", "resolve_datalist"]
 
@@ -106,7 +107,8 @@ def prepare_data(
             written outside ``output_dir``.
     """
     try:
-        path, root = resolve_datalist(dataset_dir, datalist, os.path.join(output_dir, "demo"))
+        with rank0_first():  # in a distributed run rank 0 writes the demo set, the others then read it
+            path, root = resolve_datalist(dataset_dir, datalist, os.path.join(output_dir, "demo"))
         lists = load_datalist(path, root, LIST_KEYS)
         validate_datalist(lists, check_geometry=check_geometry)
         patients = {e["patient"] for v in lists.values() for e in v}
@@ -116,7 +118,7 @@ def prepare_data(
         raise SystemExit(f"ERROR data: {e}") from None
     sizes = ", ".join(f"{p} {len(data.split[p])}" for p in PARTS)
     logger.info(f"datalist {path}: {sum(map(len, lists.values()))} entries; patients: {sizes}")
-    if save_split_to:
+    if save_split_to and is_rank0():
         save_split(data.to_dict(), save_split_to)
     return data
 
@@ -134,6 +136,7 @@ def cached_slices(data: DataSplit, list_name: str, part: str, **kwargs) -> Slice
         SystemExit: with one line naming the entry whose volume cannot be read or sliced.
     """
     try:
-        return SliceCache(data.entries(list_name, part), **kwargs)
+        with rank0_first():  # rank 0 fills the on-disk cache, the other ranks then read it
+            return SliceCache(data.entries(list_name, part), **kwargs)
     except DatalistError as e:
         raise SystemExit(f"ERROR data: {e}") from None

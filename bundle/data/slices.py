@@ -21,6 +21,14 @@ __all__ = ["SliceCache", "volume_transform"]
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+_DTYPES = {"float16": np.float16, "uint8": np.uint8}
+
+
+def _encode(images: np.ndarray, dtype: str) -> np.ndarray:
+    """Images in 0..1 stored as ``dtype``: float16 as is, uint8 as round(255 x)."""
+    if dtype == "uint8":
+        return np.round(images.astype(np.float32) * 255).astype(np.uint8)
+    return images.astype(np.float16, copy=False)
 
 
 def volume_transform(
@@ -68,9 +76,12 @@ def _fingerprint(path: str) -> list:
 class SliceCache:
     """The 2D slices of a list of volumes, held in memory as compact arrays and kept on disk between runs.
 
-    Each volume is read once (:func:`volume_transform`); its slices are stored as float16 images and uint8 masks
-    in ``cache_dir`` under a key of the file's identity and the preprocessing settings, so later runs skip the
-    read. :meth:`records` gives per-slice dicts for a MONAI ``Dataset``.
+    Each volume is read once (:func:`volume_transform`); its slices are stored as float16 (or uint8: 0..1 in steps
+    of 1/255, lossless for 8-bit scans) images and uint8 masks in ``cache_dir`` under a key of the file's identity
+    and the preprocessing settings, so later runs skip the read. With ``mmap`` the whole set is also written as
+    one array file and memory-mapped: loader workers then share the operating system's page cache instead of
+    each holding the slices, and a later run opens the set without assembling it. :meth:`records` gives per-slice
+    dicts for a MONAI ``Dataset`` (decode the images with :class:`bundle.transforms.DecodeSliced`).
 
     Args:
         entries: datalist entries (absolute ``image``, optional ``label``, ``patient``, optional scores).
@@ -80,6 +91,8 @@ class SliceCache:
         lower: lower intensity percentile of the per-volume normalisation.
         upper: upper intensity percentile of the per-volume normalisation.
         num_workers: threads reading volumes in parallel (0: in this thread).
+        dtype: storage of the images, "float16" or "uint8".
+        mmap: memory-map the assembled set from ``cache_dir`` (needs ``cache_dir``).
 
     Raises:
         DatalistError: naming the entry whose image or mask cannot be read or does not match.
@@ -94,7 +107,13 @@ class SliceCache:
         lower: float = 0.5,
         upper: float = 99.5,
         num_workers: int = 0,
+        dtype: str = "float16",
+        mmap: bool = False,
     ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        if mmap and not cache_dir:
+            raise ValueError("mmap needs a cache_dir")
         if int(spatial_size) < 8:
             raise ValueError(f"spatial_size must be >= 8, got {spatial_size}")
         if not 0 <= lower < upper <= 100:
@@ -104,22 +123,31 @@ class SliceCache:
         self.slice_axis = slice_axis
         self.cache_dir = cache_dir
         self.lower, self.upper = float(lower), float(upper)
+        self.dtype = dtype
         if cache_dir:
             os.makedirs(cache_dir, exist_ok=True)
         self._transforms: dict[bool, Compose] = {}  # built on the first read: a fully cached set reads nothing
-        if num_workers > 0 and len(self.entries) > 1:
-            with ThreadPoolExecutor(num_workers) as pool:
-                volumes = list(pool.map(self._volume, self.entries))
+        set_path = self._set_path() if mmap else None
+        if set_path and os.path.isfile(set_path + "_index.npz"):
+            n_read = 0
+            self._open_set(set_path)
         else:
-            volumes = [self._volume(e) for e in self.entries]
-        n_read = sum(v[3] for v in volumes)
-        counts = [len(v[0]) for v in volumes]
-        empty = np.zeros((0, self.spatial_size, self.spatial_size))
-        self.images = np.concatenate([v[0] for v in volumes] or [empty.astype(np.float16)])[:, None]
-        self.labels = np.concatenate([v[1] for v in volumes] or [empty.astype(np.uint8)])[:, None]
-        self.volume = np.repeat(np.arange(len(volumes)), counts)
-        self.slice = np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)])
-        self.slice_axes = [v[2] for v in volumes]
+            if num_workers > 0 and len(self.entries) > 1:
+                with ThreadPoolExecutor(num_workers) as pool:
+                    volumes = list(pool.map(self._volume, self.entries))
+            else:
+                volumes = [self._volume(e) for e in self.entries]
+            n_read = sum(v[3] for v in volumes)
+            counts = [len(v[0]) for v in volumes]
+            empty = np.zeros((0, self.spatial_size, self.spatial_size))
+            self.images = np.concatenate([_encode(v[0], dtype) for v in volumes] or [_encode(empty, dtype)])[:, None]
+            self.labels = np.concatenate([v[1] for v in volumes] or [empty.astype(np.uint8)])[:, None]
+            self.volume = np.repeat(np.arange(len(volumes)), counts)
+            self.slice = np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)])
+            self.slice_axes = [v[2] for v in volumes]
+            if set_path:
+                self._write_set(set_path)
+                self._open_set(set_path)
         self.has_mask = np.array([bool(self.entries[v].get("label")) for v in self.volume], dtype=bool)
         self.has_la = self.labels.any(axis=(1, 2, 3)) & self.has_mask
         logger.info(
@@ -134,6 +162,25 @@ class SliceCache:
     def nbytes(self) -> int:
         """Memory held by the slice arrays."""
         return int(self.images.nbytes + self.labels.nbytes)
+
+    def _set_path(self) -> str:
+        key = hashlib.sha1(json.dumps([self._key(e) for e in self.entries] + [self.dtype]).encode()).hexdigest()[:20]
+        return os.path.join(self.cache_dir, f"set_{key}")
+
+    def _write_set(self, path: str) -> None:
+        for name, arr in (("images", self.images), ("labels", self.labels)):
+            tmp = f"{path}_{name}.{os.getpid()}.tmp.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, f"{path}_{name}.npy")
+        tmp = f"{path}_index.{os.getpid()}.tmp.npz"
+        np.savez(tmp, volume=self.volume, slice=self.slice, axes=np.asarray(self.slice_axes, int))
+        os.replace(tmp, f"{path}_index.npz")  # written last: its presence marks a complete set
+
+    def _open_set(self, path: str) -> None:
+        self.images = np.load(f"{path}_images.npy", mmap_mode="r")
+        self.labels = np.load(f"{path}_labels.npy", mmap_mode="r")
+        with np.load(f"{path}_index.npz") as z:
+            self.volume, self.slice, self.slice_axes = z["volume"], z["slice"], z["axes"].tolist()
 
     def _key(self, entry: dict) -> str:
         ident = [CACHE_VERSION, _fingerprint(entry["image"]), _fingerprint(entry["label"]) if entry.get("label") else None,
@@ -168,7 +215,7 @@ class SliceCache:
             lab = np.zeros(img.shape, np.uint8)
         axis = int(d["slice_axis"])
         if path:
-            tmp = path + ".tmp.npz"
+            tmp = f"{path}.{os.getpid()}.tmp.npz"  # unique per process: ranks may fill the cache at once
             np.savez(tmp, image=img, label=lab, axis=axis)
             os.replace(tmp, path)
         return img, lab, axis, True

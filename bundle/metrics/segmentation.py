@@ -11,6 +11,7 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 
 from monai.handlers import from_engine
+from monai.utils import evenly_divisible_all_gather
 
 __all__ = ["VolumeDice", "la_presence", "volume_dice"]
 
@@ -73,8 +74,21 @@ class VolumeDice(Metric):
         for v, i, p, g in zip(volumes, inter.tolist(), ps.tolist(), ls.tolist()):
             self._sums[int(v)] += (i, p, g)
 
+    def _gathered_sums(self) -> dict[int, np.ndarray]:
+        """Per-volume sums over all ranks: in a distributed run a volume's slices may be spread over ranks."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return self._sums
+        rows = torch.tensor([[v, *s] for v, s in self._sums.items()], dtype=torch.float64).reshape(-1, 4)
+        if dist.get_backend() == "nccl":
+            rows = rows.cuda()
+        merged: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(3))
+        for v, *s in evenly_divisible_all_gather(rows, concat=True).cpu().tolist():
+            merged[int(v)] += s
+        return merged
+
     def compute(self) -> float:
-        scores = [volume_dice(*s) for s in self._sums.values()]
+        scores = [volume_dice(*s) for s in self._gathered_sums().values()]
         scores = [s for s in scores if not np.isnan(s)]
         return float(np.mean(scores)) if scores else float("nan")
 

@@ -1,2 +1,4 @@
-from bundle.transforms.augment import RandSliceAffine, RandSliceAffined
+from bundle.transforms.augment import BatchRandSliceAffine, RandSliceAffine, RandSliceAffined
+from bundle.transforms.intensity import DecodeSlice, DecodeSliced
+from bundle.transforms.pipelines import slice_pipeline
 from bundle.transforms.slicing import ExtractSlices, ExtractSlicesd, resolve_slice_axis

@@ -68,3 +68,21 @@ def test_invalid_options(toy_dataset):
     with pytest.raises(ValueError):
         SliceCache([], lower=50, upper=10)
     assert len(SliceCache([], spatial_size=16)) == 0
+
+
+def test_uint8_and_memory_mapped_set(toy_dataset, tmp_path):
+    entries = _entries(toy_dataset)
+    ref = SliceCache(entries, spatial_size=16, cache_dir=str(tmp_path / "c"))
+    small = SliceCache(entries, spatial_size=16, cache_dir=str(tmp_path / "c"), dtype="uint8", mmap=True)
+    assert small.images.dtype == np.uint8 and isinstance(small.images, np.memmap)
+    assert small.nbytes < ref.nbytes
+    np.testing.assert_allclose(small.images / 255.0, ref.images.astype(np.float32), atol=1 / 255 + 1e-3)
+    np.testing.assert_array_equal(small.labels, ref.labels)
+    assert small.has_la.tolist() == ref.has_la.tolist()
+    again = SliceCache(entries, spatial_size=16, cache_dir=str(tmp_path / "c"), dtype="uint8", mmap=True)
+    np.testing.assert_array_equal(again.images, small.images)
+    assert again.slice.tolist() == ref.slice.tolist() and again.slice_axes == [2, 2]
+    with pytest.raises(ValueError):
+        SliceCache(entries, spatial_size=16, mmap=True)
+    with pytest.raises(ValueError):
+        SliceCache(entries, spatial_size=16, dtype="int4")

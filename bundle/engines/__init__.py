@@ -1,0 +1,1 @@
+from bundle.engines.prepare_batch import SlicePrepareBatch

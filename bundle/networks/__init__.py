@@ -1,0 +1,1 @@
+from bundle.networks.prepare import AUTOCAST_DTYPES, prepare_network
