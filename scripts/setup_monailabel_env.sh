@@ -6,9 +6,9 @@
 #
 # VENV_DIR defaults to $LA_LGE_QA_MONAILABEL_VENV, else ${XDG_CACHE_HOME:-$HOME/.cache}/la_lge_qa/monailabel-venv.
 # PYTHON picks the interpreter (default python3; tested with 3.11). The environment is reused as long as the hash of
-# the requirements file and the interpreter's version, stored in VENV_DIR/.la_lge_qa_requirements.sha256, match;
-# otherwise it is rebuilt. A folder that this script did not build is never deleted. The last line printed on stdout
-# is the environment's path; progress goes to stderr.
+# the requirements (comments aside) and the interpreter's version, stored in VENV_DIR/.la_lge_qa_requirements.sha256,
+# match; otherwise it is rebuilt. A folder that this script did not build is never deleted. The last line printed on
+# stdout is the environment's path; progress goes to stderr.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +24,8 @@ die() { echo "ERROR setup_monailabel_env: $*" >&2; exit 1; }
 command -v "$python" >/dev/null || die "interpreter '$python' not found (set PYTHON)"
 pyver="$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' || die "$python is $pyver; need >= 3.9"
-hash="$( { cat "$req"; echo "python $pyver"; } | sha256sum | cut -d' ' -f1)"
+# the requirements without comments and blank lines, and the interpreter's version: what the environment is made of
+hash="$( { grep -v -E '^[[:space:]]*(#|$)' "$req"; echo "python $pyver"; } | sha256sum | cut -d' ' -f1)"
 
 mkdir -p "$(dirname "$venv")"
 exec 9>"$venv.lock"  # one build at a time per environment (CI jobs may share a cache)
@@ -54,7 +55,8 @@ touch "$venv/.la_lge_qa_building"
 "$venv/bin/python" -m pip install --quiet --no-deps --no-cache-dir -r "$req"
 
 # The only inconsistency pip may report is the deliberately omitted sam2 (see requirements-monailabel.txt).
-problems="$("$venv/bin/python" -m pip check 2>&1 | grep -v -i -E '^monailabel [0-9.]+ requires sam2,|^No broken requirements' || true)"
+problems="$("$venv/bin/python" -m pip check 2>&1 \
+    | grep -v -i -E '^monailabel [0-9.]+ requires sam2,|^No broken requirements' || true)"
 [ -z "$problems" ] || die "pip check: $problems"
 "$venv/bin/python" - <<'PY' || die "the new environment does not import what the app needs"
 import importlib

@@ -83,13 +83,15 @@ class LALGEQAApp(MONAILabelApp):
             logger.warning(f"{LA_MODEL} not offered: no {self.bundle_root}/models/model.pt (train the detector first)")
         qa_config = os.path.join(self.bundle_root, self.conf.get("qa_config", "configs/qa_baseline.yaml"))
         qa_ckpt = os.path.join(self.bundle_root, self.conf.get("qa_checkpoint", "models/qa_baseline.pt"))
-        qa = QAClassification(la, self.bundle_root, [self.common, qa_config, *self.overlays, *self.qa_overlays], qa_ckpt)
+        qa_files = [self.common, qa_config, *self.overlays, *self.qa_overlays]
+        qa = QAClassification(la, self.bundle_root, qa_files, qa_ckpt)
         if qa.is_valid():
             infers[QA_MODEL] = qa
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        files = [self.common, os.path.join(self.bundle_root, "configs", "train.yaml"), *self.overlays, *self.la_overlays]
+        train = os.path.join(self.bundle_root, "configs", "train.yaml")
+        files = [self.common, train, *self.overlays, *self.la_overlays]
         return {
             LA_MODEL: BundleRunnerTrain(self.bundle_root, CODE_ROOT, files, ckpt_name="model.pt",
                                         patient_pattern=self.conf.get("patient_pattern"),

@@ -69,8 +69,9 @@ def _environment_problem() -> str | None:
                                                                               os.X_OK):  # fmt: skip
         return f"no MONAI Label environment at {VENV}"
     version = re.search(r"^version(?:_info)?\s*=\s*(\S+)", open(cfg).read(), re.M)
-    requirements = open(os.path.join(ROOT, "requirements-monailabel.txt"), "rb").read()
-    expected = hashlib.sha256(requirements + f"python {version.group(1) if version else '?'}\n".encode()).hexdigest()
+    lines = open(os.path.join(ROOT, "requirements-monailabel.txt")).read().splitlines()
+    pinned = "".join(f"{line}\n" for line in lines if line.strip() and not line.strip().startswith("#"))
+    expected = hashlib.sha256(f"{pinned}python {version.group(1) if version else '?'}\n".encode()).hexdigest()
     if open(stamp).read().strip() != expected:
         return f"the MONAI Label environment at {VENV} was built from other requirements"
     return None
