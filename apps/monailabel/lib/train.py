@@ -141,7 +141,9 @@ class BundleRunnerTrain(TrainTask):
         model = request.get("model", "train")
         run_name = request.get("tracking_run_name") or f"{model}_{time.strftime('%Y%m%d_%H%M%S')}"
         job_dir = os.path.join(self.bundle_root, "runs", "monailabel", run_name)
-        os.makedirs(job_dir, exist_ok=False)
+        if os.path.exists(job_dir):
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"run {run_name} exists ({job_dir}): pick another")
+        os.makedirs(job_dir)
         try:
             datalist = write_datalist(datalist_from_pairs(pairs, self.patient_pattern),
                                       os.path.join(job_dir, "datalist.json"))  # fmt: skip
