@@ -2,3 +2,4 @@ from bundle.transforms.augment import BatchRandSliceAffine, RandSliceAffine, Ran
 from bundle.transforms.intensity import DecodeSlice, DecodeSliced
 from bundle.transforms.pipelines import slice_pipeline
 from bundle.transforms.slicing import ExtractSlices, ExtractSlicesd, resolve_slice_axis
+from bundle.transforms.restore import RestoreSlices, RestoreSlicesd

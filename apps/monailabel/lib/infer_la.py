@@ -1,0 +1,96 @@
+"""LA segmentation for MONAI Label: the bundle's stage-1 detector on every axial slice, the mask on the study's grid."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from monai.bundle import ConfigParser
+from monai.transforms import SqueezeDimd
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LASegmentation"]
+
+
+class _Constants(BundleConstants):
+    """MONAI Label's bundle constants, pointed at our inference overlay instead of configs/inference.json."""
+
+    def __init__(self, config_name: str, ckpt_name: str) -> None:
+        self.config_name = config_name
+        self.ckpt_name = ckpt_name
+
+    def configs(self) -> Sequence[str]:
+        return [self.config_name]
+
+    def model_pytorch(self) -> str:
+        return self.ckpt_name
+
+
+class LASegmentation(BundleInferTask):
+    """The left-atrial blood pool of a 3D LGE-MRI study, as a label volume with the study's shape and affine.
+
+    MONAI Label's :class:`BundleInferTask` on the bundle itself (nothing is fetched): it reads ``preprocessing``,
+    ``inferer``, ``postprocessing`` and ``network_def`` from ``configs/common.yaml`` + ``configs/infer_la.yaml``
+    (+ any overlays), and the weights from ``<bundle_root>/models/model.pt``. The result file holds 1 on the LA and
+    0 elsewhere; the result JSON adds ``la_slices`` (indices, along ``slice_axis``, of the slices where any sigmoid
+    output reaches ``la_threshold``: the slices stage 2 reads), ``slice_axis`` and ``la_threshold``.
+
+    Args:
+        bundle_root: the bundle folder (``configs/``, ``models/``).
+        conf: MONAI Label's ``--conf`` options.
+        config_files: config files merged in order; the second must be ``<bundle_root>/configs/<name>``.
+        ckpt_name: weights file in ``<bundle_root>/models``.
+        kwargs: passed to :class:`BundleInferTask`.
+    """
+
+    def __init__(
+        self,
+        bundle_root: str,
+        conf: dict[str, str],
+        config_files: Sequence[str],
+        ckpt_name: str = "model.pt",
+        **kwargs: Any,
+    ) -> None:
+        self.config_files = [os.path.abspath(f) for f in config_files]
+        const = _Constants(os.path.basename(self.config_files[1]), ckpt_name)
+        # add_post_restore=False: the config's postprocessing already returns the study's grid and geometry (and
+        # MONAI Label's Restored would silently resize a mask of the wrong shape instead of failing)
+        super().__init__(bundle_root, conf, const=const, type=InferType.SEGMENTATION, add_post_restore=False,
+                         load_strict=True, **kwargs)  # fmt: skip
+        if not self.valid:
+            return
+        self.labels = {"left_atrium": 1}
+        self.dimension = 3  # metadata.json describes the 2D network; the task takes and returns 3D studies
+        self.description = "Left-atrial blood pool (stage 1 of the LGE-MRI quality assessment)"
+        self.la_threshold = float(self.bundle_config.get_parsed_content("la_threshold"))
+
+    def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(self.config_files)
+        parser.config.update({self.const.key_bundle_root(): path})  # type: ignore[union-attr]
+        return parser
+
+    def info(self) -> dict[str, Any]:
+        i = super().info()
+        i["config_files"] = self.config_files
+        return i
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
+        data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
+        logits = torch.as_tensor(data[self.output_label_key]).float()  # (1, S, h, w)
+        present = (torch.sigmoid(logits) >= self.la_threshold).flatten(2).any(-1).any(0)
+        result = data.setdefault(self.output_json_key, {})
+        result.update({"la_slices": torch.nonzero(present).flatten().tolist(), "slice_axis": int(data["slice_axis"]),
+                       "la_threshold": self.la_threshold})  # fmt: skip
+        return data
+
+    def post_transforms(self, data: dict | None = None) -> Sequence[Callable]:
+        # (1, X, Y, Z) -> (X, Y, Z): MONAI Label's writer takes a channel-less label volume (its affine is the study's)
+        return [*super().post_transforms(data), SqueezeDimd(keys=self.output_label_key, dim=0)]
