@@ -74,6 +74,7 @@ def export(tmp_path_factory):
     write_nifti(str(root / "vols" / "flat.nii.gz"), phantom((20, 18, 1)).astype(np.int16))
     write_nifti(str(root / "vols" / "blank.nii.gz"), np.full((20, 18, 12), 100, np.int16))
     (root / "vols" / "notes.txt").write_text("x")
+    (root / "vols" / "corrupt.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(200))  # a NIfTI name, garbage inside
     return {"root": root, "export": root / "export", "vols": root / "vols", "affine": affine, "mf_affine": mf_affine,
             "nifti_affine": nifti_affine, "truncated": files[4]}  # fmt: skip
 
@@ -95,7 +96,7 @@ def run_workflow(**kw):
 
 
 def read_csv(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         return reader.fieldnames, list(reader)
 
@@ -126,7 +127,9 @@ def test_messy_export_and_volumes(weights, export, tmp_path):
     assert by_input["flat.nii.gz"]["status"] == "skipped" and "2D image" in by_input["flat.nii.gz"]["message"]
     blank = by_input["blank.nii.gz"]
     assert blank["status"] == "no_left_atrium" and blank["p_fibrosis"] == "" and blank["refer"] == "1"
-    assert len(rows) == 9 and all("\n" not in r["message"] for r in rows)
+    corrupt = by_input["corrupt.nii.gz"]
+    assert corrupt["status"] == "error" and corrupt["message"].startswith(str(export["vols"] / "corrupt.nii.gz"))
+    assert len(rows) == 10 and all("\n" not in r["message"] for r in rows)
 
     # masks in the input's own grid: same shape and affine as the volume read from the input
     main_mask = nib.load(out / "P001_s7_LGE_main_la_mask.nii.gz")
@@ -145,7 +148,7 @@ def test_messy_export_and_volumes(weights, export, tmp_path):
     assert (out / "blank_la_mask.nii.gz").exists() and not np.asarray(nib.load(out / "blank_la_mask.nii.gz").dataobj).any()
 
     # the JSON report: the same rows plus per-slice detail
-    report = json.load(open(out / "qa_report.json"))
+    report = json.load(open(out / "qa_report.json", encoding="utf-8"))
     scans = {s["name"]: s for s in report["scans"]}
     detail = scans["P001_s7_LGE_main"]
     assert [s["index"] for s in detail["slices"]] == list(range(36)) and detail["slice_axis"] == 1
@@ -153,15 +156,15 @@ def test_messy_export_and_volumes(weights, export, tmp_path):
     assert [s["index"] for s in la] == list(range(10, 26)) and all(s["la_prob"] > 0.99 for s in la)
     assert all(set(s) >= {"p_nulling", "p_sharpness", "p_enhancement", "p_fibrosis", "vote"} for s in la)
     assert set(detail["cam_slices"]) <= set(range(10, 26)) and len(detail["cam_slices"]) == 4
-    assert report["counts"] == {"ok": 3, "no_left_atrium": 1, "skipped": 3, "error": 2}
+    assert report["counts"] == {"ok": 3, "no_left_atrium": 1, "skipped": 3, "error": 3}
     assert report["settings"]["la_threshold"] == 0.5 and "README.TXT" in " ".join(report["ignored_files"])
 
     # the HTML page: self-contained, with the montage and the HiResCAM maps
-    page = (out / "P001_s7_LGE_main_report.html").read_text()
+    page = (out / "P001_s7_LGE_main_report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 16 + 2 * 4
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "HiResCAM" in page and ("NON-DIAGNOSTIC" in page or "DIAGNOSTIC" in page)
-    assert "No left atrium found" in (out / "blank_report.html").read_text()
+    assert "No left atrium found" in (out / "blank_report.html").read_text(encoding="utf-8")
     assert not (out / "flat_report.html").exists()
 
 

@@ -179,9 +179,7 @@ class QAStage:
             return np.zeros((0, *slices.shape[2:]), np.float32)
         if self._cam is None:  # hooks are registered once, on first use
             self._cam = HiResCAM(self.model, target_layers=f"net.{self.cam_layer}")
-        x = slices.to(self.device, torch.float32).clone().requires_grad_(True)
-        with torch.enable_grad():
-            maps = self._cam(x, class_idx=FIBROSIS if diagnostic else FIBROSIS + len(QA_OUTPUTS))
+        maps = self._cam(slices.to(self.device, torch.float32), class_idx=FIBROSIS if diagnostic else FIBROSIS + len(QA_OUTPUTS))
         return maps[:, 0].detach().cpu().numpy().astype(np.float32)
 
     def assess(self, slices: torch.Tensor) -> QAResult:

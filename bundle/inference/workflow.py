@@ -29,14 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 def describe_error(e: BaseException, where: str = "") -> str:
-    """One line for an exception: its root cause (MONAI wraps transform errors), prefixed by ``where`` if not in it."""
+    """One line for an exception: its root cause (MONAI wraps transform errors), starting with ``where``."""
     while e.__cause__ is not None:
         e = e.__cause__
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     text = lines[0] if lines else type(e).__name__
     if not isinstance(e, (DicomVolumeError, NotAVolume)):  # the bundle's own errors read as sentences already
         text = f"{type(e).__name__}: {text}"
-    return text if not where or where in text else f"{where}: {text}"
+    return text if not where or text.startswith(where) else f"{where}: {text}"
 
 
 class VolumeDataset(Dataset):

@@ -161,7 +161,7 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
         try:
             if not src.series_uid:
                 raise NotAVolume("no SeriesInstanceUID")
-            if "PixelData" not in first and "Rows" not in first:
+            if "Rows" not in first:  # headers are read without the pixel data; an image has a size
                 raise NotAVolume(f"no image data ({info['sop_class']})")
             if info["modality"] and info["modality"] != "MR":
                 raise NotAVolume(f"modality {info['modality']}: only MR is assessed")

@@ -8,7 +8,9 @@ layer followed by global average pooling and a linear layer the two coincide; ot
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,8 @@ class HiResCAM(GradCAM):
         target_layers: name of the layer (as in ``named_modules()``) whose output is explained.
         upsampler: resizes the map to the input's spatial size (MONAI's default: bilinear interpolation).
         postprocessing: applied to the upsampled maps (default: :func:`scale_to_unit`).
+        truncate_graph: differentiate from the target layer on only (same map, a fraction of the cost); False
+            differentiates the whole network as MONAI's GradCAM does.
 
     Example::
 
@@ -49,12 +53,45 @@ class HiResCAM(GradCAM):
         target_layers: str,
         upsampler: Callable = default_upsampler,
         postprocessing: Callable = scale_to_unit,
+        truncate_graph: bool = True,
     ) -> None:
         super().__init__(nn_module=nn_module, target_layers=target_layers, upsampler=upsampler,
                          postprocessing=postprocessing)  # fmt: skip
+        self.truncate_graph = bool(truncate_graph)
+
+    @contextmanager
+    def _graph_from(self, layer: str):
+        """Differentiate from ``layer``'s output on only: the parameters and layers before it are left out.
+
+        The map needs the gradient at the target layer alone; without this, the backward pass would also compute
+        every parameter's gradient and run through the whole network (several times the forward's cost).
+        """
+        module = self.nn_module.get_layer(layer)
+        params = list(self.nn_module.model.parameters())
+        flags = [p.requires_grad for p in params]
+
+        def start_here(_module, _input, output):
+            # a clone of a fresh leaf: later in-place operations on it stay legal
+            return output.detach().requires_grad_(True).clone() if torch.is_tensor(output) else output
+
+        for p in params:
+            p.requires_grad_(False)
+        handle = module.register_forward_hook(start_here)
+        try:
+            with warnings.catch_warnings():  # no input needs a gradient: that is the point
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                yield
+        finally:
+            handle.remove()
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
 
     def compute_map(self, x, class_idx=None, retain_graph=False, layer_idx=-1, **kwargs):  # type: ignore[override]
         """The raw map ``(B, 1, *feature_size)`` before upsampling and postprocessing."""
-        _, acti, grad = self.nn_module(x, class_idx=class_idx, retain_graph=retain_graph, **kwargs)
+        layer = self.nn_module.target_layers[layer_idx]
+        if self.truncate_graph:
+            x = x.detach()  # nothing before the target layer is differentiated
+        with self._graph_from(layer) if self.truncate_graph else nullcontext(), torch.enable_grad():
+            _, acti, grad = self.nn_module(x, class_idx=class_idx, retain_graph=retain_graph, **kwargs)
         acti, grad = acti[layer_idx], grad[layer_idx]
-        return F.relu((grad * acti).sum(1, keepdim=True))
+        return F.relu((grad * acti).sum(1, keepdim=True)).detach()

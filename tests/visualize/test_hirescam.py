@@ -1,6 +1,7 @@
 """HiResCAM against a hand computation, and against GradCAM where theory says they agree and where they differ."""
 
 import numpy as np
+import pytest
 import torch
 
 from monai.visualize import GradCAM
@@ -35,10 +36,12 @@ class ConvGap(torch.nn.Module):
         return self.fc(self.act(self.conv(x)).mean((2, 3)))
 
 
-def test_matches_hand_computation():
+@pytest.mark.parametrize("truncate_graph", [True, False])
+def test_matches_hand_computation(truncate_graph):
     net = ConvDense()
     x = torch.randn(2, 1, 5, 5, requires_grad=True)
-    raw = HiResCAM(net, target_layers="conv").compute_map(x, class_idx=1)
+    raw = HiResCAM(net, target_layers="conv", truncate_graph=truncate_graph).compute_map(x, class_idx=1)
+    assert all(p.requires_grad for p in net.parameters())  # left as they were
     # by hand: the score is sum_{k,i,j} W[1, k, i, j] * A[k, i, j], so its gradient w.r.t. A is W[1] itself
     with torch.no_grad():
         acti = net.conv(x)
@@ -68,7 +71,8 @@ def test_equals_gradcam_right_before_global_average_pooling():
 
 def test_upsampled_and_scaled_to_unit():
     net = ConvDense()
-    maps = HiResCAM(net, target_layers="conv")(torch.randn(2, 1, 5, 5, requires_grad=True), class_idx=0).detach()
+    with torch.no_grad():  # the maps need gradients: HiResCAM enables them itself
+        maps = HiResCAM(net, target_layers="conv")(torch.randn(2, 1, 5, 5), class_idx=0)
     assert maps.shape == (2, 1, 5, 5)
     assert float(maps.min()) >= 0 and np.allclose(maps.flatten(1).amax(1).numpy(), 1.0)
     scaled = scale_to_unit(torch.tensor([[[0.0, 2.0]], [[0.0, 0.0]]]))
