@@ -105,7 +105,6 @@ def main() -> None:
     if args.child_memory:
         return child_memory(args)
 
-    import numpy as np
     import torch
 
     tmp = tempfile.mkdtemp(prefix="bench_inference_")
@@ -149,7 +148,8 @@ def main() -> None:
         inferer = parser.get_parsed_content("inferer")
         vol = parser.get_parsed_content("dataset")[0]["image"]
         slices = inferer.slicer(vol).to(parser.get_parsed_content("device"))
-        views = torch.cat([slices[selected].flip(f) if f else slices[selected] for f in stage.flips]) if selected else None
+        chosen = slices[selected]
+        views = torch.cat([chosen.flip(f) if f else chosen for f in stage.flips]) if selected else None
         bs = inferer.batch_size
         with torch.no_grad():
             f0 = time.perf_counter()
@@ -181,12 +181,12 @@ def main() -> None:
         "detector": detector, "device": str(parser.get_parsed_content("device")),
     }  # fmt: skip
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}, indent=1))
-    print(f"one {n_slices}-slice series: {summary['run_s']:.2f} s per scan (run), {summary['end_to_end_s']:.2f} s with "
-          f"setup; floor {summary['floor_s']:.2f} s -> {summary['run_over_floor']:.2f}x ({summary['end_to_end_over_floor']:.2f}x "
-          f"with setup; goal <= 1.5x); peak memory {summary['peak_rss_mb'] or float('nan'):.0f} MiB (goal < 2048)")  # fmt: skip
+    s = summary
+    print(f"one {n_slices}-slice series: {s['run_s']:.2f} s per scan (run), {s['end_to_end_s']:.2f} s with setup; "
+          f"floor {s['floor_s']:.2f} s -> {s['run_over_floor']:.2f}x ({s['end_to_end_over_floor']:.2f}x with setup; "
+          f"goal <= 1.5x); peak memory {s['peak_rss_mb'] or float('nan'):.0f} MiB (goal < 2048)")  # fmt: skip
     if res.returncode != 0:
         print("memory run failed:", res.stderr[-2000:])
-    _ = np
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -20,9 +19,9 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", nargs="+", help="DICOM folder(s), NIfTI/NRRD file(s), folder(s) of those, or a datalist JSON")
-    p.add_argument("--output_dir", default=None, help="where the reports go (default: runs/assessment_<time>)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("input", nargs="+", help="DICOM folders, NIfTI/NRRD files, folders of those, or a datalist JSON")
+    p.add_argument("--output_dir", default=None, help="where the reports go (default: <bundle>/runs/inference_<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the output folder")
     p.add_argument("--weights", default=None, help="LA detector weights (default: models/model.pt)")
     p.add_argument("--qa_weights", default=None, help="QA network weights (default: models/qa_baseline.pt)")
@@ -42,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         "bundle_root": ROOT,
         "input": [os.path.abspath(os.path.expanduser(i)) for i in args.input] if len(args.input) > 1
         else os.path.abspath(os.path.expanduser(args.input[0])),
-        "output_dir": os.path.abspath(args.output_dir or os.path.join("runs", time.strftime("assessment_%Y%m%d_%H%M%S"))),
         "overwrite": args.overwrite,
         "run_qa": not args.la_only,
         "write_html": not args.no_html,
     }  # fmt: skip
+    if args.output_dir:
+        overrides["output_dir"] = os.path.abspath(args.output_dir)
     if args.weights:
         overrides["ckpt_path"] = os.path.abspath(args.weights)
     if args.qa_weights:

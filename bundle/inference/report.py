@@ -128,7 +128,9 @@ def prepare_outputs(discovery: Discovery, output_dir: str, overwrite: bool = Fal
     files = planned_outputs(discovery, output_dir, as_bool(html))
     existing = [f for f in files if os.path.exists(f)]
     if existing and not as_bool(overwrite):
-        names = ", ".join(os.path.basename(f) for f in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        names = ", ".join(os.path.basename(f) for f in existing[:3])
+        if len(existing) > 3:
+            names += f" and {len(existing) - 3} more"
         raise SystemExit(f"ERROR output: {output_dir} already holds {names}; pass --overwrite true to replace them "
                          "or choose another --output_dir")  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
@@ -221,9 +223,10 @@ class ReportWriter:
         result.detail["outputs"] = outputs
         result.visuals = {}  # pictures are written; free the memory
         self.results[result.name or result.input] = result
-        logger.info(f"{result.input}{' [' + result.series_uid + ']' if result.series_uid else ''}: {result.status}"
-                    f"{' diagnostic=' + str(result.diagnostic) if result.diagnostic is not None else ''}"
-                    f"{' refer' if result.refer else ''}{' - ' + result.message if result.message else ''}")  # fmt: skip
+        series = f" [{result.series_uid}]" if result.series_uid else ""
+        verdict = f" diagnostic={result.diagnostic}" if result.diagnostic is not None else ""
+        note = (" refer" if result.refer else "") + (f" - {result.message}" if result.message else "")
+        logger.info(f"{result.input}{series}: {result.status}{verdict}{note}")
 
     def rows(self) -> list[ScanResult]:
         """All rows, in discovery order."""

@@ -156,8 +156,9 @@ class QAStage:
         self.batch_size, self.cam_slices = int(batch_size), int(cam_slices)
         self.cam_layer = cam_layer or None
         if self.cam_layer and self.cam_layer not in dict(network.named_modules()):
-            raise ValueError(f"cam_layer {cam_layer!r} is not a module of the QA network "
-                             f"({type(network).__name__}); e.g. {[n for n, _ in network.named_children()][-3:]}")  # fmt: skip
+            children = [n for n, _ in network.named_children()][-3:]
+            raise ValueError(f"cam_layer {cam_layer!r} is not a module of the QA network ({type(network).__name__}); "
+                             f"its last children: {children}")  # fmt: skip
         self._cam: HiResCAM | None = None
 
     @property
@@ -179,7 +180,8 @@ class QAStage:
             return np.zeros((0, *slices.shape[2:]), np.float32)
         if self._cam is None:  # hooks are registered once, on first use
             self._cam = HiResCAM(self.model, target_layers=f"net.{self.cam_layer}")
-        maps = self._cam(slices.to(self.device, torch.float32), class_idx=FIBROSIS if diagnostic else FIBROSIS + len(QA_OUTPUTS))
+        target = FIBROSIS if diagnostic else FIBROSIS + len(QA_OUTPUTS)  # evidence for, or against, "diagnostic"
+        maps = self._cam(slices.to(self.device, torch.float32), class_idx=target)
         return maps[:, 0].detach().cpu().numpy().astype(np.float32)
 
     def assess(self, slices: torch.Tensor) -> QAResult:
@@ -191,5 +193,7 @@ class QAStage:
         p = verdict["slice_p"][:, FIBROSIS]
         agree = np.flatnonzero(verdict["slice_votes"] == verdict["diagnostic"])
         order = agree[np.argsort(-np.abs(p[agree] - self.threshold), kind="stable")][: self.cam_slices]
-        cams = self.explain(slices[torch.as_tensor(order, dtype=torch.long)], verdict["diagnostic"]) if len(order) else None
+        cams = None
+        if len(order):
+            cams = self.explain(slices[torch.as_tensor(order, dtype=torch.long)], verdict["diagnostic"])
         return QAResult(verdict, [int(i) for i in order], cams)

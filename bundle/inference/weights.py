@@ -50,7 +50,8 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
         raise SystemExit(f"ERROR weights: {name} checkpoint {path} is unreadable ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None  # fmt: skip
     for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(torch.is_tensor(v) for v in state.values()):
+        wrapped = isinstance(state, dict) and isinstance(state.get(key), dict)
+        if wrapped and not any(torch.is_tensor(v) for v in state.values()):
             state = state[key]
     if not isinstance(state, dict):
         raise SystemExit(f"ERROR weights: {name} checkpoint {path} holds a {type(state).__name__}, not a state dict")
@@ -58,9 +59,12 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        missing, unexpected = network.state_dict().keys() - state.keys(), state.keys() - network.state_dict().keys()
-        detail = (f"{len(missing)} missing keys (e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected "
-                  f"(e.g. {sorted(unexpected)[:2]})") if missing or unexpected else str(e).splitlines()[-1].strip()  # fmt: skip
+        expected = network.state_dict().keys()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        detail = str(e).splitlines()[-1].strip()
+        if missing or unexpected:
+            detail = (f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+                      f"(e.g. {unexpected[:2]})")  # fmt: skip
         raise SystemExit(f"ERROR weights: {name} checkpoint {path} does not fit the configured network ({detail}): "
                          "was it trained with other network settings?") from None  # fmt: skip
     logger.info(f"{name}: weights from {path}")

@@ -100,8 +100,12 @@ class TwoStageStep:
         self.montage_no_la = int(montage_no_la)
 
     def __call__(self, engine: Engine, batchdata: dict) -> dict:
+        if not hasattr(engine.inferer, "predict_slices"):  # a configuration error, not a data error: stop
+            raise TypeError(f"the evaluator's inferer must be a bundle.inference.ResizedSliceInferer, got "
+                            f"{type(engine.inferer).__name__}")  # fmt: skip
         if len(batchdata["name"]) != 1:
-            raise ValueError(f"the inference dataloader's batch_size must be 1 (volumes differ), got {len(batchdata['name'])}")
+            n = len(batchdata["name"])
+            raise ValueError(f"the inference dataloader's batch_size must be 1 (volumes differ in shape), got {n}")
         get = lambda k: batchdata[k][0] if k in batchdata else ""  # noqa: E731
         result = ScanResult(input=get("input"), series_uid=get("series_uid"), name=get("name"))
         if get("series_description"):
@@ -140,11 +144,13 @@ class TwoStageStep:
         la_prob = probs.flatten(1).amax(1).cpu().numpy()
         selected = np.flatnonzero(la_prob >= self.la_threshold)
         result.n_slices, result.n_la_slices = len(la_prob), len(selected)
-        result.detail.update(slice_axis=s1.axis, slices=[{"index": i, "la_prob": float(p), "selected": bool(p >= self.la_threshold)}
-                                                         for i, p in enumerate(la_prob)])  # fmt: skip
+        t = self.la_threshold
+        result.detail["slice_axis"] = s1.axis
+        result.detail["slices"] = [{"index": i, "la_prob": float(p), "selected": bool(p >= t)}
+                                   for i, p in enumerate(la_prob)]  # fmt: skip
         show = selected if len(selected) else np.sort(np.argsort(-la_prob, kind="stable")[: self.montage_no_la])
         result.visuals = {"images": s1.slices[show, 0].float().cpu().numpy().astype(np.float16),
-                          "masks": (probs[show, 0] >= self.la_threshold).cpu().numpy(), "indices": [int(i) for i in show]}  # fmt: skip
+                          "masks": (probs[show, 0] >= t).cpu().numpy(), "indices": [int(i) for i in show]}  # fmt: skip
         if not len(selected):
             top = int(np.argmax(la_prob))
             result.status, result.refer = "no_left_atrium", 1
@@ -161,7 +167,8 @@ class TwoStageStep:
         v = qa.verdict
         for k, p in zip(QA_OUTPUTS, v["p"]):
             setattr(result, f"p_{k}", float(p))
-        result.diagnostic, result.uncertainty, result.refer = int(v["diagnostic"]), float(v["uncertainty"]), int(v["refer"])
+        result.diagnostic, result.uncertainty = int(v["diagnostic"]), float(v["uncertainty"])
+        result.refer = int(v["refer"])
         result.status, result.message = "ok", "; ".join(v["refer_reasons"])
         for j, i in enumerate(selected):
             s = result.detail["slices"][int(i)]
@@ -171,6 +178,8 @@ class TwoStageStep:
         result.detail.update(
             verdict={"diagnostic_mode": v["diagnostic"], "diagnostic_mean": v["diagnostic_mean"],
                      "tta_p": v["tta_p"], "tta_verdicts": v["tta_verdicts"], "refer_reasons": v["refer_reasons"]},
-            slice_votes=[votes, len(selected) - votes], cam_slices=[int(selected[i]) for i in qa.cam_slices])  # fmt: skip
+            slice_votes=[votes, len(selected) - votes],
+            cam_slices=[int(selected[i]) for i in qa.cam_slices],
+        )
         if qa.cams is not None:
             result.visuals["cams"] = qa.cams.astype(np.float16)

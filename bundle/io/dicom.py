@@ -145,9 +145,10 @@ def frames_from_dataset(ds: Dataset, path: str) -> list[Frame]:
     per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
     if per_frame is None:
         spacing = _floats(ds.get("PixelSpacing"), 2)
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         frame = Frame(path, None if n_frames == 1 else 0, _floats(ds.get("ImagePositionPatient"), 3),
                       _floats(ds.get("ImageOrientationPatient"), 6), None if spacing is None else tuple(spacing),
-                      shape, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))  # fmt: skip
+                      shape, slope, intercept)  # fmt: skip
         if n_frames == 1:
             return [frame]
         # a multi-frame file without functional groups (e.g. old multi-frame MR): frames stacked along the normal
@@ -183,7 +184,9 @@ def frames_from_dataset(ds: Dataset, path: str) -> list[Frame]:
     return frames
 
 
-def volume_geometry(frames: Sequence[Frame], min_slices: int = 2, spacing_tolerance: float = 0.1) -> tuple[list[Frame], np.ndarray]:
+def volume_geometry(
+    frames: Sequence[Frame], min_slices: int = 2, spacing_tolerance: float = 0.1
+) -> tuple[list[Frame], np.ndarray]:
     """Check that frames form one 3D volume; sort them along the slice normal and compute the volume's affine.
 
     The slice normal is the cross product of the row and column directions (ImageOrientationPatient); frames are
@@ -231,12 +234,14 @@ def volume_geometry(frames: Sequence[Frame], min_slices: int = 2, spacing_tolera
     gaps = np.diff(dist)
     n_pos = int(1 + np.sum(gaps > 1e-3))
     if n_pos < n:
-        raise NotAVolume(f"{n} frames at {n_pos} distinct positions: several echoes, phases or acquisitions in one series")
+        raise NotAVolume(f"{n} frames at {n_pos} distinct positions: several echoes, phases or acquisitions "
+                         "in one series")  # fmt: skip
     if n < min_slices:
         raise NotAVolume(f"only {n} slices (a localizer or scout?); a volume needs at least {min_slices}")
     median = float(np.median(gaps))
     if np.max(np.abs(gaps - median)) > spacing_tolerance * median:
-        raise NotAVolume(f"uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm): missing or overlapping slices")
+        raise NotAVolume(f"uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm): missing or "
+                         "overlapping slices")  # fmt: skip
     ordered = [frames[i] for i in order]
     first, last = ordered[0].position, ordered[-1].position
     row_spacing, col_spacing = ordered[0].spacing
@@ -350,8 +355,8 @@ class DicomSeriesReader(ImageReader):
             except NotAVolume:
                 continue
         if len(volumes) != 1:
-            raise DicomVolumeError(f"{folder}: holds {len(volumes)} DICOM series that form a volume, expected one "
-                                   "(pass the folder to the bundle's input discovery, which reads them all)")  # fmt: skip
+            raise DicomVolumeError(f"{folder}: holds {len(volumes)} DICOM series that form a volume, expected "
+                                   "one (the bundle's input discovery reads them all)")  # fmt: skip
         return volumes[0]
 
     def get_data(self, img: DicomVolume) -> tuple[np.ndarray, dict]:
@@ -414,4 +419,5 @@ def _decode(ds: Dataset, path: str) -> np.ndarray:
     if first.slope != 1 or first.intercept != 0:
         arr = (arr - first.intercept) / first.slope
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    return arr.reshape((n_frames, int(ds.Rows), int(ds.Columns))) if n_frames > 1 else arr.reshape(int(ds.Rows), int(ds.Columns))
+    shape = (int(ds.Rows), int(ds.Columns))
+    return arr.reshape((n_frames, *shape) if n_frames > 1 else shape)

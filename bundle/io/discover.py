@@ -101,7 +101,7 @@ def volume_name(text: str, max_len: int = 80) -> str:
 
 
 def _kind(path: str) -> str:
-    """``volume`` (NIfTI/NRRD/MetaImage), ``image2d``, ``dicom`` or ``other``, from the name and, if need be, content."""
+    """``volume`` (NIfTI/NRRD/MetaImage), ``image2d``, ``dicom`` or ``other``: by name and, if need be, content."""
     low = path.lower()
     if low.endswith(VOLUME_SUFFIXES):
         return "volume"
@@ -148,13 +148,14 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
         files_ = [f for f, _ in items]
         first = items[0][1]
         folder = os.path.commonpath([os.path.dirname(f) for f in files_])
-        info = {"modality": str(first.get("Modality", "")), "series_description": str(first.get("SeriesDescription", "")),
-                "series_number": str(first.get("SeriesNumber", "")), "patient_id": str(first.get("PatientID", "")),
-                "sop_class": getattr(first.get("SOPClassUID"), "name", str(first.get("SOPClassUID", "")))}  # fmt: skip
+        info = {k: str(first.get(tag, "")) for k, tag in (("modality", "Modality"), ("series_number", "SeriesNumber"),
+                                                          ("series_description", "SeriesDescription"),
+                                                          ("patient_id", "PatientID"))}  # fmt: skip
+        info["sop_class"] = getattr(first.get("SOPClassUID"), "name", str(first.get("SOPClassUID", "")))
         src = Source(input=folder, image=files_ if len(files_) > 1 else files_[0],
                      series_uid="" if uid.startswith("no-series-uid:") else uid, info=info)  # fmt: skip
-        desc = " ".join(v for v in (f"series {info['series_number']}" if info["series_number"] else "",
-                                    repr(info["series_description"]) if info["series_description"] else "") if v)  # fmt: skip
+        number, text = info["series_number"], info["series_description"]
+        desc = " ".join(v for v in (f"series {number}" if number else "", repr(text) if text else "") if v)
         src.name = volume_name("_".join(v for v in (info["patient_id"] or os.path.basename(folder),
                                                     f"s{info['series_number']}" if info["series_number"] else "",
                                                     info["series_description"]) if v))  # fmt: skip
@@ -253,9 +254,8 @@ def discover_inputs(
             others = [f for f in files if kinds[f] in ("other", "image2d")]
             ignored += others
             if not dicom and not vols:
-                sources.append(Source(input=item, status="error",
-                                      message=f"{item}: no DICOM series or NIfTI/NRRD volume found "
-                                              f"({len(others)} other file{'s' * (len(others) != 1)} ignored)"))  # fmt: skip
+                msg = f"{item}: no DICOM series or NIfTI/NRRD volume found ({len(others)} other file(s) ignored)"
+                sources.append(Source(input=item, status="error", message=msg))
                 continue
             sources += [Source(input=f, image=f, name=volume_name(_strip_suffix(f))) for f in vols]
             sources += _dicom_sources(dicom, min_slices, spacing_tolerance)

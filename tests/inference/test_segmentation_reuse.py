@@ -1,4 +1,4 @@
-"""The inference config as a MONAI Label segmentation task uses it: network_def, preprocessing, inferer, postprocessing."""
+"""The inference config as a MONAI Label segmentation task uses it: network_def, pre/postprocessing, inferer."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Stage 2: the verdict rules on hand-made probabilities, and a real (small, untrained) ResNet honouring the contract."""
+"""Stage 2: the verdict rules on hand-made probabilities, and a real small (untrained) ResNet with the QA contract."""
 
 import numpy as np
 import pytest

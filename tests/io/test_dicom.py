@@ -40,7 +40,8 @@ def test_folder_with_one_volume_and_rle(tmp_path):
     vol = phantom((20, 18, 12))
     write_series(str(tmp_path / "plain"), vol)
     write_series(str(tmp_path / "rle" / "nested"), vol, rle=True)
-    assert pydicom.dcmread(next((tmp_path / "rle" / "nested").iterdir())).file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    first = pydicom.dcmread(next((tmp_path / "rle" / "nested").iterdir()))
+    assert first.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
     a = LoadVolume(min_slices=5)(str(tmp_path / "plain"))
     b = LoadVolume(min_slices=5)(str(tmp_path / "rle"))  # a folder: searched recursively
     np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -120,7 +121,7 @@ def _frames(positions, orientation=(1, 0, 0, 0, 1, 0), spacing=(1.0, 1.0), shape
          "mixed slice orientations"),  # fmt: skip
         (_frames([(0, 0, z) for z in range(4)]) + _frames([(0, 0, 4)], shape=(5, 4)), "mixed image sizes"),
         (_frames([(0, 0, z) for z in range(4)]) + _frames([(0, 0, 4)], spacing=(1.0, 2.0)), "mixed pixel spacings"),
-        ([Frame("f", None, None, None, None, (4, 4)), Frame("g", None, None, None, None, (4, 4))], "no volume geometry"),
+        ([Frame(f, None, None, None, None, (4, 4)) for f in "fg"], "no volume geometry"),
     ],
 )
 def test_not_a_volume(frames, reason):

@@ -65,8 +65,8 @@ def test_files_folders_and_datalist(tmp_path):
     assert discover_inputs(a).volumes[0]["image"] == a
 
     datalist = tmp_path / "list.json"
-    datalist.write_text(json.dumps({"quality": [{"image": "vols/a.nii.gz", "fibrosis": 3}, {"image": "vols/missing.nii.gz"}],
-                                    "segmentation": [{"image": "vols/a.nii.gz", "label": "x"}]}))  # fmt: skip
+    quality = [{"image": "vols/a.nii.gz", "fibrosis": 3}, {"image": "vols/missing.nii.gz"}]
+    datalist.write_text(json.dumps({"quality": quality, "segmentation": [{"image": "vols/a.nii.gz", "label": "x"}]}))
     found = discover_inputs(str(datalist))
     assert [s.status for s in found.sources] == ["ready", "error"]
     assert found.sources[1].message.endswith("missing.nii.gz: not found")
@@ -78,9 +78,9 @@ def test_files_folders_and_datalist(tmp_path):
         (lambda p: str(p / "nope"), "error", "not found"),
         (lambda p: (p / "empty").mkdir() or str(p / "empty"), "error", "empty folder"),
         (lambda p: (p / "r.txt").write_text("hello") and str(p / "r.txt"), "error", "not a DICOM, NIfTI or NRRD image"),
-        (lambda p: (p / "blob").write_bytes(os.urandom(300)) and str(p / "blob"), "error", "not a DICOM, NIfTI or NRRD"),
+        (lambda p: (p / "blob").write_bytes(os.urandom(300)) and str(p / "blob"), "error", "not a DICOM, NIfTI"),
         (lambda p: (p / "shot.png").write_bytes(b"\x89PNG") and str(p / "shot.png"), "skipped", "single 2D image"),
-        (lambda p: write_junk(str(p / "junk")) and str(p / "junk"), "error", "no DICOM series or NIfTI/NRRD volume found"),
+        (lambda p: write_junk(str(p / "junk")) and str(p / "junk"), "error", "no DICOM series or NIfTI/NRRD volume"),
         (lambda p: write_corrupt_dicom(str(p / "bad" / "X")), "error", "unreadable DICOM header"),
         (lambda p: "", "error", "no input given"),
         (lambda p: (p / "l.json").write_text("{not json") and str(p / "l.json"), "error", "unreadable datalist"),
@@ -98,3 +98,20 @@ def test_bad_inputs_are_one_row(tmp_path, make, status, message):
 def test_volume_name():
     assert volume_name("P 1/s7: LGE*3D") == "P_1_s7_LGE_3D"
     assert volume_name("...") == "volume"
+
+
+def test_nrrd_volume_is_read_like_monai_reads_it(tmp_path):
+    itk = pytest.importorskip("itk")
+    from monai.transforms import LoadImage
+
+    from bundle.io import LoadVolume
+
+    image = itk.image_from_array(np.arange(12 * 10 * 8, dtype=np.int16).reshape(12, 10, 8))  # itk order z, y, x
+    image.SetSpacing([0.6, 0.7, 2.0])
+    path = str(tmp_path / "scan.nrrd")
+    itk.imwrite(image, path)
+    found = discover_inputs(str(tmp_path))
+    assert [(s.status, s.name, s.image) for s in found.sources] == [("ready", "scan", path)]
+    ours, ref = LoadVolume(ensure_channel_first=True)(path), LoadImage(ensure_channel_first=True)(path)
+    assert ours.shape == ref.shape == (1, 8, 10, 12)
+    np.testing.assert_allclose(np.asarray(ours.affine), np.asarray(ref.affine))
