@@ -156,9 +156,8 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
                      series_uid="" if uid.startswith("no-series-uid:") else uid, info=info)  # fmt: skip
         number, text = info["series_number"], info["series_description"]
         desc = " ".join(v for v in (f"series {number}" if number else "", repr(text) if text else "") if v)
-        src.name = volume_name("_".join(v for v in (info["patient_id"] or os.path.basename(folder),
-                                                    f"s{info['series_number']}" if info["series_number"] else "",
-                                                    info["series_description"]) if v))  # fmt: skip
+        parts = (info["patient_id"] or os.path.basename(folder), f"s{number}" if number else "", text)
+        src.name = volume_name("_".join(v for v in parts if v))
         try:
             if not src.series_uid:
                 raise NotAVolume("no SeriesInstanceUID")
