@@ -14,6 +14,7 @@ import subprocess
 import time
 
 __all__ = [
+    "as_bool",
     "backup_existing",
     "cleanup_distributed",
     "git_commit",
@@ -29,6 +30,24 @@ logger = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "monai", "numpy", "pytorch-ignite", "mlflow", "nibabel", "pydicom", "itk", "scikit-image",
             "scikit-learn")  # fmt: skip
+
+
+def as_bool(value) -> bool:
+    """A flag from a config or the command line: ``"false"``, ``"0"``, ``"no"``, ``"off"``, ``""`` and None are False.
+
+    (``python -m monai.bundle run ... --flag false`` passes the string ``"false"``, which Python finds true.)
+
+    Raises:
+        ValueError: for a string that is not a recognisable flag.
+    """
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "1", "yes", "on"):
+            return True
+        if v in ("false", "0", "no", "off", "", "none", "null"):
+            return False
+        raise ValueError(f"expected a true/false flag, got {value!r}")
+    return bool(value)
 
 
 def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:

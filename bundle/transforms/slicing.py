@@ -95,7 +95,9 @@ class ExtractSlices(Transform):
         s, a, b = stack.shape[0], stack.shape[2], stack.shape[3]
         if (a, b) != self.spatial_size:
             flat = stack.reshape(s * c, a, b).float()
-            stack = torch.as_tensor(self._resize(flat)).reshape(s, c, *self.spatial_size)
+            resized = self._resize(flat)  # MONAI's Resize returns a MetaTensor: drop it, as documented below
+            resized = resized.as_tensor() if isinstance(resized, MetaTensor) else torch.as_tensor(resized)
+            stack = resized.reshape(s, c, *self.spatial_size)
         out = stack.contiguous()
         if self.dtype is not None:
             out = out.to(self.dtype)

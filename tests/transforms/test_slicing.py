@@ -64,3 +64,10 @@ def test_invalid_options(kwargs):
 def test_rejects_2d_input():
     with pytest.raises(ValueError, match="channel-first 3D"):
         ExtractSlices()(torch.zeros(1, 8, 8))
+
+
+def test_output_is_a_plain_tensor():
+    # a MetaTensor would send every network operation through MONAI's __torch_function__ (slow at inference)
+    vol = MetaTensor(torch.rand(1, 20, 16, 4), affine=torch.eye(4))
+    for size in ((20, 16), (8, 8)):  # without and with resizing
+        assert type(ExtractSlices(spatial_size=size, slice_axis=2)(vol)) is torch.Tensor

@@ -1,0 +1,199 @@
+"""Stage 2: quality assessment of the LA slices with test-time augmentation, the scan verdict, HiResCAM maps.
+
+Any ``torch.nn.Module`` that maps slices ``(N, 1, h, w)`` to logits ``(N, 4)`` ordered as :data:`QA_OUTPUTS`
+(or to a dict holding them under ``output_key``) plugs in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bundle.inference.weights import load_weights
+from bundle.visualize.hirescam import HiResCAM
+
+__all__ = ["QA_OUTPUTS", "QALogits", "QAResult", "QAStage", "qa_verdict"]
+
+QA_OUTPUTS = ("nulling", "sharpness", "enhancement", "fibrosis")  # the QA network's logits, in this order
+FIBROSIS = QA_OUTPUTS.index("fibrosis")
+
+
+class QALogits(torch.nn.Module):
+    """The QA network's logits ``(N, 4)`` whatever it returns, followed by their negatives: ``(N, 8)``.
+
+    Column ``c`` is the evidence for "diagnostic" of output ``c``, column ``c + 4`` the evidence against it, so a
+    class-activation map of column ``c + 4`` shows what pushed a slice towards "non-diagnostic".
+
+    Args:
+        network: the QA network; it returns a tensor ``(N, 4)`` or a dict with the logits under ``output_key``.
+        output_key: the dict key of the QA logits (multi-task networks also return ``"seg"``).
+    """
+
+    def __init__(self, network: torch.nn.Module, output_key: str = "qa") -> None:
+        super().__init__()
+        self.net = network
+        self.output_key = output_key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if isinstance(out, Mapping):
+            out = out[self.output_key]
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.ndim != 2 or out.shape[1] != len(QA_OUTPUTS):
+            raise ValueError(f"the QA network must return logits (N, {len(QA_OUTPUTS)}) ordered {QA_OUTPUTS}, "
+                             f"got shape {tuple(out.shape)}")  # fmt: skip
+        return torch.cat([out, -out], dim=1)
+
+
+def qa_verdict(probs: np.ndarray, threshold: float = 0.5, refer_uncertainty: float = 0.05) -> dict:
+    """The scan verdict from the QA probabilities of its LA slices under test-time augmentation.
+
+    Args:
+        probs: ``(T, S, 4)`` sigmoid outputs for ``T`` augmentations (the first: none) of ``S`` slices.
+        threshold: probability at or above which an output is "diagnostic".
+        refer_uncertainty: spread above which the verdict is referred to a human.
+
+    Returns:
+        a dict with ``p`` (the four scan probabilities: mean over augmentations and slices), ``slice_p`` (``(S, 4)``,
+        mean over augmentations), ``slice_spread`` (``(S,)``, std of the fibrosis probability over augmentations),
+        ``slice_votes`` (``(S,)`` 1/0), ``diagnostic`` (the mode of the slice votes; a tie goes to the mean
+        probability), ``diagnostic_mean`` (the mean probability at ``threshold``), ``tta_p`` (``(T,)`` scan fibrosis
+        probability per augmentation), ``tta_verdicts`` (the mode verdict per augmentation), ``uncertainty`` (std of
+        ``tta_p``), ``refer`` and ``refer_reasons``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 3 or probs.shape[1] == 0 or probs.shape[2] != len(QA_OUTPUTS):
+        raise ValueError(f"probs must be (T, S>0, {len(QA_OUTPUTS)}), got {probs.shape}")
+
+    def mode(slice_p: np.ndarray) -> int:
+        votes = int((slice_p >= threshold).sum())
+        if 2 * votes != len(slice_p):
+            return int(2 * votes > len(slice_p))
+        return int(slice_p.mean() >= threshold)
+
+    slice_p = probs.mean(0)
+    p = slice_p.mean(0)
+    diagnostic = mode(slice_p[:, FIBROSIS])
+    diagnostic_mean = int(p[FIBROSIS] >= threshold)
+    tta_p = probs[:, :, FIBROSIS].mean(1)
+    tta_verdicts = [mode(probs[t, :, FIBROSIS]) for t in range(len(probs))]
+    uncertainty = float(tta_p.std())
+    reasons = []
+    if uncertainty > refer_uncertainty:
+        reasons.append(f"predictions spread over flips ({uncertainty:.3f} > {refer_uncertainty})")
+    if diagnostic_mean != diagnostic:
+        reasons.append(f"slice vote ({diagnostic}) and mean probability ({p[FIBROSIS]:.3f}) disagree")
+    if any(v != diagnostic for v in tta_verdicts):
+        reasons.append(f"flipped inputs change the verdict ({tta_verdicts})")
+    return {
+        "p": p, "slice_p": slice_p, "slice_spread": probs[:, :, FIBROSIS].std(0),
+        "slice_votes": (slice_p[:, FIBROSIS] >= threshold).astype(int), "diagnostic": diagnostic,
+        "diagnostic_mean": diagnostic_mean, "tta_p": tta_p, "tta_verdicts": tta_verdicts, "uncertainty": uncertainty,
+        "refer": bool(reasons), "refer_reasons": reasons,
+    }  # fmt: skip
+
+
+@dataclass
+class QAResult:
+    """Stage-2 output of one scan: :func:`qa_verdict`'s dict, the deciding slices and their HiResCAM maps."""
+
+    verdict: dict
+    cam_slices: list[int] = field(default_factory=list)  # indices into the slices given to :meth:`QAStage.assess`
+    cams: np.ndarray | None = None  # (k, h, w) in 0..1
+
+
+class QAStage:
+    """Stage 2: the QA network on a scan's LA slices, with flips as test-time augmentation, and its explanation.
+
+    Args:
+        network: the QA network (see :class:`QALogits` for what it must return).
+        checkpoint: its weights (a state dict file); None uses the network as given.
+        device: where to run it; None keeps the network where it is.
+        tta_flips: the augmentations, each a list of in-plane axes to flip (0: rows, 1: columns); ``[]`` is the
+            identity and should come first.
+        threshold: probability at or above which an output is "diagnostic".
+        refer_uncertainty: spread of the scan's fibrosis probability over the flips above which it is referred.
+        batch_size: slices per network call.
+        cam_layer: name of the layer explained by HiResCAM (the encoder's last convolutional stage, as in the QA
+            network's ``named_modules()``); None or "" for no maps.
+        cam_slices: how many deciding slices get a map.
+        output_key: dict key of the QA logits when the network returns a dict.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        checkpoint: str | None = None,
+        device: str | torch.device | None = None,
+        tta_flips: Sequence[Sequence[int]] = ((), (0,), (1,), (0, 1)),
+        threshold: float = 0.5,
+        refer_uncertainty: float = 0.05,
+        batch_size: int = 32,
+        cam_layer: str | None = "layer4",
+        cam_slices: int = 4,
+        output_key: str = "qa",
+    ) -> None:
+        flips = [tuple(int(a) for a in f) for f in tta_flips]
+        if not flips or any(a not in (0, 1) for f in flips for a in f):
+            raise ValueError(f"tta_flips must be a non-empty list of in-plane axis lists (0, 1), got {tta_flips}")
+        if not 0 < float(threshold) < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if float(refer_uncertainty) < 0:
+            raise ValueError(f"refer_uncertainty must be >= 0, got {refer_uncertainty}")
+        if int(batch_size) < 1 or int(cam_slices) < 0:
+            raise ValueError(f"batch_size must be >= 1 and cam_slices >= 0, got {batch_size}, {cam_slices}")
+        if device is not None:
+            network = network.to(device)
+        if checkpoint:
+            load_weights(network, checkpoint, "qa")
+        self.model = QALogits(network, output_key).eval()
+        self.flips = [tuple(a + 2 for a in f) for f in flips]  # tensor dims of (N, C, h, w)
+        self.threshold, self.refer_uncertainty = float(threshold), float(refer_uncertainty)
+        self.batch_size, self.cam_slices = int(batch_size), int(cam_slices)
+        self.cam_layer = cam_layer or None
+        if self.cam_layer and self.cam_layer not in dict(network.named_modules()):
+            children = [n for n, _ in network.named_children()][-3:]
+            raise ValueError(f"cam_layer {cam_layer!r} is not a module of the QA network ({type(network).__name__}); "
+                             f"its last children: {children}")  # fmt: skip
+        self._cam: HiResCAM | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def predict(self, slices: torch.Tensor) -> np.ndarray:
+        """Sigmoid outputs ``(T, S, 4)`` of the QA network on ``slices`` ``(S, 1, h, w)`` under each flip."""
+        x = slices.to(self.device, torch.float32)
+        views = torch.cat([x.flip(f) if f else x for f in self.flips])
+        logits = torch.cat([self.model(views[i : i + self.batch_size])[:, : len(QA_OUTPUTS)]
+                            for i in range(0, len(views), self.batch_size)])  # fmt: skip
+        return torch.sigmoid(logits).view(len(self.flips), len(x), -1).cpu().numpy()
+
+    def explain(self, slices: torch.Tensor, diagnostic: int) -> np.ndarray:
+        """HiResCAM maps ``(S, h, w)`` in 0..1 of the fibrosis output for the verdict ``diagnostic`` (1 or 0)."""
+        if self.cam_layer is None or len(slices) == 0:
+            return np.zeros((0, *slices.shape[2:]), np.float32)
+        if self._cam is None:  # hooks are registered once, on first use
+            self._cam = HiResCAM(self.model, target_layers=f"net.{self.cam_layer}")
+        target = FIBROSIS if diagnostic else FIBROSIS + len(QA_OUTPUTS)  # evidence for, or against, "diagnostic"
+        maps = self._cam(slices.to(self.device, torch.float32), class_idx=target)
+        return maps[:, 0].detach().cpu().numpy().astype(np.float32)
+
+    def assess(self, slices: torch.Tensor) -> QAResult:
+        """Verdict of one scan from its LA slices ``(S, 1, h, w)``, with HiResCAM maps of the deciding slices.
+
+        The deciding slices are those whose vote agrees with the verdict, most confident first.
+        """
+        verdict = qa_verdict(self.predict(slices), self.threshold, self.refer_uncertainty)
+        p = verdict["slice_p"][:, FIBROSIS]
+        agree = np.flatnonzero(verdict["slice_votes"] == verdict["diagnostic"])
+        order = agree[np.argsort(-np.abs(p[agree] - self.threshold), kind="stable")][: self.cam_slices]
+        cams = None
+        if len(order):
+            cams = self.explain(slices[torch.as_tensor(order, dtype=torch.long)], verdict["diagnostic"])
+        return QAResult(verdict, [int(i) for i in order], cams)

@@ -1,0 +1,71 @@
+"""Load trained weights into a network, with one clear line when they are missing or do not fit."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+__all__ = ["WEIGHT_HINTS", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+# what to do when a checkpoint is missing, per kind of network
+WEIGHT_HINTS = {
+    "detector": "train the LA detector with `python -m monai.bundle run training --config_file "
+    "\"['configs/common.yaml','configs/train.yaml']\"` (writes models/model.pt), or put a trained state dict there "
+    "or pass --ckpt_path <file>",
+    "qa": "train the QA network (its training workflow writes models/qa_baseline.pt, qa_multitask.pt or "
+    "qa_contrastive.pt), or put a trained state dict there or pass --qa_ckpt <file>; --run_qa false runs LA "
+    "detection only",
+}
+NAMES = {"detector": "LA detector", "qa": "QA network"}
+
+
+def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") -> torch.nn.Module:
+    """Load a state dict (as the bundle's ``CheckpointSaver`` writes it) into ``network``.
+
+    Accepts a plain state dict, a dict holding it under ``model`` or ``state_dict``, and DDP ``module.`` prefixes.
+
+    Args:
+        network: the network to fill.
+        path: the checkpoint file.
+        kind: ``detector`` or ``qa``: names the network and the remedy in error messages.
+
+    Returns:
+        ``network``, in eval mode.
+
+    Raises:
+        SystemExit: ``ERROR weights: ...``, one line saying what is missing or wrong and what to do.
+    """
+    name = NAMES.get(kind, kind)
+    hint = WEIGHT_HINTS.get(kind, "pass the right checkpoint")
+    if not path or not os.path.isfile(path):
+        raise SystemExit(f"ERROR weights: {name} checkpoint {path} not found: {hint}")
+    device = next(network.parameters()).device
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"ERROR weights: {name} checkpoint {path} is unreadable ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None  # fmt: skip
+    for key in ("model", "state_dict"):
+        wrapped = isinstance(state, dict) and isinstance(state.get(key), dict)
+        if wrapped and not any(torch.is_tensor(v) for v in state.values()):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise SystemExit(f"ERROR weights: {name} checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        expected = network.state_dict().keys()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        detail = str(e).splitlines()[-1].strip()
+        if missing or unexpected:
+            detail = (f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+                      f"(e.g. {unexpected[:2]})")  # fmt: skip
+        raise SystemExit(f"ERROR weights: {name} checkpoint {path} does not fit the configured network ({detail}): "
+                         "was it trained with other network settings?") from None  # fmt: skip
+    logger.info(f"{name}: weights from {path}")
+    return network.eval()

@@ -1,0 +1,85 @@
+"""``LoadImage`` that also reads DICOM series the way scanners export them (see :mod:`bundle.io.dicom`)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+
+from monai.config import DtypeLike, KeysCollection
+from monai.transforms import LoadImage, LoadImaged
+from monai.utils import ensure_tuple
+
+from bundle.io.dicom import MIN_SLICES, DicomSeriesReader
+
+__all__ = ["LoadVolume", "LoadVolumed"]
+
+
+class LoadVolume(LoadImage):
+    """MONAI's ``LoadImage`` with DICOM series read by :class:`~bundle.io.dicom.DicomSeriesReader`.
+
+    NIfTI, NRRD and other files go through ``LoadImage``'s own reader selection, exactly as at training; DICOM input
+    (the files of one series in any order, an enhanced multi-frame file, or a folder holding one volume series) is
+    read with the frames sorted along the slice normal and a RAS affine consistent with MONAI's ``ITKReader``.
+    Errors of the DICOM reader propagate unchanged (one line naming the file), rather than being buried under the
+    attempts of every other reader.
+
+    Args:
+        min_slices: fewest frames a DICOM series needs to be a volume.
+        spacing_tolerance: largest relative deviation of a DICOM slice gap from the median gap.
+        image_only: return only the ``MetaTensor`` (True) or also the metadata dict.
+        dtype: output data type.
+        ensure_channel_first: add or move the channel dimension first.
+        kwargs: further arguments of ``LoadImage`` (``simple_keys``, ``prune_meta_pattern``, ...).
+    """
+
+    def __init__(
+        self,
+        min_slices: int = MIN_SLICES,
+        spacing_tolerance: float = 0.1,
+        image_only: bool = True,
+        dtype: DtypeLike | None = np.float32,
+        ensure_channel_first: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(reader=None, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first,
+                         **kwargs)  # fmt: skip
+        self.dicom_reader = DicomSeriesReader(min_slices=min_slices, spacing_tolerance=spacing_tolerance)
+
+    def __call__(self, filename: Sequence[str] | str, reader=None):
+        """Load ``filename`` (a path, or the list of files of one DICOM series)."""
+        if reader is None and self.dicom_reader.verify_suffix([str(f) for f in ensure_tuple(filename)]):
+            reader = self.dicom_reader
+        return super().__call__(filename, reader)
+
+
+class LoadVolumed(LoadImaged):
+    """Dictionary wrapper of :class:`LoadVolume` (a ``LoadImaged``, so tools that look for one find it).
+
+    Args:
+        keys: keys of the image paths to load.
+        min_slices: fewest frames a DICOM series needs to be a volume.
+        spacing_tolerance: largest relative deviation of a DICOM slice gap from the median gap.
+        image_only: store only the ``MetaTensor``s.
+        dtype: output data type.
+        ensure_channel_first: add or move the channel dimension first.
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        min_slices: int = MIN_SLICES,
+        spacing_tolerance: float = 0.1,
+        image_only: bool = True,
+        dtype: DtypeLike | None = np.float32,
+        ensure_channel_first: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first,
+                         allow_missing_keys=allow_missing_keys)  # fmt: skip
+        self._loader = LoadVolume(min_slices=min_slices, spacing_tolerance=spacing_tolerance, image_only=image_only,
+                                  dtype=dtype, ensure_channel_first=ensure_channel_first)  # fmt: skip
+
+    def __call__(self, data: Mapping[Hashable, object], reader=None) -> dict:
+        return super().__call__(data, reader)

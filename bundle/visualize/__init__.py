@@ -1,0 +1,1 @@
+from bundle.visualize.hirescam import HiResCAM, scale_to_unit
