@@ -30,7 +30,7 @@ def slice_pipeline(
         a ``Compose`` producing plain tensors (no metadata), ready for default collation.
     """
     to_tensor = EnsureTyped(keys=list(keys), dtype=torch.float32, track_meta=False, allow_missing_keys=True)
-    steps = [DecodeSliced(keys=keys[0]), to_tensor]
+    steps = [DecodeSliced(keys=list(keys), scale_uint8=[True] + [False] * (len(keys) - 1), allow_missing_keys=True)]
     if augment and in_loader:
-        steps += [*augment, to_tensor]
+        steps += [*augment, to_tensor]  # the augmentation returns MetaTensors: back to plain tensors
     return Compose(steps)

@@ -12,7 +12,12 @@ def test_decode(array, expected):
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor(expected))
     d = DecodeSliced(keys="image")({"image": array, "label": np.ones(3, np.uint8)})
-    assert d["label"].dtype == np.uint8  # only the image is decoded
+    assert d["label"].dtype == np.uint8  # only the keys given are decoded
+    d = DecodeSliced(keys=["image", "label"], scale_uint8=[True, False])({"image": array, "label": np.ones(3, np.uint8)})
+    torch.testing.assert_close(d["label"], torch.ones(3))  # masks keep their values
+    readonly = np.frombuffer(bytes([0, 255, 51]), np.uint8)
+    assert not readonly.flags.writeable
+    torch.testing.assert_close(DecodeSlice()(readonly), torch.tensor([0.0, 1.0, 0.2]))
 
 
 def test_slice_pipeline_with_and_without_augment():
