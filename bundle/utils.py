@@ -12,7 +12,8 @@ import shutil
 import subprocess
 import time
 
-__all__ = ["backup_existing", "git_commit", "package_versions", "provenance_tags", "save_resolved_config"]
+__all__ = ["backup_existing", "git_commit", "package_versions", "provenance_tags", "require_file", "run_engine",
+           "save_resolved_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +106,35 @@ def save_resolved_config(path: str) -> str | None:
         frame = frame.f_back
     logger.warning("save_resolved_config: not called from a bundle config; nothing saved")
     return None
+
+
+def require_file(path: str, what: str = "file", hint: str = "") -> str:
+    """Stop with one line naming ``path`` when it does not exist (e.g. a checkpoint an evaluation needs).
+
+    Args:
+        path: the file.
+        what: what it is, for the message.
+        hint: how to produce it, appended to the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        SystemExit: ``ERROR: no <what> at <path>; <hint>``.
+    """
+    if not os.path.isfile(path):
+        raise SystemExit(f"ERROR: no {what} at {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+def run_engine(engine, enabled: bool = True, reason: str = "") -> bool:
+    """Run an ignite engine when ``enabled`` (a config switch, e.g. ``pretrain_epochs > 0``); log why not otherwise.
+
+    Returns:
+        whether it ran.
+    """
+    if not enabled:
+        logger.warning(f"skipped {type(engine).__name__}" + (f": {reason}" if reason else ""))
+        return False
+    engine.run()
+    return True

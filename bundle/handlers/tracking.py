@@ -26,8 +26,15 @@ class MLflowTracker(MLFlowHandler):
     the run completes, ``artifacts`` (the best checkpoint) and the best-epoch metrics from ``summary_file`` as
     ``best_<name>``.
 
+    A run can be nested under a parent (``parent_run_id``: MLflow's own ``mlflow.parentRunId`` tag, which its UI
+    shows as a child run), and a workflow can log into an existing run (``resume_run_id``), e.g. the test
+    metrics of an evaluation into the run that trained the model.
+
     Args:
         tags: extra run tags, merged over the provenance tags.
+        parent_run_id: id of the parent run (None: a top-level run).
+        resume_run_id: id of an existing run to log into instead of starting one (None: found or created by
+            ``run_name`` as MONAI's handler does).
         start_artifacts: files logged as soon as the run starts (missing ones are skipped).
         summary_file: JSON written by :class:`bundle.handlers.BestMetrics`, read when the run completes.
         bundle_root: repository whose git commit is recorded.
@@ -38,6 +45,8 @@ class MLflowTracker(MLFlowHandler):
     def __init__(
         self,
         tags: dict | None = None,
+        parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
         start_artifacts: Sequence[str] | None = None,
         summary_file: str | None = None,
         bundle_root: str = ".",
@@ -45,6 +54,9 @@ class MLflowTracker(MLFlowHandler):
     ) -> None:
         super().__init__(**kwargs)
         self.tags = dict(tags or {})
+        if parent_run_id:
+            self.tags["mlflow.parentRunId"] = parent_run_id
+        self.resume_run_id = resume_run_id or None
         self.start_artifacts = [p for p in (start_artifacts or []) if p]
         self.summary_file = summary_file
         self.bundle_root = bundle_root
@@ -55,6 +67,13 @@ class MLflowTracker(MLFlowHandler):
         return self.cur_run.info.run_id if self.cur_run else None
 
     def start(self, engine: Engine) -> None:
+        if self.resume_run_id and not self.cur_run:
+            self.cur_run = self.client.get_run(self.resume_run_id)
+            if self.cur_run.info.status != "RUNNING":
+                self.client.update_run(self.resume_run_id, status="RUNNING")
+        if self.experiment_param and self.cur_run:  # a resumed run: log only the parameters it does not hold yet
+            self.experiment_param = dict(self.experiment_param)
+            self._delete_exist_param_in_dict(self.experiment_param)
         super().start(engine)
         tags = {**provenance_tags(self.bundle_root), **{k: str(v) for k, v in self.tags.items()}}
         for k, v in tags.items():

@@ -1,0 +1,2 @@
+from bundle.evaluation.plots import plot_confusion_matrices, plot_embeddings, project_embeddings
+from bundle.evaluation.report import QAReport, flatten_metrics, report_summary, score_predictions, write_report

@@ -1,0 +1,2 @@
+from bundle.networks.loading import load_network
+from bundle.networks.qa import CAM_LAYER, LABELS, QANet, SupConNet, load_encoder_weights, qa_logits

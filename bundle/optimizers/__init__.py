@@ -1,0 +1,1 @@
+from bundle.optimizers.lars import LARS
