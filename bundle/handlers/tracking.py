@@ -38,6 +38,8 @@ class MLflowTracker(MLFlowHandler):
         start_artifacts: files logged as soon as the run starts (missing ones are skipped).
         summary_file: JSON written by :class:`bundle.handlers.BestMetrics`, read when the run completes.
         bundle_root: repository whose git commit is recorded.
+        artifact_dir: folder of the run's artifacts that this handler's files go to (None: the top), e.g. ``test``
+            for an evaluation logged into its training run.
         kwargs: arguments of ``monai.handlers.MLFlowHandler`` (``tracking_uri``, ``experiment_name``,
             ``run_name``, ``experiment_param``, ``artifacts``, ...).
     """
@@ -50,6 +52,7 @@ class MLflowTracker(MLFlowHandler):
         start_artifacts: Sequence[str] | None = None,
         summary_file: str | None = None,
         bundle_root: str = ".",
+        artifact_dir: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,6 +63,7 @@ class MLflowTracker(MLFlowHandler):
         self.start_artifacts = [p for p in (start_artifacts or []) if p]
         self.summary_file = summary_file
         self.bundle_root = bundle_root
+        self.artifact_dir = artifact_dir or None
 
     @property
     def run_id(self) -> str | None:
@@ -79,7 +83,7 @@ class MLflowTracker(MLFlowHandler):
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
         for path in self.start_artifacts:
-            self.log_artifact(path)
+            self.log_artifact(path, self.artifact_dir)
         logger.info(f"MLflow run {self.run_id} ({self.cur_run.info.run_name}) in {self.client.tracking_uri}")
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
@@ -94,5 +98,9 @@ class MLflowTracker(MLFlowHandler):
             best = {f"best_{k}": float(v) for k, v in summary.get("metrics", {}).items()}
             best["best_epoch"] = float(summary.get("epoch", 0))
             self._log_metrics(best, step=int(summary.get("epoch", 0)))
-            self.log_artifact(self.summary_file)
+            self.log_artifact(self.summary_file, self.artifact_dir)
+        if self.artifact_dir and self.artifacts and self.cur_run:
+            for path in self._parse_artifacts():
+                self.log_artifact(path, self.artifact_dir)
+            return
         super().complete()
