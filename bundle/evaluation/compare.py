@@ -224,7 +224,7 @@ def compare_strategies(
     parent = client.create_run(experiment_id, run_name=f"compare_{stamp}", tags={"workflow": "compare"})
     parent_id = parent.info.run_id
     for k, v in {"seeds": seeds, "strategies": list(strategies), "split_seed": split_seed, "reference": reference,
-                 **{f"override.{k}": v for k, v in overrides.items()}}.items():  # fmt: skip
+                 **{f"override.{k.replace('#', '::')}": v for k, v in overrides.items()}}.items():  # fmt: skip
         client.log_param(parent_id, k, str(v)[:6000])
     if command:
         client.set_tag(parent_id, "command", command[:5000])

@@ -38,6 +38,8 @@ class MLflowTracker(MLFlowHandler):
         start_artifacts: files logged as soon as the run starts (missing ones are skipped).
         summary_file: JSON written by :class:`bundle.handlers.BestMetrics`, read when the run completes.
         bundle_root: repository whose git commit is recorded.
+        log_state_params: log the engine's ``max_epochs`` and ``epoch_length`` as parameters (MONAI's default);
+            False for a first stage whose run a second stage continues (its own values would clash).
         artifact_dir: folder of the run's artifacts that this handler's files go to (None: the top), e.g. ``test``
             for an evaluation logged into its training run.
         kwargs: arguments of ``monai.handlers.MLFlowHandler`` (``tracking_uri``, ``experiment_name``,
@@ -53,6 +55,7 @@ class MLflowTracker(MLFlowHandler):
         summary_file: str | None = None,
         bundle_root: str = ".",
         artifact_dir: str | None = None,
+        log_state_params: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,6 +67,8 @@ class MLflowTracker(MLFlowHandler):
         self.summary_file = summary_file
         self.bundle_root = bundle_root
         self.artifact_dir = artifact_dir or None
+        if not log_state_params:
+            self.default_tracking_params = []
 
     @property
     def run_id(self) -> str | None:

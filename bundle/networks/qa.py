@@ -104,7 +104,9 @@ class QANet(nn.Module):
         segmentation: add the LA decoder (multi-task QA).
         decoder_channels: channels of the decoder's five upsampling blocks.
         pretrained_path: local checkpoint to initialise the encoder from (see :func:`load_encoder_weights`).
-        freeze_encoder: freeze the encoder (contrastive QA): no gradients, batch-norm statistics kept.
+        freeze_encoder: freeze the encoder (contrastive QA): no gradients, batch-norm statistics kept. The state
+            dict is the same either way: inference (HiResCAM, which needs the encoder's gradients) loads any
+            checkpoint into a network built with the defaults.
 
     Raises:
         ValueError: for unknown options or a checkpoint that does not fit.
