@@ -206,3 +206,17 @@ def test_comparison(tiny_demo, tmp_path):
         assert r.info.status == "FINISHED" and "test_mode_fibrosis_f1" in r.data.metrics and "val_mse" in r.data.metrics
     assert parent.info.status == "FINISHED" and "baseline_fibrosis_f1_mean" in parent.data.metrics
     assert {"comparison.md", "comparison.csv", "embeddings_tsne.png"} <= set(_artifacts(client, parent.info.run_id))
+
+
+def test_training_is_reproducible(tiny_demo, tmp_path):
+    """The comparison's tables are reproducible: the same seed gives bitwise the same weights (data-loader worker
+    and all)."""
+    states = []
+    for i in range(2):
+        models = tmp_path / f"models{i}"
+        _run(_workflow(CONFIGS["baseline"], "train", datalist=tiny_demo, output_dir=str(tmp_path / f"runs{i}"),
+                       ckpt_dir=str(models), num_workers=1, batch_size=8, seed=3))  # fmt: skip
+        states.append(torch.load(models / "qa_baseline.pt", map_location="cpu"))
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
