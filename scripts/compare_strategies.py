@@ -8,6 +8,9 @@ Any other ``--name value`` is a config override applied to every run (as with ``
 
     python scripts/compare_strategies.py --seeds 3 --dataset_dir ../shared/data/la2018 --test_size 6 \\
         --max_epochs 10 --pretrain_epochs 20 --spatial_size 64 --train_slice_step 2
+
+``--reevaluate runs/compare_<time>`` trains nothing: it evaluates that comparison's checkpoints again with the
+given overrides on top of its own (e.g. ``--qa_slices detector``) and tabulates them as the comparison did.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bundle.evaluation.compare import STRATEGIES, compare_strategies  # noqa: E402
+from bundle.evaluation.compare import STRATEGIES, compare_strategies, reevaluate  # noqa: E402
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -54,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split_seed", type=int, default=0, help="seed of the patient split shared by all runs")
     p.add_argument("--no_reference", action="store_true", help="leave out the logistic-regression reference row")
     p.add_argument("--projection", default="tsne", choices=["tsne", "umap", "none"], help="embedding picture")
+    p.add_argument("--reevaluate", metavar="COMPARE_DIR", help="evaluate a finished comparison's checkpoints again")
+    p.add_argument("--tag", default="reeval", help="name of the re-evaluation (with --reevaluate)")
     args, rest = p.parse_known_args(argv)
     overrides = parse_overrides(rest)
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     command = "python scripts/compare_strategies.py " + " ".join(shlex.quote(a) for a in argv)
+    if args.reevaluate:
+        reevaluate(args.reevaluate, overrides, tag=args.tag, reference=not args.no_reference, command=command)
+        return 0
     compare_strategies(output_dir=args.output_dir, seeds=seeds, strategies=[s for s in args.strategies.split(",") if s],
                        overrides=overrides, bundle_root=args.bundle_root, split_seed=args.split_seed,
                        reference=not args.no_reference, projection=args.projection, command=command)  # fmt: skip

@@ -220,3 +220,23 @@ def test_training_is_reproducible(tiny_demo, tmp_path):
     assert states[0].keys() == states[1].keys()
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
+    # the same checkpoints again, on the slices a (known) detector selects: nothing trains
+    det_cfg = tmp_path / "detector.yaml"
+    det_cfg.write_text("network_def: {_target_: torch.nn.Conv2d, in_channels: 1, out_channels: 1, kernel_size: 1}\n")
+    conv = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(20.0)
+        conv.bias.fill_(-20.0 * 0.945)
+    torch.save(conv.state_dict(), tmp_path / "detector.pt")
+    ckpts = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(cmp_dir, "models", "seed0", "*.pt"))}
+    assert main(["--reevaluate", cmp_dir, "--tag", "detector", "--no_reference", "--qa_slices", "detector",
+                 "--detector_ckpt", str(tmp_path / "detector.pt"), "--detector_config", str(det_cfg), "--detector_size", "32"]) == 0
+    assert {p: os.path.getmtime(p) for p in ckpts} == ckpts  # nothing was trained again
+    (re_dir,) = glob.glob(os.path.join(cmp_dir, "detector_*"))
+    assert pd.read_csv(os.path.join(re_dir, "comparison.csv"))["strategy"].tolist() == ["baseline", "multitask", "contrastive"]
+    first = json.load(open(os.path.join(cmp_dir, "baseline_seed0", "test", "metrics.json")))
+    again = json.load(open(os.path.join(cmp_dir, "baseline_seed0", "detector", "metrics.json")))
+    assert again["n_scans"] == first["n_scans"] and again["n_slices"] != first["n_slices"]  # other slices, same scans
+    runs = client.search_runs([exp])
+    (re_parent,) = [r for r in runs if r.info.run_name.startswith("detector_compare_")]
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == re_parent.info.run_id]) == 3

@@ -21,7 +21,7 @@ import numpy as np
 
 from bundle.networks.qa import LABELS
 
-__all__ = ["STRATEGIES", "compare_strategies", "summarise", "write_tables"]
+__all__ = ["STRATEGIES", "compare_strategies", "reevaluate", "summarise", "write_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -298,4 +298,96 @@ def compare_strategies(
         client.set_terminated(parent_id, status)
     print(Path(tables["markdown"]).read_text(), flush=True)
     logger.info(f"comparison written to {out}")
+    return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}
+
+
+def reevaluate(
+    compare_dir: str,
+    overrides: dict | None = None,
+    tag: str = "reeval",
+    reference: bool = True,
+    command: str = "",
+) -> dict:
+    """Evaluate the checkpoints of a finished comparison again with other settings, and tabulate as it did.
+
+    E.g. models trained on the ground-truth LA slices (``qa_slices: mask``), verdicts from the slices the trained
+    LA detector selects (``{"qa_slices": "detector", "detector_ckpt": ...}``): the pipeline as a user runs it. Nothing
+    is trained; the comparison's split, seeds, strategies and overrides are reused with ``overrides`` on top.
+
+    Args:
+        compare_dir: a ``compare_<time>`` folder written by :func:`compare_strategies`.
+        overrides: config overrides on top of the comparison's.
+        tag: name of the evaluation (folder ``<compare_dir>/<tag>_<time>/``, each run's ``<run>/<tag>/``).
+        reference: add the reference row (with the new slice selection).
+        command: the command line, recorded.
+
+    Returns:
+        ``{"dir", "parent_run_id", "results", "tables"}``.
+    """
+    from monai.bundle import ConfigParser
+
+    from bundle.data import prepare_data, qa_slices
+    from bundle.evaluation.reference import fit_predict_reference
+    from bundle.evaluation.report import score_predictions
+
+    compare_dir = os.path.abspath(compare_dir)
+    settings_file = os.path.join(compare_dir, "settings.json")
+    if not os.path.isfile(settings_file):
+        raise SystemExit(f"ERROR: {compare_dir}: no settings.json (not a folder written by the comparison)")
+    settings = json.load(open(settings_file))
+    bundle_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    output_dir = os.path.dirname(compare_dir)
+    merged = {**settings["overrides"], **dict(overrides or {})}
+    split_file = merged.get("split_file") or os.path.join(compare_dir, "split.json")
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    out = os.path.join(compare_dir, f"{tag}_{stamp}")
+    os.makedirs(out, exist_ok=True)
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle_root, STRATEGIES["baseline"]))
+    parser.update({"bundle_root": bundle_root, "output_dir": output_dir, **merged})
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
+    detector_ckpt = parser.get_parsed_content("detector_ckpt")
+    client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
+    parent = client.create_run(experiment_id, run_name=f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
+                               tags={"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]})  # fmt: skip
+    parent_id = parent.info.run_id
+    for k, v in {"comparison": compare_dir, **{f"override.{k.replace('#', '::')}": v for k, v in (overrides or {}).items()}}.items():
+        client.log_param(parent_id, k, str(v)[:6000])
+    Path(out, "settings.json").write_text(json.dumps({"command": command, "comparison": compare_dir,
+                                                      "overrides": overrides or {}}, indent=1, default=str))  # fmt: skip
+    results: dict[str, list[dict]] = {s: [] for s in settings["strategies"]}
+    status = "FAILED"
+    try:
+        for seed in settings["seeds"]:
+            for strategy in settings["strategies"]:
+                name = f"{strategy}_seed{seed}"
+                eval_dir = os.path.join(compare_dir, name, tag)
+                common = {**merged, "bundle_root": bundle_root, "output_dir": output_dir, "split_file": split_file,
+                          "detector_ckpt": detector_ckpt, "seed": seed, "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}")}  # fmt: skip
+                logger.info(f"--- {name}: evaluation ({tag})")
+                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer", run_name=f"{name}_{tag}_{stamp}",
+                               run_dir=eval_dir, parent_run_id=parent_id, projection="none", **common)  # fmt: skip
+                _run(wf)
+                del wf
+                gc.collect()
+                with open(os.path.join(eval_dir, "metrics.json")) as f:
+                    summary = json.load(f)
+                summary["seed"] = seed
+                results[strategy].append(summary)
+        if reference:
+            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"), output_dir, split_file)
+            args = {**parser.get_parsed_content("qa_slice_args"), "detector_ckpt": detector_ckpt}
+            probs, volumes, targets = fit_predict_reference(qa_slices(data, "train", **args), qa_slices(data, "test", **args))
+            scored = score_predictions(volumes, probs, targets)
+            results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": 0,
+                                      "metrics": scored["metrics"]}], **results}  # fmt: skip
+        tables = write_tables(results, out, f"Command: `{command}`" if command else "")
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json")):
+            client.log_artifact(parent_id, path)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent_id, status)
+    print(Path(tables["markdown"]).read_text(), flush=True)
     return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}
