@@ -70,7 +70,8 @@ class QASlices:
                 rank[sel] = np.arange(sel.sum())
             idx = idx[rank % self.step == 0]
         self.indices = idx
-        self.targets = np.array([[to_binary(e[k]) for k in SCORE_KEYS] for e in cache.entries], np.float32).reshape(-1, len(SCORE_KEYS))
+        targets = [[to_binary(e[k]) for k in SCORE_KEYS] for e in cache.entries]
+        self.targets = np.array(targets, np.float32).reshape(-1, len(SCORE_KEYS))
         counts = np.bincount(cache.volume[idx], minlength=len(cache.entries))
         for v in np.flatnonzero(counts == 0):
             logger.warning(f"{entry_name(cache.entries[v])}: no LA slice selected ({source}); the scan is left out")
@@ -94,8 +95,9 @@ class QASlices:
         ``patient``."""
         c = self.cache
         return [
-            {"image": c.images[n], "label": self.masks[n], "target": self.targets[c.volume[n]], "volume": int(c.volume[n]),
-             "slice": int(c.slice[n]), "patient": str(c.entries[c.volume[n]].get("patient", ""))}  # fmt: skip
+            {"image": c.images[n], "label": self.masks[n], "target": self.targets[c.volume[n]],
+             "volume": int(c.volume[n]), "slice": int(c.slice[n]),
+             "patient": str(c.entries[c.volume[n]].get("patient", ""))}  # fmt: skip
             for n in self.indices
         ]
 
@@ -206,7 +208,8 @@ def qa_slices(
     masks = cache.labels.copy()
     if no_mask.any():
         masks[no_mask] = _resize_masks(pred, cache.spatial_size)
-    return QASlices(cache, selected, masks=masks, step=step, source=f"detector {os.path.basename(detector_ckpt)} t={la_threshold}")
+    source = f"detector {os.path.basename(detector_ckpt)} t={la_threshold}"
+    return QASlices(cache, selected, masks=masks, step=step, source=source)
 
 
 class PrepareQABatch:
@@ -218,7 +221,9 @@ class PrepareQABatch:
         image_key, target_key, mask_key: batch keys of the image, the (N, 4) binary targets and the LA mask.
     """
 
-    def __init__(self, mode: str = "qa", image_key: str = "image", target_key: str = "target", mask_key: str = "label") -> None:
+    def __init__(
+        self, mode: str = "qa", image_key: str = "image", target_key: str = "target", mask_key: str = "label"
+    ) -> None:
         if mode not in ("qa", "multitask", "views"):
             raise ValueError(f"mode must be 'qa', 'multitask' or 'views', got {mode!r}")
         self.mode, self.image_key, self.target_key, self.mask_key = mode, image_key, target_key, mask_key

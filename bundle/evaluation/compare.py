@@ -217,8 +217,9 @@ def compare_strategies(
                      parser.get_parsed_content("val_fraction"), split_seed, split_file)  # fmt: skip
     shared = {**overrides, "bundle_root": bundle_root, "output_dir": os.path.abspath(output_dir), "split_file": split_file,
               "detector_ckpt": detector_ckpt, "overwrite_checkpoint": True}  # fmt: skip
-    Path(out, "settings.json").write_text(json.dumps({"command": command, "seeds": seeds, "strategies": list(strategies),
-                                                      "split_seed": split_seed, "overrides": overrides}, indent=1, default=str))  # fmt: skip
+    settings = {"command": command, "seeds": seeds, "strategies": list(strategies), "split_seed": split_seed,
+                "overrides": overrides}  # fmt: skip
+    Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str))
 
     client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
     parent = client.create_run(experiment_id, run_name=f"compare_{stamp}", tags={"workflow": "compare"})
@@ -249,7 +250,8 @@ def compare_strategies(
                 child = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")[0].info.run_id
                 logger.info(f"--- {name}: evaluation on the test split")
                 wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer", run_name=run_name,
-                               run_dir=os.path.join(run_dir, "test"), mlflow_run_id=child, projection="none", **common)  # fmt: skip
+                               run_dir=os.path.join(run_dir, "test"), mlflow_run_id=child, projection="none",
+                               **common)  # fmt: skip
                 _run(wf)
                 del wf
                 gc.collect()
@@ -348,11 +350,12 @@ def reevaluate(
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
     detector_ckpt = parser.get_parsed_content("detector_ckpt")
     client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
-    parent = client.create_run(experiment_id, run_name=f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
-                               tags={"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]})  # fmt: skip
-    parent_id = parent.info.run_id
-    for k, v in {"comparison": compare_dir, **{f"override.{k.replace('#', '::')}": v for k, v in (overrides or {}).items()}}.items():
-        client.log_param(parent_id, k, str(v)[:6000])
+    tags = {"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]}
+    parent_id = client.create_run(experiment_id, run_name=f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
+                                  tags=tags).info.run_id  # fmt: skip
+    client.log_param(parent_id, "comparison", compare_dir)
+    for k, v in (overrides or {}).items():
+        client.log_param(parent_id, f"override.{k.replace('#', '::')}", str(v)[:6000])
     Path(out, "settings.json").write_text(json.dumps({"command": command, "comparison": compare_dir,
                                                       "overrides": overrides or {}}, indent=1, default=str))  # fmt: skip
     results: dict[str, list[dict]] = {s: [] for s in settings["strategies"]}
@@ -363,10 +366,12 @@ def reevaluate(
                 name = f"{strategy}_seed{seed}"
                 eval_dir = os.path.join(compare_dir, name, tag)
                 common = {**merged, "bundle_root": bundle_root, "output_dir": output_dir, "split_file": split_file,
-                          "detector_ckpt": detector_ckpt, "seed": seed, "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}")}  # fmt: skip
+                          "detector_ckpt": detector_ckpt, "seed": seed,
+                          "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}")}  # fmt: skip
                 logger.info(f"--- {name}: evaluation ({tag})")
-                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer", run_name=f"{name}_{tag}_{stamp}",
-                               run_dir=eval_dir, parent_run_id=parent_id, projection="none", **common)  # fmt: skip
+                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer",
+                               run_name=f"{name}_{tag}_{stamp}", run_dir=eval_dir, parent_run_id=parent_id,
+                               projection="none", **common)  # fmt: skip
                 _run(wf)
                 del wf
                 gc.collect()
@@ -375,9 +380,11 @@ def reevaluate(
                 summary["seed"] = seed
                 results[strategy].append(summary)
         if reference:
-            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"), output_dir, split_file)
+            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
+                                output_dir, split_file)  # fmt: skip
             args = {**parser.get_parsed_content("qa_slice_args"), "detector_ckpt": detector_ckpt}
-            probs, volumes, targets = fit_predict_reference(qa_slices(data, "train", **args), qa_slices(data, "test", **args))
+            train, test = qa_slices(data, "train", **args), qa_slices(data, "test", **args)
+            probs, volumes, targets = fit_predict_reference(train, test)
             scored = score_predictions(volumes, probs, targets)
             results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": 0,
                                       "metrics": scored["metrics"]}], **results}  # fmt: skip

@@ -69,7 +69,9 @@ def slice_features(image: np.ndarray, mask: np.ndarray, ring: int = 3, margin: i
 
 def _features(slices) -> np.ndarray:
     c = slices.cache
-    return np.stack([slice_features(c.images[n], slices.masks[n]) for n in slices.indices]) if len(slices) else np.zeros((0, len(FEATURES)))
+    if not len(slices):
+        return np.zeros((0, len(FEATURES)))
+    return np.stack([slice_features(c.images[n], slices.masks[n]) for n in slices.indices])
 
 
 def fit_predict_reference(train, test, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -195,5 +195,6 @@ class QAReport:
 
                 pts, used = project_embeddings(emb, self.projection, self.seed)
                 np.save(os.path.join(self.output_dir, f"embeddings_{used}.npy"), pts.astype(np.float32))
-                plot_embeddings([(f"{self.title} ({self.part})".strip(), pts, tgt[:, LABELS.index("fibrosis")])],
-                                os.path.join(self.output_dir, "embeddings.png"), {"tsne": "t-SNE", "umap": "UMAP"}[used])  # fmt: skip
+                panel = (f"{self.title} ({self.part})".strip(), pts, tgt[:, LABELS.index("fibrosis")])
+                name = {"tsne": "t-SNE", "umap": "UMAP"}[used]
+                plot_embeddings([panel], os.path.join(self.output_dir, "embeddings.png"), name)

@@ -78,7 +78,7 @@ def _split_batch(batch: dict) -> list[dict]:
         if isinstance(v, dict):
             for i, sub in enumerate(_split_batch(v)):
                 items[i][k] = sub
-        elif (isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0 and len(v) == n) or (isinstance(v, list) and len(v) == n):
+        elif (isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0 or isinstance(v, list)) and len(v) == n:
             for i in range(n):
                 items[i][k] = v[i]
     return items

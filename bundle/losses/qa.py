@@ -82,7 +82,9 @@ class MultiTaskLoss(nn.Module):
     ``{"qa": (N, 4), "seg": (N, 1, H, W)}`` binary.
     """
 
-    def __init__(self, qa_loss: nn.Module | None = None, seg_loss: nn.Module | None = None, seg_weight: float = 1.0) -> None:
+    def __init__(
+        self, qa_loss: nn.Module | None = None, seg_loss: nn.Module | None = None, seg_weight: float = 1.0
+    ) -> None:
         super().__init__()
         if seg_weight < 0:
             raise ValueError(f"seg_weight must be >= 0, got {seg_weight}")
@@ -93,7 +95,8 @@ class MultiTaskLoss(nn.Module):
     def forward(self, output: dict, target: dict) -> torch.Tensor:
         if not isinstance(output, dict) or not isinstance(target, dict):
             raise ValueError("MultiTaskLoss needs dict output and target with keys 'qa' and 'seg'")
-        return self.qa_loss(output, target) + self.seg_weight * self.seg_loss(output["seg"], target["seg"].to(output["seg"].dtype))
+        seg = self.seg_loss(output["seg"], target["seg"].to(output["seg"].dtype))
+        return self.qa_loss(output, target) + self.seg_weight * seg
 
 
 def resolve_pos_weight(spec: str | Sequence[float] | None, slices=None) -> list[float] | None:

@@ -23,7 +23,8 @@ def qa_outputs(output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tenso
     if isinstance(output, (list, tuple)):
         pred = torch.stack([qa_logits({k: v[None] for k, v in o["pred"].items()} if isinstance(o["pred"], dict)
                                       else o["pred"][None])[0] for o in output])  # fmt: skip
-        label = torch.stack([torch.as_tensor(o["label"]["qa"] if isinstance(o["label"], dict) else o["label"]) for o in output])
+        labels = [o["label"]["qa"] if isinstance(o["label"], dict) else o["label"] for o in output]
+        label = torch.stack([torch.as_tensor(x) for x in labels])
     else:
         pred, label = qa_logits(output["pred"]), output["label"]
         label = label["qa"] if isinstance(label, dict) else label
@@ -74,7 +75,9 @@ def mode_vote(predictions: Sequence[int] | np.ndarray) -> int:
     return int(2 * p.sum() > p.size)
 
 
-def aggregate_scans(volumes: Sequence[int] | np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+def aggregate_scans(
+    volumes: Sequence[int] | np.ndarray, probs: np.ndarray, threshold: float = 0.5
+) -> dict[str, np.ndarray]:
     """Per-scan verdicts from slice probabilities.
 
     Args:
@@ -106,7 +109,9 @@ def aggregate_scans(volumes: Sequence[int] | np.ndarray, probs: np.ndarray, thre
     return out
 
 
-def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int], y_score: Sequence[float] | None = None) -> dict[str, float]:
+def binary_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], y_score: Sequence[float] | None = None
+) -> dict[str, float]:
     """Precision, recall, F1, specificity, balanced accuracy and AUROC of a binary task (scikit-learn).
 
     The positive class is 1 (diagnostic). Precision and F1 are 0 when nothing is predicted positive; recall,
@@ -131,9 +136,11 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int], y_score: Sequen
         "specificity": float(recall_score(t, p, pos_label=0, zero_division=np.nan)) if (t == 0).any() else float("nan"),
         "balanced_accuracy": float(balanced_accuracy_score(t, p)) if both else float("nan"),
         "accuracy": float(accuracy_score(t, p)),
-        "auroc": float(roc_auc_score(t, np.asarray(y_score, dtype=float).reshape(-1))) if both and y_score is not None else float("nan"),
+        "auroc": float("nan"),
         "n": float(t.size),
     }
+    if both and y_score is not None:
+        out["auroc"] = float(roc_auc_score(t, np.asarray(y_score, dtype=float).reshape(-1)))
     return out
 
 

@@ -69,7 +69,8 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
 
 
 def _mlp(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1))
+    layers = [nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1)]
+    return nn.Sequential(*layers)
 
 
 class QANet(nn.Module):
@@ -229,7 +230,9 @@ class SupConNet(nn.Module):
     Forward takes ``(N, V, 1, H, W)`` (``V`` augmented views per slice) and returns ``(N, V, projection_dim)``.
     """
 
-    def __init__(self, encoder: nn.Module, in_features: int = 512, hidden: int = 512, projection_dim: int = 128) -> None:
+    def __init__(
+        self, encoder: nn.Module, in_features: int = 512, hidden: int = 512, projection_dim: int = 128
+    ) -> None:
         super().__init__()
         if min(in_features, hidden, projection_dim) < 1:
             raise ValueError(f"sizes must be >= 1, got {in_features}, {hidden}, {projection_dim}")

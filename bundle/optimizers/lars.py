@@ -47,7 +47,8 @@ class LARS(Optimizer):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if weight_decay < 0 or trust_coefficient <= 0:
-            raise ValueError(f"need weight_decay >= 0 and trust_coefficient > 0, got {weight_decay}, {trust_coefficient}")
+            raise ValueError(f"need weight_decay >= 0 and trust_coefficient > 0, got {weight_decay}, "
+                             f"{trust_coefficient}")  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         exclude_1d=exclude_1d, eps=eps)  # fmt: skip
         super().__init__(params, defaults)

@@ -43,7 +43,9 @@ class MultiViewd(MapTransform):
         allow_missing_keys: skip keys that are absent.
     """
 
-    def __init__(self, keys: KeysCollection, transform: Callable, views: int = 2, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, transform: Callable, views: int = 2, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if int(views) < 1:
             raise ValueError(f"views must be >= 1, got {views}")
