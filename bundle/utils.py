@@ -23,6 +23,8 @@ __all__ = [
     "package_versions",
     "provenance_tags",
     "rank0_first",
+    "require_file",
+    "run_engine",
     "save_resolved_config",
 ]
 
@@ -196,3 +198,35 @@ def rank0_first():
     finally:
         if dist is not None and dist.get_rank() == 0:
             dist.barrier()
+
+
+def require_file(path: str, what: str = "file", hint: str = "") -> str:
+    """Stop with one line naming ``path`` when it does not exist (e.g. a checkpoint an evaluation needs).
+
+    Args:
+        path: the file.
+        what: what it is, for the message.
+        hint: how to produce it, appended to the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        SystemExit: ``ERROR: no <what> at <path>; <hint>``.
+    """
+    if not os.path.isfile(path):
+        raise SystemExit(f"ERROR: no {what} at {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+def run_engine(engine, enabled: bool = True, reason: str = "") -> bool:
+    """Run an ignite engine when ``enabled`` (a config switch, e.g. ``pretrain_epochs > 0``); log why not otherwise.
+
+    Returns:
+        whether it ran.
+    """
+    if not enabled:
+        logger.warning(f"skipped {type(engine).__name__}" + (f": {reason}" if reason else ""))
+        return False
+    engine.run()
+    return True

@@ -69,11 +69,36 @@ def save_slice_grid(
     return path
 
 
+def _split_batch(batch: dict) -> list[dict]:
+    """A collated (batched) dict as a list of per-item dicts; entries without a batch dimension are dropped and a
+    nested dict (the multi-task prediction) is split alike."""
+    n = next(len(v) for v in batch.values() if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0)
+    items: list[dict] = [{} for _ in range(n)]
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            for i, sub in enumerate(_split_batch(v)):
+                items[i][k] = sub
+        elif (isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0 or isinstance(v, list)) and len(v) == n:
+            for i in range(n):
+                items[i][k] = v[i]
+    return items
+
+
+def _caption(values) -> str:
+    v = _to_numpy(values).reshape(-1)
+    return " ".join(f"{x:.0f}" if float(x).is_integer() else f"{x:.2f}" for x in v)
+
+
 class BatchSnapshot:
     """Save the first batch an engine processes as a PNG grid (list it in the MLflow handler's ``artifacts``).
 
     For a trainer this shows the augmented inputs with their masks; for an evaluator the inputs with the ground
     truth (green) and the thresholded prediction (red) contours. Slices holding LA are preferred.
+
+    QA engines (``source="batch"``) take images, masks and ``caption_key`` (the binary targets) from the loader's
+    batch, and the prediction from the engine's output: a multi-task ``{"qa", "seg"}`` dict draws the sigmoid of
+    ``seg`` at ``threshold`` and captions the QA probabilities; QA logits ``(4,)`` are captioned only. Views of
+    contrastive pretraining ``(V, 1, h, w)`` are shown side by side.
 
     Args:
         output_file: PNG path.
@@ -81,6 +106,8 @@ class BatchSnapshot:
         show_pred: draw the prediction contour (its ``pred`` thresholded at ``threshold``).
         threshold: threshold of ``pred``; the evaluator's postprocessing already binarises it.
         title: figure title.
+        source: ``"output"`` (the engine's output, decollated or batched) or ``"batch"`` (the loader's batch).
+        caption_key: batch key whose values are added to each slice's caption (e.g. ``"target"``).
     """
 
     def __init__(
@@ -90,39 +117,72 @@ class BatchSnapshot:
         show_pred: bool = True,
         threshold: float = 0.5,
         title: str | None = None,
+        source: str = "output",
+        caption_key: str | None = None,
     ) -> None:
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {max_images}")
+        if source not in ("output", "batch"):
+            raise ValueError(f"source must be 'output' or 'batch', got {source!r}")
         self.output_file = output_file
         self.max_images = max_images
         self.show_pred = show_pred
         self.threshold = threshold
         self.title = title
+        self.source = source
+        self.caption_key = caption_key
         self._done = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
+    @staticmethod
+    def _as_items(x) -> list[dict]:
+        return x if isinstance(x, list) else _split_batch(x)
+
     def __call__(self, engine: Engine) -> None:
         if self._done:
             return
         self._done = True
-        out = engine.state.output
-        items = out if isinstance(out, list) else [dict(zip(out, v)) for v in zip(*out.values())]
-        images = np.stack([_to_numpy(d["image"])[0] for d in items])
-        labels = np.stack([_to_numpy(d["label"])[0] > 0.5 for d in items]) if "label" in items[0] else None
-        preds = None
-        if self.show_pred and "pred" in items[0]:
-            preds = np.stack([_to_numpy(d["pred"])[0] > self.threshold for d in items])
-        has = np.zeros(len(images), bool)
-        for m in (labels, preds):
-            if m is not None:
-                has |= m.reshape(len(m), -1).any(1)
-        pool = np.flatnonzero(has) if has.sum() >= min(self.max_images, len(images)) else np.arange(len(images))
-        pick = pool[np.linspace(0, len(pool) - 1, min(self.max_images, len(pool))).round().astype(int)]
+        out = self._as_items(engine.state.output)
         batch = engine.state.batch
+        bitems = self._as_items(batch) if isinstance(batch, (list, dict)) else None
+        items = bitems if self.source == "batch" else out
+        first = _to_numpy(items[0]["image"])
+        views = first.shape[0] if first.ndim == 4 else 1  # (V, 1, h, w): views of contrastive pretraining
+        per_view = lambda x: _to_numpy(x) if views > 1 else [_to_numpy(x)]  # noqa: E731
+        images = np.stack([v[0] for d in items for v in per_view(d["image"])])
+        labels = None
+        if "label" in items[0] and _to_numpy(items[0]["label"]).ndim == images[0].ndim + (views > 1) + 1:  # a mask
+            labels = np.stack([v[0] > 0.5 for d in items for v in per_view(d["label"])])
+        preds, captions = None, [""] * len(items)
+        if self.show_pred and len(out) == len(items) and "pred" in out[0]:
+            pred = [d["pred"] for d in out]
+            if isinstance(pred[0], dict):  # multi-task: QA logits and LA logits
+                captions = [f"p {_caption(torch.sigmoid(torch.as_tensor(p['qa'])))}" for p in pred]
+                preds = np.stack([_to_numpy(torch.sigmoid(torch.as_tensor(p["seg"])))[0] > self.threshold for p in pred])
+            elif _to_numpy(pred[0]).ndim == 3:  # a (binarised) LA prediction
+                preds = np.stack([_to_numpy(p)[0] > self.threshold for p in pred])
+            elif _to_numpy(pred[0]).ndim == 1:  # QA logits
+                captions = [f"p {_caption(torch.sigmoid(torch.as_tensor(p)))}" for p in pred]
+        n = min(self.max_images, len(images))
+        if views > 1:
+            pick = np.arange(n - n % views or n)  # whole groups of views
+        else:
+            has = np.zeros(len(images), bool)
+            for m in (labels, preds):
+                if m is not None:
+                    has |= m.reshape(len(m), -1).any(1)
+            pool = np.flatnonzero(has) if has.sum() >= n else np.arange(len(images))
+            pick = pool[np.linspace(0, len(pool) - 1, n).round().astype(int)]
         names = None
-        if isinstance(batch, list) and "volume" in batch[0]:
-            names = [f"vol {int(batch[i]['volume'])} slice {int(batch[i]['slice'])}" for i in pick]
+        if bitems is not None and len(bitems) == len(items) and "volume" in bitems[0]:
+            names = []
+            for i in pick:
+                b = bitems[i // views]
+                name = f"vol {int(b['volume'])} slice {int(b['slice'])}" + (f" view {i % views + 1}" if views > 1 else "")
+                if self.caption_key and self.caption_key in b:
+                    name += f"\ny {_caption(b[self.caption_key])} {captions[i // views]}".rstrip()
+                names.append(name)
         save_slice_grid(images[pick], self.output_file, None if labels is None else labels[pick],
                         None if preds is None else preds[pick], names, self.title)  # fmt: skip

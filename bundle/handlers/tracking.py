@@ -26,11 +26,22 @@ class MLflowTracker(MLFlowHandler):
     the run completes, ``artifacts`` (the best checkpoint) and the best-epoch metrics from ``summary_file`` as
     ``best_<name>``.
 
+    A run can be nested under a parent (``parent_run_id``: MLflow's own ``mlflow.parentRunId`` tag, which its UI
+    shows as a child run), and a workflow can log into an existing run (``resume_run_id``), e.g. the test
+    metrics of an evaluation into the run that trained the model.
+
     Args:
         tags: extra run tags, merged over the provenance tags.
+        parent_run_id: id of the parent run (None: a top-level run).
+        resume_run_id: id of an existing run to log into instead of starting one (None: found or created by
+            ``run_name`` as MONAI's handler does).
         start_artifacts: files logged as soon as the run starts (missing ones are skipped).
         summary_file: JSON written by :class:`bundle.handlers.BestMetrics`, read when the run completes.
         bundle_root: repository whose git commit is recorded.
+        log_state_params: log the engine's ``max_epochs`` and ``epoch_length`` as parameters (MONAI's default);
+            False for a first stage whose run a second stage continues (its own values would clash).
+        artifact_dir: folder of the run's artifacts that this handler's files go to (None: the top), e.g. ``test``
+            for an evaluation logged into its training run.
         kwargs: arguments of ``monai.handlers.MLFlowHandler`` (``tracking_uri``, ``experiment_name``,
             ``run_name``, ``experiment_param``, ``artifacts``, ...).
     """
@@ -38,16 +49,26 @@ class MLflowTracker(MLFlowHandler):
     def __init__(
         self,
         tags: dict | None = None,
+        parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
         start_artifacts: Sequence[str] | None = None,
         summary_file: str | None = None,
         bundle_root: str = ".",
+        artifact_dir: str | None = None,
+        log_state_params: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.tags = dict(tags or {})
+        if parent_run_id:
+            self.tags["mlflow.parentRunId"] = parent_run_id
+        self.resume_run_id = resume_run_id or None
         self.start_artifacts = [p for p in (start_artifacts or []) if p]
         self.summary_file = summary_file
         self.bundle_root = bundle_root
+        self.artifact_dir = artifact_dir or None
+        if not log_state_params:
+            self.default_tracking_params = []
 
     @property
     def run_id(self) -> str | None:
@@ -55,12 +76,19 @@ class MLflowTracker(MLFlowHandler):
         return self.cur_run.info.run_id if self.cur_run else None
 
     def start(self, engine: Engine) -> None:
+        if self.resume_run_id and not self.cur_run:
+            self.cur_run = self.client.get_run(self.resume_run_id)
+            if self.cur_run.info.status != "RUNNING":
+                self.client.update_run(self.resume_run_id, status="RUNNING")
+        if self.experiment_param and self.cur_run:  # a resumed run: log only the parameters it does not hold yet
+            self.experiment_param = dict(self.experiment_param)
+            self._delete_exist_param_in_dict(self.experiment_param)
         super().start(engine)
         tags = {**provenance_tags(self.bundle_root), **{k: str(v) for k, v in self.tags.items()}}
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
         for path in self.start_artifacts:
-            self.log_artifact(path)
+            self.log_artifact(path, self.artifact_dir)
         logger.info(f"MLflow run {self.run_id} ({self.cur_run.info.run_name}) in {self.client.tracking_uri}")
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
@@ -75,5 +103,9 @@ class MLflowTracker(MLFlowHandler):
             best = {f"best_{k}": float(v) for k, v in summary.get("metrics", {}).items()}
             best["best_epoch"] = float(summary.get("epoch", 0))
             self._log_metrics(best, step=int(summary.get("epoch", 0)))
-            self.log_artifact(self.summary_file)
+            self.log_artifact(self.summary_file, self.artifact_dir)
+        if self.artifact_dir and self.artifacts and self.cur_run:
+            for path in self._parse_artifacts():
+                self.log_artifact(path, self.artifact_dir)
+            return
         super().complete()

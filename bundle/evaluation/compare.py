@@ -1,0 +1,400 @@
+"""The strategy comparison (the paper's Table 2): every strategy over K seeds on one patient split, in MLflow.
+
+Each strategy-seed trains with the bundle's own workflow (``configs/qa_*.yaml``, as ``monai.bundle run training``)
+and is evaluated on the test patients with ``configs/evaluate.yaml``; its training curves and test scores are one
+MLflow run, a child (MLflow's ``mlflow.parentRunId`` tag) of one parent run that holds the tables and the pictures.
+The non-deep reference (:mod:`bundle.evaluation.reference`) adds a row.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bundle.networks.qa import LABELS
+
+__all__ = ["STRATEGIES", "compare_strategies", "reevaluate", "summarise", "write_tables"]
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = {  # strategy: config files stacked on configs/common.yaml
+    "baseline": ["qa_baseline.yaml"],
+    "multitask": ["qa_baseline.yaml", "qa_multitask.yaml"],
+    "contrastive": ["qa_baseline.yaml", "qa_contrastive.yaml"],
+}
+DISPLAY = {"reference": "Logistic regression (reference)", "baseline": "QA", "multitask": "Multi-Task QA",
+           "contrastive": "QA & Contrastive"}  # fmt: skip
+TABLE_METRICS = ("precision", "recall", "f1", "specificity", "auroc", "balanced_accuracy")
+METRIC_NAMES = {"precision": "Precision", "recall": "Recall", "f1": "F1-Score", "specificity": "Specificity",
+                "auroc": "AUROC", "balanced_accuracy": "Balanced acc."}  # fmt: skip
+
+
+def _configs(bundle_root: str, files: Sequence[str]) -> list[str]:
+    return [os.path.join(bundle_root, "configs", f) for f in ("common.yaml", *files)]
+
+
+def _workflow(root: str, files: Sequence[str], workflow_type: str, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(config_file=_configs(root, files), workflow_type=workflow_type,
+                          meta_file=os.path.join(root, "configs", "metadata.json"), **overrides)  # fmt: skip
+
+
+def _run(wf) -> None:
+    wf.initialize()
+    missing = wf.check_properties()
+    if missing:
+        raise RuntimeError(f"workflow misses properties {missing}")
+    wf.run()
+    wf.finalize()
+
+
+def _mlflow_client(tracking_uri: str, experiment_name: str):
+    import mlflow
+
+    from monai.utils import path_to_uri
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):  # as MONAI's handler: artifacts next to the database
+            location = path_to_uri(Path(tracking_uri[len("sqlite:///"):]).parent / "mlruns")
+        exp = client.get_experiment(client.create_experiment(experiment_name, artifact_location=location))
+    return client, exp.experiment_id
+
+
+def summarise(results: dict[str, list[dict]], level: str = "mode") -> dict[str, dict[str, dict[str, tuple]]]:
+    """Mean and sample standard deviation over seeds of each strategy's test scores.
+
+    Args:
+        results: ``{strategy: [metrics.json content per seed]}``.
+        level: ``"mode"``, ``"mean"`` or ``"slice"``.
+
+    Returns:
+        ``{strategy: {label: {metric: (mean, std, runs)}}}``; std is NaN for a single run; NaN scores are left out.
+    """
+    out: dict = {}
+    for strategy, runs in results.items():
+        out[strategy] = {}
+        for label in LABELS:
+            out[strategy][label] = {}
+            for m in TABLE_METRICS:
+                v = np.array([r["metrics"][level][label][m] for r in runs], dtype=float)
+                v = v[~np.isnan(v)]
+                mean = float(v.mean()) if len(v) else float("nan")
+                std = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+                out[strategy][label][m] = (mean, std, len(v))
+    return out
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+
+
+def write_tables(results: dict[str, list[dict]], output_dir: str, note: str = "") -> dict[str, str]:
+    """Write the comparison as markdown (``comparison.md``) and CSV (``comparison.csv``: the table;
+    ``comparison_runs.csv``: every score of every run, long format).
+
+    Returns:
+        ``{"markdown": path, "csv": path, "runs_csv": path}``.
+    """
+    import pandas as pd
+
+    order = [s for s in ("reference", *STRATEGIES) if s in results] + [s for s in results if s not in DISPLAY]
+    rows = []
+    for strategy in order:
+        for seed, r in enumerate(results[strategy]):
+            for level, per in r["metrics"].items():
+                for label, ms in per.items():
+                    rows += [{"strategy": strategy, "run": seed, "seed": r.get("seed", seed), "level": level,
+                              "label": label, "metric": m, "value": v} for m, v in ms.items()]  # fmt: skip
+    runs_csv = os.path.join(output_dir, "comparison_runs.csv")
+    pd.DataFrame(rows).to_csv(runs_csv, index=False)
+
+    mode, mean = summarise(results, "mode"), summarise(results, "mean")
+    table = []
+    for s in order:
+        n_runs = len(results[s])
+        row = {"method": DISPLAY.get(s, s), "strategy": s, "runs": n_runs}
+        for m in TABLE_METRICS:
+            row[m], row[f"{m}_std"] = mode[s]["fibrosis"][m][:2]
+        table.append(row)
+    csv = os.path.join(output_dir, "comparison.csv")
+    pd.DataFrame(table).to_csv(csv, index=False)
+
+    n_scans = results[order[0]][0]["n_scans"]
+    lines = [f"Quality of fibrosis assessment on the test split ({n_scans} scans): verdict per scan by the mode of its "
+             f"slices (ties non-diagnostic); mean ± standard deviation over runs.", ""]  # fmt: skip
+    head = ["Method", "runs", *[METRIC_NAMES[m] for m in TABLE_METRICS]]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in order:
+        cells = [DISPLAY.get(s, s), str(len(results[s]))] + [_fmt(*mode[s]["fibrosis"][m][:2]) for m in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "F1 per label (verdict by mode), and QA by the mean slice probability:", ""]
+    head = ["Method", *[f"F1 {lb}" for lb in LABELS], "QA F1 (mean prob.)", "QA AUROC (mean prob.)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in order:
+        cells = [DISPLAY.get(s, s)] + [_fmt(*mode[s][lb]["f1"][:2]) for lb in LABELS]
+        cells += [_fmt(*mean[s]["fibrosis"]["f1"][:2]), _fmt(*mean[s]["fibrosis"]["auroc"][:2])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if note:
+        lines += ["", note]
+    md = os.path.join(output_dir, "comparison.md")
+    Path(md).write_text("\n".join(lines) + "\n")
+    return {"markdown": md, "csv": csv, "runs_csv": runs_csv}
+
+
+def compare_strategies(
+    output_dir: str = "runs",
+    seeds: int | Sequence[int] = 5,
+    strategies: Sequence[str] = tuple(STRATEGIES),
+    overrides: dict | None = None,
+    bundle_root: str = ".",
+    split_seed: int = 0,
+    reference: bool = True,
+    projection: str = "tsne",
+    command: str = "",
+) -> dict:
+    """Train and evaluate every strategy for every seed on one patient split, with MLflow parent and child runs.
+
+    Args:
+        output_dir: the bundle's ``output_dir``; everything goes to ``<output_dir>/compare_<time>/`` (checkpoints
+            included, under ``models/seed<k>/``) and the MLflow store of the bundle's settings.
+        seeds: K (seeds ``0..K-1``) or the seeds.
+        strategies: among :data:`STRATEGIES`.
+        overrides: config overrides for every run (``dataset_dir``, ``datalist``, ``test_size``, ``max_epochs``,
+            ``qa_slices``, ...): the reduced budget is given here.
+        bundle_root: the bundle (repository root).
+        split_seed: seed of the patient split shared by all runs (``split_file`` in overrides reuses a saved one).
+        reference: add the logistic-regression reference row.
+        projection: ``"tsne"``, ``"umap"`` (where installed) or ``"none"``: embeddings picture of the first seed.
+        command: the command line, recorded with the results.
+
+    Returns:
+        ``{"dir", "parent_run_id", "results", "tables"}``.
+    """
+    from monai.bundle import ConfigParser
+
+    from bundle.data import prepare_data, qa_slices
+    from bundle.evaluation.plots import plot_embeddings, project_embeddings
+    from bundle.evaluation.reference import fit_predict_reference
+    from bundle.evaluation.report import flatten_metrics, score_predictions
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise ValueError(f"strategies must be among {list(STRATEGIES)}, got {list(strategies)}")
+    seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("need at least one seed")
+    overrides = dict(overrides or {})
+    bundle_root = os.path.abspath(bundle_root)
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    out = os.path.join(os.path.abspath(output_dir), f"compare_{stamp}")
+    os.makedirs(out, exist_ok=True)
+
+    # the settings every run shares, resolved once from the baseline config (the detector stays where it is)
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle_root, STRATEGIES["baseline"]))
+    parser.update({"bundle_root": bundle_root, "output_dir": os.path.abspath(output_dir), **overrides})
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
+    experiment_name = parser.get_parsed_content("experiment_name")
+    detector_ckpt = parser.get_parsed_content("detector_ckpt")
+    split_file = overrides.get("split_file") or os.path.join(out, "split.json")
+    if not overrides.get("split_file"):
+        prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
+                     os.path.abspath(output_dir), None, parser.get_parsed_content("test_size"),
+                     parser.get_parsed_content("val_fraction"), split_seed, split_file)  # fmt: skip
+    shared = {**overrides, "bundle_root": bundle_root, "output_dir": os.path.abspath(output_dir), "split_file": split_file,
+              "detector_ckpt": detector_ckpt, "overwrite_checkpoint": True}  # fmt: skip
+    settings = {"command": command, "seeds": seeds, "strategies": list(strategies), "split_seed": split_seed,
+                "overrides": overrides}  # fmt: skip
+    Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str))
+
+    client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
+    parent = client.create_run(experiment_id, run_name=f"compare_{stamp}", tags={"workflow": "compare"})
+    parent_id = parent.info.run_id
+    for k, v in {"seeds": seeds, "strategies": list(strategies), "split_seed": split_seed, "reference": reference,
+                 **{f"override.{k.replace('#', '::')}": v for k, v in overrides.items()}}.items():  # fmt: skip
+        client.log_param(parent_id, k, str(v)[:6000])
+    if command:
+        client.set_tag(parent_id, "command", command[:5000])
+    logger.info(f"comparison {out}: MLflow parent run {parent_id}; strategies {list(strategies)}, seeds {seeds}")
+
+    results: dict[str, list[dict]] = {s: [] for s in strategies}
+    embeddings: dict[str, str] = {}
+    status = "FAILED"
+    try:
+        for seed in seeds:
+            for strategy in strategies:
+                name = f"{strategy}_seed{seed}"
+                run_dir = os.path.join(out, name)
+                run_name = f"{name}_{stamp}"
+                common = {**shared, "seed": seed, "ckpt_dir": os.path.join(out, "models", f"seed{seed}")}
+                logger.info(f"--- {name}: training")
+                wf = _workflow(bundle_root, STRATEGIES[strategy], "train", run_name=run_name, run_dir=run_dir,
+                               parent_run_id=parent_id, **common)  # fmt: skip
+                _run(wf)
+                del wf
+                gc.collect()
+                child = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")[0].info.run_id
+                logger.info(f"--- {name}: evaluation on the test split")
+                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer", run_name=run_name,
+                               run_dir=os.path.join(run_dir, "test"), mlflow_run_id=child, projection="none",
+                               **common)  # fmt: skip
+                _run(wf)
+                del wf
+                gc.collect()
+                with open(os.path.join(run_dir, "test", "metrics.json")) as f:
+                    summary = json.load(f)
+                summary["seed"], summary["mlflow_run_id"] = seed, child
+                results[strategy].append(summary)
+                if seed == seeds[0]:
+                    embeddings[strategy] = os.path.join(run_dir, "test", "embeddings.npz")
+        if reference:
+            logger.info("--- reference: logistic regression on LA statistics")
+            args = parser.get_parsed_content("qa_slice_args")
+            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
+                                os.path.abspath(output_dir), split_file)  # fmt: skip
+            train = qa_slices(data, "train", **{**args, "detector_ckpt": detector_ckpt})
+            test = qa_slices(data, "test", **{**args, "detector_ckpt": detector_ckpt})
+            probs, volumes, targets = fit_predict_reference(train, test, seed=split_seed)
+            scored = score_predictions(volumes, probs, targets)
+            results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": split_seed,
+                                      "metrics": scored["metrics"]}], **results}  # fmt: skip
+            for k, v in flatten_metrics(scored["metrics"], "reference_test").items():
+                if not math.isnan(v):
+                    client.log_metric(parent_id, k, v)
+        note = f"Command: `{command}`" if command else ""
+        tables = write_tables(results, out, note)
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        for strategy, runs in summarise(results).items():
+            for m in ("f1", "specificity", "precision", "recall"):
+                mean = runs["fibrosis"][m][0]
+                if not math.isnan(mean):
+                    client.log_metric(parent_id, f"{strategy}_fibrosis_{m}_mean", mean)
+        if projection != "none" and embeddings:
+            panels = []
+            used = "tsne"
+            for strategy, path in embeddings.items():
+                z = np.load(path)
+                pts, used = project_embeddings(z["embeddings"], projection, seeds[0])
+                panels.append((f"{DISPLAY[strategy]} (seed {seeds[0]})", pts, z["target"][:, LABELS.index("fibrosis")]))
+            tables["embeddings"] = plot_embeddings(panels, os.path.join(out, f"embeddings_{used}.png"),
+                                                   {"tsne": "t-SNE", "umap": "UMAP"}[used])  # fmt: skip
+        for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json"), split_file):
+            client.log_artifact(parent_id, path)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent_id, status)
+    print(Path(tables["markdown"]).read_text(), flush=True)
+    logger.info(f"comparison written to {out}")
+    return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}
+
+
+def reevaluate(
+    compare_dir: str,
+    overrides: dict | None = None,
+    tag: str = "reeval",
+    reference: bool = True,
+    command: str = "",
+) -> dict:
+    """Evaluate the checkpoints of a finished comparison again with other settings, and tabulate as it did.
+
+    E.g. models trained on the ground-truth LA slices (``qa_slices: mask``), verdicts from the slices the trained
+    LA detector selects (``{"qa_slices": "detector", "detector_ckpt": ...}``): the pipeline as a user runs it. Nothing
+    is trained; the comparison's split, seeds, strategies and overrides are reused with ``overrides`` on top.
+
+    Args:
+        compare_dir: a ``compare_<time>`` folder written by :func:`compare_strategies`.
+        overrides: config overrides on top of the comparison's.
+        tag: name of the evaluation (folder ``<compare_dir>/<tag>_<time>/``, each run's ``<run>/<tag>/``).
+        reference: add the reference row (with the new slice selection).
+        command: the command line, recorded.
+
+    Returns:
+        ``{"dir", "parent_run_id", "results", "tables"}``.
+    """
+    from monai.bundle import ConfigParser
+
+    from bundle.data import prepare_data, qa_slices
+    from bundle.evaluation.reference import fit_predict_reference
+    from bundle.evaluation.report import score_predictions
+
+    compare_dir = os.path.abspath(compare_dir)
+    settings_file = os.path.join(compare_dir, "settings.json")
+    if not os.path.isfile(settings_file):
+        raise SystemExit(f"ERROR: {compare_dir}: no settings.json (not a folder written by the comparison)")
+    settings = json.load(open(settings_file))
+    bundle_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    output_dir = os.path.dirname(compare_dir)
+    merged = {**settings["overrides"], **dict(overrides or {})}
+    split_file = merged.get("split_file") or os.path.join(compare_dir, "split.json")
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    out = os.path.join(compare_dir, f"{tag}_{stamp}")
+    os.makedirs(out, exist_ok=True)
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle_root, STRATEGIES["baseline"]))
+    parser.update({"bundle_root": bundle_root, "output_dir": output_dir, **merged})
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
+    detector_ckpt = parser.get_parsed_content("detector_ckpt")
+    client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
+    tags = {"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]}
+    parent_id = client.create_run(experiment_id, run_name=f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
+                                  tags=tags).info.run_id  # fmt: skip
+    client.log_param(parent_id, "comparison", compare_dir)
+    for k, v in (overrides or {}).items():
+        client.log_param(parent_id, f"override.{k.replace('#', '::')}", str(v)[:6000])
+    Path(out, "settings.json").write_text(json.dumps({"command": command, "comparison": compare_dir,
+                                                      "overrides": overrides or {}}, indent=1, default=str))  # fmt: skip
+    results: dict[str, list[dict]] = {s: [] for s in settings["strategies"]}
+    status = "FAILED"
+    try:
+        for seed in settings["seeds"]:
+            for strategy in settings["strategies"]:
+                name = f"{strategy}_seed{seed}"
+                eval_dir = os.path.join(compare_dir, name, tag)
+                common = {**merged, "bundle_root": bundle_root, "output_dir": output_dir, "split_file": split_file,
+                          "detector_ckpt": detector_ckpt, "seed": seed,
+                          "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}")}  # fmt: skip
+                logger.info(f"--- {name}: evaluation ({tag})")
+                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer",
+                               run_name=f"{name}_{tag}_{stamp}", run_dir=eval_dir, parent_run_id=parent_id,
+                               projection="none", **common)  # fmt: skip
+                _run(wf)
+                del wf
+                gc.collect()
+                with open(os.path.join(eval_dir, "metrics.json")) as f:
+                    summary = json.load(f)
+                summary["seed"] = seed
+                results[strategy].append(summary)
+        if reference:
+            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
+                                output_dir, split_file)  # fmt: skip
+            args = {**parser.get_parsed_content("qa_slice_args"), "detector_ckpt": detector_ckpt}
+            train, test = qa_slices(data, "train", **args), qa_slices(data, "test", **args)
+            probs, volumes, targets = fit_predict_reference(train, test)
+            scored = score_predictions(volumes, probs, targets)
+            results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": 0,
+                                      "metrics": scored["metrics"]}], **results}  # fmt: skip
+        tables = write_tables(results, out, f"Command: `{command}`" if command else "")
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json")):
+            client.log_artifact(parent_id, path)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent_id, status)
+    print(Path(tables["markdown"]).read_text(), flush=True)
+    return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}
