@@ -96,7 +96,7 @@ def naive_transform(spatial_size: int = 128, prob: float = 0.5):
 
 
 def qa_like_network(stem_stride: int) -> torch.nn.Module:
-    """A ResNet34 with 4 outputs (the QA network's encoder and heads), MONAI's default stem (stride 1) or the
+    """MONAI's ResNet34 with 4 outputs, its default stem (stride 1: the naive baseline) or the
     standard stride-2 stem the bundle uses."""
     from monai.networks.nets import resnet34
 

@@ -16,9 +16,10 @@ import tempfile
 
 import torch
 
-from common import bench_datalist, cycle, qa_like_network, throughput
+from common import bench_datalist, cycle, throughput
 
 from bundle.data import SliceCache, load_datalist
+from bundle.networks import QANet
 from bundle.transforms import RandSliceAffined, slice_pipeline
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceLoss
@@ -44,7 +45,7 @@ def main() -> None:
     pipelines = {
         "detector": (lists["segmentation"], False, UNet(2, 1, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2),
                      DiceLoss(sigmoid=True, batch=True), "label"),
-        "qa": (lists["quality"], True, qa_like_network(2), torch.nn.BCEWithLogitsLoss(), "target"),
+        "qa": (lists["quality"], True, QANet(), torch.nn.BCEWithLogitsLoss(), "target"),
     }  # fmt: skip
     report = {}
     for name, (entries, only_la, net, loss_fn, target) in pipelines.items():

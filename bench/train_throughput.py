@@ -21,7 +21,7 @@ import torch
 from common import bench_datalist, cycle, naive_transform, naive_volume_records, qa_like_network, throughput
 
 from bundle.data import SliceCache, load_datalist
-from bundle.networks import prepare_network
+from bundle.networks import QANet, prepare_network
 from bundle.transforms import RandSliceAffined, slice_pipeline
 from monai.data import DataLoader, Dataset
 from monai.transforms import RandAxisFlipd
@@ -82,7 +82,7 @@ def main() -> None:
 
     steps = {"naive": trainer_step(qa_like_network(1), naive_loader)}
     for v in a.variants.split(","):
-        net = prepare_network(qa_like_network(2), "cpu", channels_last=v == "channels_last",
+        net = prepare_network(QANet(), "cpu", channels_last=v == "channels_last",
                               autocast="bf16" if v == "bf16" else "none")  # fmt: skip
         steps[f"bundle_{v}"] = trainer_step(net, bundle_loader, channels_last=v == "channels_last")
     rates: dict[str, list[float]] = {k: [] for k in steps}
