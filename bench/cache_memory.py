@@ -55,6 +55,10 @@ def main() -> None:
         report[f"{dtype}{'_mmap' if mmap else ''}"] = {
             "n_slices": r["n_slices"], "KiB_per_slice": round(r["bytes_per_slice"] / 1024, 1),
             "rss_KiB_per_slice": round(r["rss_gain_per_slice"] / 1024, 1), "open_seconds": round(r["seconds"], 2)}
+    base = report["float16"]  # the default storage, measured side by side; float32 image + mask: what a plain cache holds
+    for r in report.values():
+        r["rss_vs_float16"] = round(r["rss_KiB_per_slice"] / base["rss_KiB_per_slice"], 2)
+    report["float32_reference_KiB_per_slice"] = round(a.spatial_size**2 * (4 + 4) / 1024, 1)
     print(json.dumps(report, indent=1))
     if a.output:
         with open(a.output, "w") as f:
