@@ -211,7 +211,9 @@ def test_missing_weights_name_the_remedy(weights, export, tmp_path):
     with pytest.raises(SystemExit, match=r"ERROR weights: LA detector checkpoint .*nope.pt not found: train the LA "
                                          r"detector with `python -m monai.bundle run training"):  # fmt: skip
         run_workflow(**{**kw, "ckpt_path": str(tmp_path / "nope.pt")})
-    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: .*run_qa"):
+    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: train the QA "
+                                         r"network with `python -m monai.bundle run training --config_file "
+                                         r"\"\['configs/common.yaml','configs/qa_baseline.yaml'\]\"` .*run_qa"):
         run_workflow(**{**kw, "qa_ckpt": str(tmp_path / "nope_qa.pt")})
 
 
