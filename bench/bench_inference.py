@@ -1,6 +1,6 @@
 """Inference of one 88-slice DICOM series end to end, against the pure forward passes of the two networks.
 
-    python bench/bench_inference.py [--input <DICOM folder>] [--repeats 3]
+    python bench/bench_inference.py [--input <DICOM folder>] [--repeats 3] [--qa_ckpt <qa.pt> --qa_spatial_size 64]
 
 In one process, alternating, ``--repeats`` times each:
 - end to end: the bundle's inference workflow on the input (discovery, reading and decoding the DICOM files,
@@ -13,8 +13,8 @@ Then, in a fresh process, the peak resident memory of one end-to-end run (and of
 
 The input defaults to la2018's messy export (88 RLE slices, a localizer and a text file beside them); without it a
 synthetic 88-slice series is written. The detector uses models/model.pt when present (random weights otherwise: the
-LA selection, so the QA workload, is then arbitrary); the QA network is the inference config's stand-in (random
-weights) until the trained one lands.
+LA selection, so the QA workload, is then arbitrary); the QA network is the inference config's (the bundle's QANet,
+resnet34 encoder) with the weights of ``--qa_ckpt`` (random weights when not given; the cost is the same).
 """
 
 from __future__ import annotations
@@ -47,10 +47,12 @@ def synthetic_series(folder: str) -> str:
     return folder
 
 
-def workflow(input_path: str, out: str, qa_ckpt: str, detector: str | None):
+def workflow(input_path: str, out: str, qa_ckpt: str, detector: str | None, qa_size: int | None = None):
     from monai.bundle import ConfigWorkflow
 
     kw = {"input": input_path, "output_dir": out, "qa_ckpt": qa_ckpt, "bundle_root": ROOT}
+    if qa_size:
+        kw["qa_spatial_size"] = qa_size
     if detector:
         kw["ckpt_path"] = detector
     return ConfigWorkflow(config_file=CONFIG, workflow_type="infer", **kw)
@@ -63,8 +65,9 @@ def make_qa_checkpoint(folder: str) -> str:
 
     parser = ConfigParser()
     parser.read_config(CONFIG)
+    parser["bundle_root"] = ROOT
     torch.manual_seed(0)
-    path = os.path.join(folder, "qa_standin.pt")
+    path = os.path.join(folder, "qa_random.pt")
     torch.save(parser.get_parsed_content("qa_network_def").state_dict(), path)
     return path
 
@@ -86,7 +89,7 @@ def child_memory(args) -> None:
     from monai.bundle import ConfigWorkflow  # noqa: F401
 
     after_imports = rss_mb()
-    wf = workflow(args.input, args.out, args.qa_ckpt, args.detector)
+    wf = workflow(args.input, args.out, args.qa_ckpt, args.detector, args.qa_spatial_size)
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -100,12 +103,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--child_memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--qa_ckpt", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--qa_ckpt", default=None, help="trained QA network weights (default: random weights)")
+    p.add_argument("--qa_spatial_size", type=int, default=None, help="the QA network's slice size (default: config)")
     args = p.parse_args()
     if args.child_memory:
         return child_memory(args)
 
     import torch
+
+    from bundle.transforms import ExtractSlices
 
     tmp = tempfile.mkdtemp(prefix="bench_inference_")
     input_path = args.input or (MESSY if os.path.isdir(MESSY) else synthetic_series(os.path.join(tmp, "series")))
@@ -118,14 +124,14 @@ def main() -> None:
         detector = os.path.join(tmp, "detector_random.pt")
         torch.save(parser.get_parsed_content("network_def").state_dict(), detector)
         print("note: no trained detector: random weights, the LA selection is arbitrary")
-    qa_ckpt = make_qa_checkpoint(tmp)
+    qa_ckpt = args.qa_ckpt or make_qa_checkpoint(tmp)
 
     e2e, runs, floors, floor_det, floor_qa = [], [], [], [], []
     n_slices = n_la = None
     for r in range(args.repeats):
         out = os.path.join(tmp, f"out{r}")
         t0 = time.perf_counter()
-        wf = workflow(input_path, out, qa_ckpt, detector)
+        wf = workflow(input_path, out, qa_ckpt, detector, args.qa_spatial_size)
         wf.initialize()
         t1 = time.perf_counter()
         wf.run()
@@ -148,7 +154,10 @@ def main() -> None:
         inferer = parser.get_parsed_content("inferer")
         vol = parser.get_parsed_content("dataset")[0]["image"]
         slices = inferer.slicer(vol).to(parser.get_parsed_content("device"))
-        chosen = slices[selected]
+        qa_slices = slices
+        if stage.spatial_size and tuple(slices.shape[2:]) != stage.spatial_size:  # QA at its own slice size
+            qa_slices = ExtractSlices(spatial_size=stage.spatial_size)(vol).to(slices.device)
+        chosen = qa_slices[selected]
         views = torch.cat([chosen.flip(f) if f else chosen for f in stage.flips]) if selected else None
         bs = inferer.batch_size
         with torch.no_grad():
@@ -168,7 +177,9 @@ def main() -> None:
 
     mem_out = os.path.join(tmp, "out_mem")
     res = subprocess.run([sys.executable, __file__, "--child_memory", "--input", input_path, "--out", mem_out,
-                          "--qa_ckpt", qa_ckpt, "--detector", detector], capture_output=True, text=True)  # fmt: skip
+                          "--qa_ckpt", qa_ckpt, "--detector", detector,
+                          *(["--qa_spatial_size", str(args.qa_spatial_size)] if args.qa_spatial_size else [])],
+                         capture_output=True, text=True)  # fmt: skip
     mem = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
     med = statistics.median
     summary = {
@@ -178,7 +189,8 @@ def main() -> None:
         "run_s": med(runs), "end_to_end_s": med(e2e),
         "run_over_floor": med(runs) / med(floors), "end_to_end_over_floor": med(e2e) / med(floors),
         "peak_rss_mb": mem.get("rss_peak_mb"), "rss_after_imports_mb": mem.get("rss_imports_mb"),
-        "detector": detector, "device": str(parser.get_parsed_content("device")),
+        "detector": detector, "qa_ckpt": qa_ckpt, "qa_network": type(stage.model.net).__name__,
+        "qa_spatial_size": stage.spatial_size, "device": str(parser.get_parsed_content("device")),
     }  # fmt: skip
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}, indent=1))
     s = summary

@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the output folder")
     p.add_argument("--weights", default=None, help="LA detector weights (default: models/model.pt)")
     p.add_argument("--qa_weights", default=None, help="QA network weights (default: models/qa_baseline.pt)")
+    p.add_argument("--qa_spatial_size", type=int, default=None,
+                   help="slice size the QA network was trained at (default: the bundle's, 128)")
     p.add_argument("--la_only", action="store_true", help="LA detection only, no quality assessment")
     p.add_argument("--la_threshold", type=float, default=None, help="LA slice threshold t (default: the bundle's)")
     p.add_argument("--no_html", action="store_true", help="no HTML page per scan")
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["ckpt_path"] = os.path.abspath(args.weights)
     if args.qa_weights:
         overrides["qa_ckpt"] = os.path.abspath(args.qa_weights)
+    if args.qa_spatial_size:
+        overrides["qa_spatial_size"] = args.qa_spatial_size
     if args.la_threshold is not None:
         overrides["la_threshold"] = args.la_threshold
     if args.device:

@@ -1,8 +1,8 @@
 """Inference on the real la2018 exports (a clean and a messy DICOM export) and a folder of its NIfTI volumes.
 
 Skipped where ../shared/data/la2018 is absent. The networks are the tiny real ones of test_workflow_inference (a
-bright-pixel detector and an untrained small ResNet): this checks reading, statuses and geometry on real files, not
-the verdicts.
+bright-pixel detector and the bundle's QANet, shrunk and untrained): this checks reading, statuses and geometry on
+real files, not the verdicts.
 """
 
 import csv

@@ -1,7 +1,8 @@
 """The inference workflow end to end on a messy generated export: statuses, reports, masks in the input's geometry.
 
 The networks are real but tiny: the detector is a 1x1 convolution that calls bright pixels "LA" (so the expected LA
-slices and mask are known), the QA network a small MONAI ResNet honouring the QA contract, untrained.
+slices and mask are known), the QA network the bundle's QANet as configs/qa_baseline.yaml defines it, shrunk by an
+overlay and untrained (random weights saved here), at its own slice size (24, the detector's 32).
 """
 
 import csv
@@ -29,14 +30,12 @@ from tests.dicom_helpers import (
     write_junk,
     write_series,
 )
-from tests.inference.test_stage2 import small_resnet
+from tests.inference.test_stage2 import SMALL_QA, small_qanet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "inference.yaml")]
 DETECTOR = {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1}
-QA_NET = {"_target_": "monai.networks.nets.ResNet", "block": "basic", "layers": [1, 1, 1, 1],
-          "block_inplanes": [4, 8, 16, 32], "spatial_dims": 2, "n_input_channels": 1, "num_classes": 4,
-          "conv1_t_stride": 2}  # fmt: skip
+QA_SIZE = 24  # the QA network's slice size, other than the detector's (spatial_size 32): LA slices are cut again
 SHAPE = (40, 36, 24)  # the phantom's box spans voxels 8..19, 10..25, 6..16
 
 
@@ -48,8 +47,15 @@ def weights(tmp_path_factory):
         conv.weight.fill_(40.0)
         conv.bias.fill_(-20.0)  # normalised intensity above 0.5: LA
     torch.save(conv.state_dict(), folder / "model.pt")
-    torch.save(small_resnet().state_dict(), folder / "qa.pt")
+    torch.save(small_qanet().state_dict(), folder / "qa.pt")
+    (folder / "qa_small.yaml").write_text(json.dumps(SMALL_QA))  # an overlay of configs/qa_baseline.yaml
     return folder
+
+
+def qa_config(weights) -> list[str]:
+    """The QA network's definition: the QA training workflow's files plus the shrinking overlay."""
+    return [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "qa_baseline.yaml"),
+            str(weights / "qa_small.yaml")]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +87,8 @@ def export(tmp_path_factory):
 
 def overrides(weights, input, output_dir, **extra):
     return {"input": input, "output_dir": str(output_dir), "ckpt_path": str(weights / "model.pt"),
-            "qa_ckpt": str(weights / "qa.pt"), "network_def": DETECTOR, "qa_network_def": QA_NET, "spatial_size": 32,
-            "min_slices": 10, **extra}  # fmt: skip
+            "qa_ckpt": str(weights / "qa.pt"), "network_def": DETECTOR, "qa_config": qa_config(weights),
+            "spatial_size": 32, "qa_spatial_size": QA_SIZE, "min_slices": 10, **extra}  # fmt: skip
 
 
 def run_workflow(**kw):
@@ -159,6 +165,7 @@ def test_messy_export_and_volumes(weights, export, tmp_path):
     assert set(detail["cam_slices"]) <= set(range(10, 26)) and len(detail["cam_slices"]) == 4
     assert report["counts"] == {"ok": 3, "no_left_atrium": 1, "skipped": 3, "error": 3}
     assert report["settings"]["la_threshold"] == 0.5 and "README.TXT" in " ".join(report["ignored_files"])
+    assert report["settings"]["qa_network"] == "QANet" and report["settings"]["qa_spatial_size"] == QA_SIZE
 
     # the HTML page: self-contained, with the montage and the HiResCAM maps
     page = (out / "P001_s7_LGE_main_report.html").read_text(encoding="utf-8")
@@ -174,7 +181,7 @@ def test_outputs_are_never_overwritten_unasked(weights, export, tmp_path):
     out = tmp_path / "out"
     args = [str(export["vols"] / "scan.nii.gz"), "--output_dir", str(out), "--weights", str(weights / "model.pt"),
             "--qa_weights", str(weights / "qa.pt"), "--config", str(tmp_path / "tiny.yaml")]  # fmt: skip
-    tiny = {"network_def": DETECTOR, "qa_network_def": QA_NET, "spatial_size": 32}
+    tiny = {"network_def": DETECTOR, "qa_config": qa_config(weights), "spatial_size": 32, "qa_spatial_size": QA_SIZE}
     (tmp_path / "tiny.yaml").write_text(json.dumps(tiny))
     assert assess.main(args) == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -204,7 +211,9 @@ def test_missing_weights_name_the_remedy(weights, export, tmp_path):
     with pytest.raises(SystemExit, match=r"ERROR weights: LA detector checkpoint .*nope.pt not found: train the LA "
                                          r"detector with `python -m monai.bundle run training"):  # fmt: skip
         run_workflow(**{**kw, "ckpt_path": str(tmp_path / "nope.pt")})
-    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: .*run_qa"):
+    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: train the QA "
+                                         r"network with `python -m monai.bundle run training --config_file "
+                                         r"\"\['configs/common.yaml','configs/qa_baseline.yaml'\]\"` .*run_qa"):
         run_workflow(**{**kw, "qa_ckpt": str(tmp_path / "nope_qa.pt")})
 
 

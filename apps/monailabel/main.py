@@ -8,7 +8,8 @@ Options (``--conf key value``), documented in docs/monailabel.md:
 
 - ``bundle_root``: the bundle folder (``configs/``, ``models/``); default: this repository.
 - ``overlays``: comma-separated config overlays added to every workflow (e.g. a site's ``spatial_size``,
-  ``la_threshold``); ``la_overlays`` / ``qa_overlays``: only to the LA detector's / the QA network's workflows.
+  ``la_threshold``, ``qa_spatial_size``, ``qa_threshold``); ``la_overlays``: only to the LA detector's workflows
+  (training, inference); ``qa_overlays``: only to the QA network's definition (e.g. its ``encoder_widths``).
 - ``qa_config``, ``qa_checkpoint``: the QA network's workflow config and weights (default
   ``configs/qa_baseline.yaml``, ``models/qa_baseline.pt``; the QA task is offered only when both exist).
 - ``patient_pattern``: regular expression whose first group is the patient id in a study's id (training split).
@@ -74,7 +75,8 @@ class LALGEQAApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
-        la_files = [self.common, os.path.join(self.bundle_root, "configs", "infer_la.yaml"), *self.overlays,
+        # both tasks run the bundle's two-stage inference config (stage 1 alone for the LA task)
+        la_files = [self.common, os.path.join(self.bundle_root, "configs", "inference.yaml"), *self.overlays,
                     *self.la_overlays]  # fmt: skip
         la = LASegmentation(self.bundle_root, self.conf, la_files)
         if la.is_valid():
@@ -83,8 +85,8 @@ class LALGEQAApp(MONAILabelApp):
             logger.warning(f"{LA_MODEL} not offered: no {self.bundle_root}/models/model.pt (train the detector first)")
         qa_config = os.path.join(self.bundle_root, self.conf.get("qa_config", "configs/qa_baseline.yaml"))
         qa_ckpt = os.path.join(self.bundle_root, self.conf.get("qa_checkpoint", "models/qa_baseline.pt"))
-        qa_files = [self.common, qa_config, *self.overlays, *self.qa_overlays]
-        qa = QAClassification(la, self.bundle_root, qa_files, qa_ckpt)
+        qa_files = [self.common, qa_config, *self.overlays, *self.qa_overlays]  # the QA network's definition
+        qa = QAClassification(la, qa_files, qa_ckpt)
         if qa.is_valid():
             infers[QA_MODEL] = qa
         return infers

@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import ensure_tuple_rep
 
+from bundle.transforms.restore import RestoreSlices
 from bundle.transforms.slicing import ExtractSlices, resolve_slice_axis
 
 __all__ = ["ResizedSliceInferer", "SliceOutput"]
@@ -40,7 +40,8 @@ class ResizedSliceInferer(Inferer):
     slice resized to ``spatial_size`` (:class:`~bundle.transforms.ExtractSlices`); the network runs on batches of
     ``batch_size`` slices; its output is resized back to the slice's own size with the same interpolation convention
     (``align_corners=False``, so pixel centres map onto pixel centres) and restacked along the slice axis. The result
-    has the input's spatial shape and its metadata (affine), so a thresholded output overlays the input.
+    has the input's spatial shape and its metadata (affine), so a thresholded output overlays the input
+    (:class:`~bundle.transforms.RestoreSlices`).
     MONAI's ``SliceInferer`` instead runs sliding windows over unresized slices, which is not what the network was
     trained on.
 
@@ -60,6 +61,7 @@ class ResizedSliceInferer(Inferer):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.spatial_size = tuple(int(s) for s in ensure_tuple_rep(spatial_size, 2))
         self.slicer = ExtractSlices(spatial_size=self.spatial_size, slice_axis=slice_axis, mode=mode)
+        self.restore = RestoreSlices(slice_axis=slice_axis, mode="bilinear")
         self.slice_axis = slice_axis
         self.batch_size = int(batch_size)
 
@@ -72,13 +74,10 @@ class ResizedSliceInferer(Inferer):
         logits = torch.cat(outputs) if outputs else slices.new_zeros((0, 1, *self.spatial_size))
         return SliceOutput(slices, logits, axis, in_plane)  # type: ignore[arg-type]
 
-    @staticmethod
-    def to_volume(logits: torch.Tensor, axis: int, in_plane: Sequence[int]) -> torch.Tensor:
-        """Per-slice outputs ``(S, K, h, w)`` back to the volume grid ``(K, X, Y, Z)``: the inverse of the slicing."""
-        out = logits.float()
-        if tuple(out.shape[2:]) != tuple(in_plane):
-            out = F.interpolate(out, size=tuple(int(s) for s in in_plane), mode="bilinear", align_corners=False)
-        return out.movedim(0, 1 + axis).contiguous()  # (K, ...) with the slice axis back in place
+    def to_volume(self, logits: torch.Tensor, volume: torch.Tensor, axis: int) -> torch.Tensor:
+        """Per-slice outputs ``(S, K, h, w)`` back to ``volume``'s grid ``(K, X, Y, Z)``: the inverse of the slicing
+        (:class:`~bundle.transforms.RestoreSlices`; a ``MetaTensor`` with the volume's affine when it has one)."""
+        return self.restore(logits, volume, slice_axis=axis)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
         """
@@ -92,7 +91,8 @@ class ResizedSliceInferer(Inferer):
         outs = []
         for b in range(inputs.shape[0]):
             res = self.predict_slices(inputs[b], network)
-            outs.append(self.to_volume(res.logits, res.axis, res.in_plane))
+            out = self.to_volume(res.logits, inputs[b], res.axis)
+            outs.append(out.as_tensor() if isinstance(out, MetaTensor) else out)
         out = torch.stack(outs)
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)

@@ -1,7 +1,8 @@
 """Stage 2: quality assessment of the LA slices with test-time augmentation, the scan verdict, HiResCAM maps.
 
-Any ``torch.nn.Module`` that maps slices ``(N, 1, h, w)`` to logits ``(N, 4)`` ordered as :data:`QA_OUTPUTS`
-(or to a dict holding them under ``output_key``) plugs in here.
+The bundle's QA network (:class:`bundle.networks.QANet`, any of its strategies) plugs in here, as does any
+``torch.nn.Module`` that maps slices ``(N, 1, h, w)`` to logits ``(N, 4)`` ordered as :data:`QA_OUTPUTS` (or to a
+dict holding them under ``output_key``, as the multi-task network does under ``"qa"``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from monai.utils import ensure_tuple_rep
+
 from bundle.inference.weights import load_weights
+from bundle.networks.qa import CAM_LAYER, LABELS
 from bundle.visualize.hirescam import HiResCAM
 
 __all__ = ["QA_OUTPUTS", "QALogits", "QAResult", "QAStage", "qa_verdict"]
 
-QA_OUTPUTS = ("nulling", "sharpness", "enhancement", "fibrosis")  # the QA network's logits, in this order
+QA_OUTPUTS = LABELS  # the QA network's logits, in this order: nulling, sharpness, enhancement, fibrosis
 FIBROSIS = QA_OUTPUTS.index("fibrosis")
 
 
@@ -104,6 +108,7 @@ class QAResult:
     verdict: dict
     cam_slices: list[int] = field(default_factory=list)  # indices into the slices given to :meth:`QAStage.assess`
     cams: np.ndarray | None = None  # (k, h, w) in 0..1
+    probs: np.ndarray | None = None  # (T, S, 4): the sigmoid outputs under each flip, from which the verdict came
 
 
 class QAStage:
@@ -122,6 +127,8 @@ class QAStage:
             network's ``named_modules()``); None or "" for no maps.
         cam_slices: how many deciding slices get a map.
         output_key: dict key of the QA logits when the network returns a dict.
+        spatial_size: in-plane size of the slices the QA network was trained on; the two-stage step cuts the LA
+            slices at this size when it differs from the detector's. None: the detector's slices as they are.
     """
 
     def __init__(
@@ -133,9 +140,10 @@ class QAStage:
         threshold: float = 0.5,
         refer_uncertainty: float = 0.05,
         batch_size: int = 32,
-        cam_layer: str | None = "layer4",
+        cam_layer: str | None = CAM_LAYER,
         cam_slices: int = 4,
         output_key: str = "qa",
+        spatial_size: int | Sequence[int] | None = None,
     ) -> None:
         flips = [tuple(int(a) for a in f) for f in tta_flips]
         if not flips or any(a not in (0, 1) for f in flips for a in f):
@@ -146,6 +154,9 @@ class QAStage:
             raise ValueError(f"refer_uncertainty must be >= 0, got {refer_uncertainty}")
         if int(batch_size) < 1 or int(cam_slices) < 0:
             raise ValueError(f"batch_size must be >= 1 and cam_slices >= 0, got {batch_size}, {cam_slices}")
+        self.spatial_size = None if spatial_size is None else tuple(int(s) for s in ensure_tuple_rep(spatial_size, 2))
+        if self.spatial_size is not None and min(self.spatial_size) < 1:
+            raise ValueError(f"spatial_size must be positive, got {spatial_size}")
         if device is not None:
             network = network.to(device)
         if checkpoint:
@@ -189,11 +200,12 @@ class QAStage:
 
         The deciding slices are those whose vote agrees with the verdict, most confident first.
         """
-        verdict = qa_verdict(self.predict(slices), self.threshold, self.refer_uncertainty)
+        probs = self.predict(slices)
+        verdict = qa_verdict(probs, self.threshold, self.refer_uncertainty)
         p = verdict["slice_p"][:, FIBROSIS]
         agree = np.flatnonzero(verdict["slice_votes"] == verdict["diagnostic"])
         order = agree[np.argsort(-np.abs(p[agree] - self.threshold), kind="stable")][: self.cam_slices]
         cams = None
         if len(order):
             cams = self.explain(slices[torch.as_tensor(order, dtype=torch.long)], verdict["diagnostic"])
-        return QAResult(verdict, [int(i) for i in order], cams)
+        return QAResult(verdict, [int(i) for i in order], cams, probs)

@@ -16,9 +16,9 @@ WEIGHT_HINTS = {
     "detector": "train the LA detector with `python -m monai.bundle run training --config_file "
     "\"['configs/common.yaml','configs/train.yaml']\"` (writes models/model.pt), or put a trained state dict there "
     "or pass --ckpt_path <file>",
-    "qa": "train the QA network (its training workflow writes models/qa_baseline.pt, qa_multitask.pt or "
-    "qa_contrastive.pt), or put a trained state dict there or pass --qa_ckpt <file>; --run_qa false runs LA "
-    "detection only",
+    "qa": "train the QA network with `python -m monai.bundle run training --config_file "
+    "\"['configs/common.yaml','configs/qa_baseline.yaml']\"` (writes models/qa_baseline.pt), or put a trained state "
+    "dict there or pass --qa_ckpt <file>; --run_qa false runs LA detection only",
 }
 NAMES = {"detector": "LA detector", "qa": "QA network"}
 

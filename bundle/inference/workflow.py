@@ -19,9 +19,10 @@ from monai.data import Dataset, MetaTensor, list_data_collate
 from monai.engines.utils import IterationEvents
 
 from bundle.inference.report import ScanResult
+from bundle.inference.stage1 import ResizedSliceInferer
 from bundle.inference.stage2 import QA_OUTPUTS, QAStage
 from bundle.io.dicom import MIN_SLICES, DicomVolumeError, NotAVolume
-from bundle.transforms.slicing import resolve_slice_axis
+from bundle.transforms.slicing import ExtractSlices, resolve_slice_axis
 
 __all__ = ["TwoStageStep", "VolumeDataset", "describe_error", "volume_problem"]
 
@@ -130,16 +131,30 @@ class TwoStageStep:
         return engine.state.output
 
     def assess(self, engine: Engine, volume: torch.Tensor, result: ScanResult) -> MetaTensor | None:
-        """Both stages on one channel-first volume; fills ``result``; returns the LA logits in the volume's grid."""
-        inferer = engine.inferer
+        """Both stages on one channel-first volume with the evaluator's network and inferer (:meth:`assess_volume`)."""
+        with engine.mode(engine.network):
+            return self.assess_volume(volume.to(engine.state.device), engine.network, engine.inferer, result)
+
+    def assess_volume(
+        self, volume: torch.Tensor, network: torch.nn.Module, inferer: ResizedSliceInferer, result: ScanResult
+    ) -> MetaTensor | None:
+        """Both stages on one channel-first volume; fills ``result``; returns the LA logits in the volume's grid.
+
+        Args:
+            volume: ``(1, X, Y, Z)``, preprocessed, on the detector's device.
+            network: the LA detector, in eval mode.
+            inferer: stage 1's slicing and restacking.
+            result: the scan's row, filled here (status, counts, probabilities, per-slice detail, pictures).
+
+        Returns:
+            the detector's logits ``(1, X, Y, Z)`` with the volume's metadata; None when it is not a volume to assess.
+        """
         problem = volume_problem(volume, self.min_slices, getattr(inferer, "slice_axis", None))
         if problem:
             result.status, result.message = "skipped", f"{result.input}: {problem}"
             return None
-        volume = volume.to(engine.state.device)
-        with engine.mode(engine.network):
-            s1 = inferer.predict_slices(volume, engine.network)
-            logits = inferer.to_volume(s1.logits, s1.axis, s1.in_plane)
+        s1 = inferer.predict_slices(volume, network)
+        logits = inferer.to_volume(s1.logits, volume, s1.axis)
         probs = torch.sigmoid(s1.logits.float())
         la_prob = probs.flatten(1).amax(1).cpu().numpy()
         selected = np.flatnonzero(la_prob >= self.la_threshold)
@@ -159,12 +174,17 @@ class TwoStageStep:
         elif self.qa_stage is None:
             result.status, result.message = "ok", "stage 2 (QA) not run: LA detection only"
         else:
-            self._stage2(s1.slices[torch.as_tensor(selected)], selected, result)
-        return MetaTensor(logits, meta=volume.meta)
+            slices = s1.slices
+            if self.qa_stage.spatial_size and tuple(slices.shape[2:]) != self.qa_stage.spatial_size:
+                # the QA network's own input size: cut again from the volume, as its training slices were
+                slices = ExtractSlices(spatial_size=self.qa_stage.spatial_size)(volume, slice_axis=s1.axis)
+            self._stage2(slices[torch.as_tensor(selected)], selected, result)
+        return logits if isinstance(logits, MetaTensor) else MetaTensor(logits, meta=volume.meta)
 
     def _stage2(self, slices: torch.Tensor, selected: np.ndarray, result: ScanResult) -> None:
         qa = self.qa_stage.assess(slices)
         v = qa.verdict
+        result.visuals["tta_probs"] = qa.probs  # (T, S, 4): lets a caller re-derive the verdict at other settings
         for k, p in zip(QA_OUTPUTS, v["p"]):
             setattr(result, f"p_{k}", float(p))
         result.diagnostic, result.uncertainty = int(v["diagnostic"]), float(v["uncertainty"])
@@ -182,4 +202,7 @@ class TwoStageStep:
             cam_slices=[int(selected[i]) for i in qa.cam_slices],
         )
         if qa.cams is not None:
-            result.visuals["cams"] = qa.cams.astype(np.float16)
+            cams, size = torch.as_tensor(qa.cams[:, None]), result.visuals["images"].shape[1:]
+            if tuple(cams.shape[2:]) != tuple(size):  # QA and detector slice sizes differ: maps onto the pictures
+                cams = torch.nn.functional.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
+            result.visuals["cams"] = cams[:, 0].numpy().astype(np.float16)

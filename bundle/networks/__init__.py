@@ -1,3 +1,3 @@
-from bundle.networks.loading import load_network
+from bundle.networks.loading import build_network, load_network
 from bundle.networks.prepare import AUTOCAST_DTYPES, prepare_network
 from bundle.networks.qa import CAM_LAYER, LABELS, QANet, SupConNet, load_encoder_weights, qa_logits

@@ -4,13 +4,47 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["load_network"]
+__all__ = ["build_network", "load_network"]
 
 logger = logging.getLogger(__name__)
+
+
+def build_network(
+    config_file: str | Sequence[str], network_id: str = "network_def", root: str | None = None
+) -> nn.Module:
+    """Instantiate ``network_id`` of a bundle config (a workflow's files, merged in order), without weights.
+
+    The inference config builds the QA network this way from the QA workflow's own files
+    (``configs/common.yaml`` + ``configs/qa_baseline.yaml``), so its definition lives in one place.
+
+    Args:
+        config_file: config file(s) holding ``network_id``; relative paths are taken from ``root``.
+        network_id: id of the network definition in the config.
+        root: folder of relative ``config_file`` paths (the bundle root); None: the working directory.
+
+    Returns:
+        the network, as the config defines it (random weights unless the config loads some).
+
+    Raises:
+        SystemExit: with one line naming the files, when one is missing or has no ``network_id``.
+    """
+    from monai.bundle import ConfigParser
+
+    files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
+    files = [os.path.join(root, f) if root and not os.path.isabs(f) else f for f in map(str, files)]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if not files or missing:
+        raise SystemExit(f"ERROR config: no config file {missing or files} to build '{network_id}' from")
+    parser = ConfigParser()
+    parser.read_config(files)
+    if network_id not in parser:
+        raise SystemExit(f"ERROR config: {files}: no '{network_id}' to build the network from")
+    return parser.get_parsed_content(network_id, instantiate=True)
 
 
 def load_network(
@@ -39,15 +73,9 @@ def load_network(
     Raises:
         SystemExit: with one line naming the file, when the checkpoint is missing or does not fit.
     """
-    from monai.bundle import ConfigParser
-
     if not os.path.isfile(ckpt_path):
         raise SystemExit(f"ERROR: no checkpoint at {ckpt_path}" + (f"; {hint}" if hint else ""))
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    if network_id not in parser:
-        raise SystemExit(f"ERROR: {config_file}: no '{network_id}' to build the network of {ckpt_path} from")
-    net = parser.get_parsed_content(network_id, instantiate=True)
+    net = build_network(config_file, network_id)
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

@@ -1,4 +1,4 @@
-"""The MONAI Label app's helpers that need no MONAI Label: DICOM series conversion, datalists, the scan summary."""
+"""The MONAI Label app's helpers that need no MONAI Label: DICOM series conversion, datalists."""
 
 import logging
 import os
@@ -6,11 +6,9 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from apps.monailabel.lib.datalist import datalist_from_pairs, write_datalist
 from apps.monailabel.lib.dicom import convert_series_folders, series_to_nifti
-from apps.monailabel.lib.qa_summary import LABELS, summarise_scan
 from tests.apps.dicom_series import write_series
 
 
@@ -70,29 +68,3 @@ def test_datalist_from_pairs_and_patients(tmp_path):
     path = write_datalist(datalist_from_pairs(pairs), str(tmp_path / "d" / "datalist.json"))
     with pytest.raises(FileExistsError):
         write_datalist({}, path)
-
-
-@pytest.mark.parametrize(
-    "probs, diagnostic, uncertainty",
-    [
-        ([[0.9, 0.8, 0.2, 0.7]], [True, True, False, True], [0.0, 0.0, 0.0, 0.0]),
-        # 3 slices: fibrosis votes yes, yes, no -> diagnostic, 1 of 3 disagrees
-        ([[0.9, 0.1, 0.6, 0.6], [0.8, 0.2, 0.4, 0.7], [0.7, 0.3, 0.4, 0.1]], [True, False, False, True],
-         [0.0, 0.0, 1 / 3, 1 / 3]),
-        # ties on 2 slices are decided by the mean: nulling 0.55 -> yes, sharpness 0.45 -> no, fibrosis 0.45 -> no
-        ([[0.2, 0.5, 0.5, 0.6], [0.9, 0.4, 0.5, 0.3]], [True, False, True, False], [0.5, 0.5, 0.0, 0.5]),
-    ],
-)  # fmt: skip
-def test_summarise_scan(probs, diagnostic, uncertainty):
-    out = summarise_scan(torch.tensor(probs))
-    assert [out["diagnostic"][k] for k in LABELS] == diagnostic
-    assert [out["uncertainties"][k] for k in LABELS] == pytest.approx(uncertainty)
-    assert [out["probabilities"][k] for k in LABELS] == pytest.approx(np.mean(probs, 0).tolist())
-    assert out["verdict"] == ("diagnostic" if diagnostic[3] else "non-diagnostic")
-    assert out["uncertainty"] == pytest.approx(uncertainty[3]) and out["n_slices"] == len(probs)
-
-
-@pytest.mark.parametrize("bad", [torch.zeros(0, 4), torch.zeros(3, 3), torch.full((2, 4), 1.5)])
-def test_summarise_scan_rejects_bad_input(bad):
-    with pytest.raises(ValueError):
-        summarise_scan(bad)

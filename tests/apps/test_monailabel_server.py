@@ -4,12 +4,14 @@ The server runs from the MONAI Label environment (scripts/setup_monailabel_env.s
 LA_LGE_QA_MONAILABEL_VENV or the script's default). Where that environment is absent the test is skipped, unless
 LA_LGE_QA_REQUIRE_MONAILABEL=1 (set by .ci/run), which turns the skip into a failure.
 
-The QA task runs here with a stand-in QA network (an untrained MONAI ResNet meeting the announced contract: (N, 1,
-h, w) -> (N, 4) logits) until issue 3 lands the real one; only the plumbing and the value ranges are checked.
+The QA task runs the bundle's real QA network (bundle.networks.QANet as configs/qa_baseline.yaml defines it, shrunk by
+an overlay, with random weights saved here) through the bundle's two-stage step; since the weights are untrained,
+the plumbing, the value ranges and the agreement with the command-line inference are checked, not the verdict.
 """
 
 from __future__ import annotations
 
+import csv
 import email.parser
 import glob
 import hashlib
@@ -40,11 +42,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 VENV = os.environ.get("LA_LGE_QA_MONAILABEL_VENV") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "la_lge_qa", "monailabel-venv")  # fmt: skip
 REQUIRED = os.environ.get("LA_LGE_QA_REQUIRE_MONAILABEL") == "1"
-SITE = {"spatial_size": 32, "batch_size": 16, "num_workers": 0}  # every workflow: small slices, quick epochs
+# every workflow: small slices, quick epochs; the QA network reads its LA slices at its own size (24); the phantoms
+# have 8 slices, fewer than the inference's localizer cut-off (10)
+SITE = {"spatial_size": 32, "qa_spatial_size": 24, "batch_size": 16, "num_workers": 0, "min_slices": 4}
 LA_NET = {"network_def#channels": [4, 8, 16, 32, 64]}  # the detector only: a small UNet
-QA_STANDIN = {"network_def": {"_target_": "monai.networks.nets.ResNet", "block": "basic", "layers": [1, 1, 1, 1],
-                              "block_inplanes": [8, 16, 32, 64], "spatial_dims": 2, "n_input_channels": 1,
-                              "num_classes": 4}}  # fmt: skip
+QA_SMALL = {"encoder_layers": [1, 1, 1, 1], "encoder_widths": [8, 16, 32, 64], "head_channels": 8,
+            "qa_channels": 4}  # the QA network only: configs/qa_baseline.yaml's QANet, shrunk  # fmt: skip
 
 
 def _oblique(ax: float = 0.21, az: float = -0.14, spacing=(1.2, 1.25, 2.5), origin=(-31.0, 18.5, 40.0)) -> np.ndarray:
@@ -125,7 +128,7 @@ def server(tmp_path_factory, request):
     (bundle_root / "models").mkdir()
     (bundle_root / "site.yaml").write_text(yaml.safe_dump(SITE))
     (bundle_root / "la_net.yaml").write_text(yaml.safe_dump(LA_NET))
-    (bundle_root / "qa_standin.yaml").write_text(yaml.safe_dump(QA_STANDIN))
+    (bundle_root / "qa_small.yaml").write_text(yaml.safe_dump(QA_SMALL))
 
     # studies: the demo's labelled volumes (ids = patients), an oblique unlabelled study and a DICOM series folder
     demo = json.load(open(tiny_demo))["segmentation"]
@@ -138,7 +141,7 @@ def server(tmp_path_factory, request):
     write_nifti(str(studies / "oblique.nii.gz"), phantom, OBLIQUE)
     dicom_affine = write_series(str(studies / "dicom_study"), phantom.astype(np.uint16) * 4)
 
-    # a detector trained for one epoch on the demo data, and an untrained stand-in QA network
+    # a detector trained for one epoch on the demo data, and an untrained QA network
     wf = ConfigWorkflow(config_file=[os.path.join(ROOT, "configs", f) for f in ("common.yaml", "train.yaml")],
                         meta_file=os.path.join(ROOT, "configs", "metadata.json"),
                         logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="train",
@@ -149,10 +152,11 @@ def server(tmp_path_factory, request):
     wf.run()
     wf.finalize()
     torch.manual_seed(0)
-    from monai.networks.nets import ResNet
+    from bundle.networks import build_network
 
-    args = {k: v for k, v in QA_STANDIN["network_def"].items() if k != "_target_"}
-    torch.save(ResNet(**args).state_dict(), bundle_root / "models" / "qa_standin.pt")
+    qa_files = [os.path.join(ROOT, "configs", f) for f in ("common.yaml", "qa_baseline.yaml")]
+    qa_net = build_network([*qa_files, str(bundle_root / "qa_small.yaml")])
+    torch.save(qa_net.state_dict(), bundle_root / "models" / "qa_small.pt")
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -167,7 +171,7 @@ def server(tmp_path_factory, request):
            "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config),
            "--conf", "bundle_root", str(bundle_root),
            "--conf", "overlays", "site.yaml", "--conf", "la_overlays", "la_net.yaml",
-           "--conf", "qa_config", "qa_standin.yaml", "--conf", "qa_checkpoint", "models/qa_standin.pt"]  # fmt: skip
+           "--conf", "qa_overlays", "qa_small.yaml", "--conf", "qa_checkpoint", "models/qa_small.pt"]  # fmt: skip
     env = {**os.environ, "PATH": os.path.join(VENV, "bin") + os.pathsep + os.environ.get("PATH", ""),
            "MONAI_LABEL_SESSIONS": "false", "PYTHONPATH": ""}  # fmt: skip
     env.pop("VIRTUAL_ENV", None)
@@ -256,6 +260,27 @@ def test_qa_scores(server, tmp_path):
     assert np.all((np.asarray(qa["slice_probabilities"]) >= 0) & (np.asarray(qa["slice_probabilities"]) <= 1))
     assert qa["verdict"] in ("diagnostic", "non-diagnostic") and 0.0 <= qa["uncertainty"] <= 0.5
     assert qa["probabilities"]["fibrosis"] == pytest.approx(qa["prediction"][3]["score"])
+    assert qa["refer"] in (0, 1) and qa["qa_threshold"] == 0.5
+
+    # the same study through the command-line inference (the same config, overlays and weights): the same result
+    root = server["bundle_root"]
+    out = tmp_path / "cli"
+    wf = ConfigWorkflow(config_file=[str(root / "configs" / "common.yaml"), str(root / "configs" / "inference.yaml"),
+                                     str(root / "site.yaml"), str(root / "la_net.yaml")],
+                        meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer",
+                        bundle_root=str(root), input=str(server["studies"] / "oblique.nii.gz"), output_dir=str(out),
+                        qa_config=[str(root / "configs" / "common.yaml"), str(root / "configs" / "qa_baseline.yaml"),
+                                   str(root / "site.yaml"), str(root / "qa_small.yaml")],
+                        qa_ckpt=str(root / "models" / "qa_small.pt"), device="$torch.device('cpu')")  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    row = next(csv.DictReader(open(out / "qa_report.csv", newline="")))
+    assert row["status"] == "ok" and int(row["n_la_slices"]) == len(qa["la_slices"])
+    for k in ("nulling", "sharpness", "enhancement", "fibrosis"):
+        assert float(row[f"p_{k}"]) == pytest.approx(qa["probabilities"][k], abs=1e-4)
+    assert int(row["diagnostic"]) == qa["diagnostic"] and float(row["uncertainty"]) == pytest.approx(qa["uncertainty"],
+                                                                                                     abs=1e-4)
 
 
 def test_training_through_the_server(server, tmp_path):

@@ -73,8 +73,9 @@ def test_round_trip_with_resizing_recovers_the_structure(name):
         s1 = inferer.predict_slices(vol, Threshold())
     axis = int(np.argmax(np.abs(AFFINES[name][2, :3]) / np.linalg.norm(AFFINES[name][:3, :3], axis=0)))
     assert s1.axis == axis and len(s1.slices) == shape[axis] and s1.slices.shape[2:] == (64, 64)
-    back = inferer.to_volume(s1.logits, s1.axis, s1.in_plane)
+    back = inferer.to_volume(s1.logits, vol, s1.axis)
     assert tuple(back.shape) == (1, *shape)
+    np.testing.assert_allclose(np.asarray(back.affine), AFFINES[name])  # the volume's geometry
     mask = back[0].numpy() > 0
     dice = 2 * (mask & box).sum() / (mask.sum() + box.sum())
     assert dice > 0.97, dice

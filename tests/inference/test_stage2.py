@@ -1,19 +1,27 @@
-"""Stage 2: the verdict rules on hand-made probabilities, and a real small (untrained) ResNet with the QA contract."""
+"""Stage 2: the verdict rules on hand-made probabilities, and the bundle's real QA network (small, untrained)."""
+
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from monai.networks.nets import ResNet
+from monai.bundle import ConfigParser
 
 from bundle.inference import QALogits, QAStage, qa_verdict
+from bundle.networks import CAM_LAYER, QANet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the bundle's QANet, shrunk for speed (the same overrides of configs/qa_baseline.yaml as a YAML overlay)
+SMALL_QA = {"encoder_layers": [1, 1, 1, 1], "encoder_widths": [4, 8, 16, 32], "head_channels": 8, "qa_channels": 4}
 
 
-def small_resnet(seed: int = 0) -> ResNet:
-    """A MONAI ResNet with the QA contract: (N, 1, h, w) -> logits (N, 4), stride-2 stem, a ``layer4``."""
+def small_qanet(seed: int = 0, segmentation: bool = False) -> QANet:
+    """The bundle's QA network (resnet layout shrunk): (N, 1, h, w) -> logits (N, 4) or, multi-task, a dict."""
     torch.manual_seed(seed)
-    return ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], spatial_dims=2,
-                  n_input_channels=1, num_classes=4, conv1_t_stride=2)  # fmt: skip
+    return QANet(layers=SMALL_QA["encoder_layers"], block_inplanes=SMALL_QA["encoder_widths"],
+                 head_channels=SMALL_QA["head_channels"], qa_channels=SMALL_QA["qa_channels"],
+                 segmentation=segmentation, decoder_channels=(16, 8, 8, 4, 4))  # fmt: skip
 
 
 def probs_of(fibrosis, attributes=0.5):
@@ -54,7 +62,7 @@ def test_verdict_validates_shape():
 
 
 def test_stage_on_a_real_network():
-    stage = QAStage(small_resnet(), cam_layer="layer4", cam_slices=2)
+    stage = QAStage(small_qanet(), cam_layer=CAM_LAYER, cam_slices=2)
     x = torch.rand(5, 1, 32, 32)
     probs = stage.predict(x)
     assert probs.shape == (4, 5, 4) and probs.min() >= 0 and probs.max() <= 1
@@ -74,7 +82,7 @@ def test_stage_on_a_real_network():
 
 
 def test_symmetric_slices_have_no_spread():
-    stage = QAStage(small_resnet(1))
+    stage = QAStage(small_qanet(1))
     half = torch.rand(3, 1, 16, 8)
     quarter = torch.cat([half, half.flip(3)], dim=3)
     x = torch.cat([quarter, quarter.flip(2)], dim=2)  # symmetric under both flips
@@ -82,35 +90,56 @@ def test_symmetric_slices_have_no_spread():
     assert v["uncertainty"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_dict_output_and_contract_check():
-    class MultiTask(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = small_resnet()
-
-        def forward(self, x):
-            return {"qa": self.encoder(x), "seg": torch.zeros_like(x)}
-
-    stage = QAStage(MultiTask(), cam_layer="encoder.layer4", cam_slices=1)
-    assert stage.predict(torch.rand(2, 1, 32, 32)).shape == (4, 2, 4)
-    assert stage.assess(torch.rand(2, 1, 32, 32)).cams.shape == (1, 32, 32)
+def test_multitask_network_dict_output_and_contract_check(tmp_path):
+    net = small_qanet(2, segmentation=True)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        out = net.eval()(x)
+    assert set(out) == {"qa", "seg"}  # the multi-task network returns a dict; stage 2 reads its "qa" entry
+    torch.save(net.state_dict(), tmp_path / "qa_multitask.pt")
+    stage = QAStage(small_qanet(5, segmentation=True), checkpoint=str(tmp_path / "qa_multitask.pt"),
+                    cam_layer=CAM_LAYER, cam_slices=1, output_key="qa")  # fmt: skip
+    np.testing.assert_allclose(stage.predict(x)[0], torch.sigmoid(out["qa"]).numpy(), rtol=1e-5, atol=1e-6)
+    assert stage.assess(x).cams.shape == (1, 32, 32)
     with pytest.raises(ValueError, match="logits"):
         QALogits(torch.nn.Conv2d(1, 1, 1))(torch.rand(1, 1, 4, 4))
     with pytest.raises(ValueError, match="cam_layer"):
-        QAStage(small_resnet(), cam_layer="nope")
+        QAStage(small_qanet(), cam_layer="nope")
     with pytest.raises(ValueError, match="tta_flips"):
-        QAStage(small_resnet(), tta_flips=[[2]])
+        QAStage(small_qanet(), tta_flips=[[2]])
 
 
 def test_checkpoint_loading(tmp_path):
-    trained = small_resnet(3)
+    trained = small_qanet(3)
     torch.save(trained.state_dict(), tmp_path / "qa.pt")
-    stage = QAStage(small_resnet(4), checkpoint=str(tmp_path / "qa.pt"))
+    stage = QAStage(small_qanet(4), checkpoint=str(tmp_path / "qa.pt"))
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(stage.predict(x)[0], torch.sigmoid(trained.eval()(x)).numpy(), rtol=1e-5)
     with pytest.raises(SystemExit, match="ERROR weights: QA network checkpoint .*missing.pt not found"):
-        QAStage(small_resnet(), checkpoint=str(tmp_path / "missing.pt"))
+        QAStage(small_qanet(), checkpoint=str(tmp_path / "missing.pt"))
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "other.pt")
     with pytest.raises(SystemExit, match="does not fit the configured network"):
-        QAStage(small_resnet(), checkpoint=str(tmp_path / "other.pt"))
+        QAStage(small_qanet(), checkpoint=str(tmp_path / "other.pt"))
+
+
+def test_inference_config_builds_the_qa_training_network(tmp_path):
+    """configs/inference.yaml's stage 2 is qa_baseline.yaml's network_def (one definition), CAM on its layer4."""
+    parser = ConfigParser()
+    parser.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "inference.yaml")])
+    parser["bundle_root"] = ROOT
+    net = parser.get_parsed_content("qa_network_def")
+    train = ConfigParser()
+    train.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "qa_baseline.yaml")])
+    ref = train.get_parsed_content("network_def")
+    assert type(net) is QANet and not net.segmentation
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert parser.get_parsed_content("qa_cam_layer") == CAM_LAYER and CAM_LAYER in dict(net.named_modules())
+    # the multi-task network: the same config files plus its overlay
+    parser["qa_config"] = ["configs/common.yaml", "configs/qa_baseline.yaml", "configs/qa_multitask.yaml"]
+    parser.ref_resolver.reset()
+    assert parser.get_parsed_content("qa_network_def").segmentation
+    parser["qa_config"] = ["configs/common.yaml", "configs/nope.yaml"]
+    parser.ref_resolver.reset()
+    with pytest.raises(SystemExit, match="ERROR config: no config file .*nope.yaml"):
+        parser.get_parsed_content("qa_network_def")

@@ -1,4 +1,5 @@
-"""LA segmentation for MONAI Label: the bundle's stage-1 detector on every axial slice, the mask on the study's grid."""
+"""LA segmentation for MONAI Label: stage 1 of the bundle's inference (configs/inference.yaml), the mask on the study's
+grid."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from monai.transforms import SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
+from bundle.inference import ScanResult, TwoStageStep
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LASegmentation"]
 
 
 class _Constants(BundleConstants):
-    """MONAI Label's bundle constants, pointed at our inference overlay instead of configs/inference.json."""
+    """MONAI Label's bundle constants, pointed at the bundle's configs/inference.yaml (an overlay of common.yaml)."""
 
     def __init__(self, config_name: str, ckpt_name: str) -> None:
         self.config_name = config_name
@@ -37,15 +40,18 @@ class LASegmentation(BundleInferTask):
     """The left-atrial blood pool of a 3D LGE-MRI study, as a label volume with the study's shape and affine.
 
     MONAI Label's :class:`BundleInferTask` on the bundle itself (nothing is fetched): it reads ``preprocessing``,
-    ``inferer``, ``postprocessing`` and ``network_def`` from ``configs/common.yaml`` + ``configs/infer_la.yaml``
-    (+ any overlays), and the weights from ``<bundle_root>/models/model.pt``. The result file holds 1 on the LA and
-    0 elsewhere; the result JSON adds ``la_slices`` (indices, along ``slice_axis``, of the slices where any sigmoid
-    output reaches ``la_threshold``: the slices stage 2 reads), ``slice_axis`` and ``la_threshold``.
+    ``inferer``, ``postprocessing`` and ``network_def`` from ``configs/common.yaml`` + ``configs/inference.yaml``
+    (+ any overlays), the bundle's two-stage inference config, and the weights from ``<bundle_root>/models/model.pt``.
+    The detector runs through that config's ``assess_step`` (:class:`bundle.inference.TwoStageStep`, LA detection
+    only), exactly as on the command line. The result file holds 1 on the LA and 0 elsewhere; the result JSON adds
+    ``la_slices`` (indices, along ``slice_axis``, of the slices whose LA probability reaches ``la_threshold``: the
+    slices stage 2 reads), ``slice_axis``, ``la_threshold`` and ``status`` (``ok`` or ``no_left_atrium``).
 
     Args:
         bundle_root: the bundle folder (``configs/``, ``models/``).
         conf: MONAI Label's ``--conf`` options.
-        config_files: config files merged in order; the second must be ``<bundle_root>/configs/<name>``.
+        config_files: config files merged in order (``common.yaml``, ``inference.yaml``, overlays); the second must be
+            ``<bundle_root>/configs/<name>``.
         ckpt_name: weights file in ``<bundle_root>/models``.
         kwargs: passed to :class:`BundleInferTask`.
     """
@@ -60,7 +66,7 @@ class LASegmentation(BundleInferTask):
     ) -> None:
         self.config_files = [os.path.abspath(f) for f in config_files]
         const = _Constants(os.path.basename(self.config_files[1]), ckpt_name)
-        # add_post_restore=False: the config's postprocessing already returns the study's grid and geometry (and
+        # add_post_restore=False: stage 1 already returns the logits on the study's grid and geometry (and
         # MONAI Label's Restored would silently resize a mask of the wrong shape instead of failing)
         super().__init__(bundle_root, conf, const=const, type=InferType.SEGMENTATION, add_post_restore=False,
                          load_strict=True, **kwargs)  # fmt: skip
@@ -70,6 +76,8 @@ class LASegmentation(BundleInferTask):
         self.dimension = 3  # metadata.json describes the 2D network; the task takes and returns 3D studies
         self.description = "Left-atrial blood pool (stage 1 of the LGE-MRI quality assessment)"
         self.la_threshold = float(self.bundle_config.get_parsed_content("la_threshold"))
+        self.min_slices = int(self.bundle_config.get_parsed_content("min_slices"))
+        self.step = TwoStageStep(qa_stage=None, la_threshold=self.la_threshold, min_slices=self.min_slices)
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         parser = ConfigParser()
@@ -82,13 +90,25 @@ class LASegmentation(BundleInferTask):
         i["config_files"] = self.config_files
         return i
 
+    def stage1(self, data: dict[str, Any], device: str, step: TwoStageStep | None = None) -> ScanResult:
+        """Run ``step`` (default: LA detection only) on the preprocessed study; ``pred`` gets the LA logits."""
+        volume = data[self.input_key]
+        result = ScanResult(input=str(data.get("image_path", "")))
+        network = self._get_network(device, None)  # the detector (data's model_filename may name the QA task's)
+        with torch.no_grad():
+            logits = (step or self.step).assess_volume(volume.to(torch.device(device)), network, self.inferer(data),
+                                                       result)  # fmt: skip
+        if logits is None:  # not a volume (e.g. a 2D image): the step says why
+            raise ValueError(result.message)
+        data[self.output_label_key] = logits
+        data.setdefault(self.output_json_key, {}).update({
+            "la_slices": [s["index"] for s in result.detail["slices"] if s["selected"]],
+            "slice_axis": int(result.detail["slice_axis"]), "la_threshold": self.la_threshold, "status": result.status,
+        })  # fmt: skip
+        return result
+
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
-        data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
-        logits = torch.as_tensor(data[self.output_label_key]).float()  # (1, S, h, w)
-        present = (torch.sigmoid(logits) >= self.la_threshold).flatten(2).any(-1).any(0)
-        result = data.setdefault(self.output_json_key, {})
-        result.update({"la_slices": torch.nonzero(present).flatten().tolist(), "slice_axis": int(data["slice_axis"]),
-                       "la_threshold": self.la_threshold})  # fmt: skip
+        self.stage1(data, device)
         return data
 
     def post_transforms(self, data: dict | None = None) -> Sequence[Callable]:

@@ -1,11 +1,9 @@
-"""Scan quality for MONAI Label (classification): stage 1 picks the LA slices, the QA network scores them.
+"""Scan quality for MONAI Label (classification): the bundle's two-stage inference on one study.
 
-WAITING FOR ISSUE 3 (the QA network, its config and checkpoint) and ISSUE 4 (the two-stage inference). Written
-against the announced contract: a QA network's ``forward(x)``, ``x`` of shape ``(N, 1, h, w)`` (the slices as the
-detector sees them, ``spatial_size`` 128), returns logits ``(N, 4)`` ordered (nulling, sharpness, enhancement,
-fibrosis), or a dict holding them under ``"qa"``; its workflow config (default ``configs/qa_baseline.yaml``) defines
-it as ``network_def`` and its weights are ``models/qa_baseline.pt``. The app registers this task only when both
-exist, so until issue 3 lands the server offers no QA model (and nothing here returns made-up scores).
+Stage 1 (the LA task's detector) picks the LA slices, stage 2 (:class:`bundle.inference.QAStage`, the QA network
+under the flips of ``tta_flips``) scores them, and the scan verdict is :func:`bundle.inference.qa_verdict`'s: the
+same config (``configs/inference.yaml``), the same code and so the same verdict as ``scripts/assess.py`` and
+``python -m monai.bundle run inference``.
 """
 
 from __future__ import annotations
@@ -23,73 +21,60 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from bundle.inference import QA_OUTPUTS, TwoStageStep
+
 from .infer_la import LASegmentation
-from .qa_summary import LABELS, summarise_scan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QAClassification", "qa_logits"]
-
-
-def qa_logits(output: torch.Tensor | dict) -> torch.Tensor:
-    """The ``(N, 4)`` logits of a QA network's output: the tensor itself or its ``"qa"`` entry (multi-task net)."""
-    if isinstance(output, dict):
-        output = output.get("qa")
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] != len(LABELS):
-        raise ValueError(f"a QA network must return logits (N, {len(LABELS)}) or a dict with them under 'qa', got "
-                         f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")  # fmt: skip
-    return output
+__all__ = ["QAClassification"]
 
 
 class QAClassification(BasicInferTask):
-    """Per-attribute and QA probabilities, verdict, uncertainty and the LA slices used, for one 3D study.
+    """Per-attribute and QA probabilities, verdict, uncertainty, referral and the LA slices used, for one 3D study.
 
-    The study goes through the LA task's preprocessing (the training slices: normalised per volume, resized); the
-    detector selects the slices where any sigmoid output reaches ``la_threshold``; the QA network scores each; the
-    scan summary (:func:`summarise_scan`: mode over the slices, a tie going to the mean) gives the verdict.
-    MONAI Label's classification writer returns ``prediction`` (one ``{"idx", "label", "score"}`` per output, the
-    score being the mean probability over the LA slices); the JSON adds ``verdict``, ``uncertainty``,
-    ``probabilities``, ``diagnostic``, ``uncertainties``, ``la_slices``, ``slice_axis``, ``slice_probabilities``.
+    The study goes through the LA task (the inference config's preprocessing and detector); the inference config's
+    ``assess_step`` (:class:`bundle.inference.TwoStageStep` with its ``qa_stage``) assesses it. MONAI Label's
+    classification writer returns ``prediction`` (one ``{"idx", "label", "score"}`` per output, the score being the
+    scan probability: the mean over the LA slices and the flips); the JSON adds ``verdict`` (``diagnostic`` or
+    ``non-diagnostic``), ``diagnostic`` (1/0), ``probabilities``, ``uncertainty`` (spread over the flips), ``refer``
+    and its ``message``, ``la_slices``, ``slice_axis``, ``la_threshold``, ``qa_threshold`` and
+    ``slice_probabilities`` (``(n_la_slices, 4)``).
 
     Args:
-        la_task: the LA segmentation task (stage 1: preprocessing, detector and threshold).
-        bundle_root: the bundle folder.
-        config_files: config files defining the QA network as ``network_def`` (e.g. common.yaml + qa_baseline.yaml).
+        la_task: the LA segmentation task (stage 1: preprocessing, detector, its config files).
+        qa_config: the QA network's config files (its training workflow's, e.g. common.yaml + qa_baseline.yaml
+            [+ qa_multitask.yaml] + overlays): the inference config's ``qa_config``.
         ckpt_path: the QA network's weights (a state dict, or one under "model").
-        batch_size: slices per forward pass of the QA network.
     """
 
-    def __init__(
-        self,
-        la_task: LASegmentation,
-        bundle_root: str,
-        config_files: Sequence[str],
-        ckpt_path: str,
-        batch_size: int = 64,
-    ) -> None:
+    def __init__(self, la_task: LASegmentation, qa_config: Sequence[str], ckpt_path: str) -> None:
         self.valid = False
-        missing = [p for p in (*config_files, ckpt_path) if not os.path.exists(p)]
+        missing = [p for p in (*qa_config, ckpt_path) if not os.path.exists(p)]
         if missing or not la_task.is_valid():
             why = f"missing {missing}" if missing else "the LA task is not available (no detector weights)"
-            logger.warning(f"QA task not offered: {why}; it waits for the QA network (issue 3)")
+            logger.warning(f"QA task not offered: {why}")
             return
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         parser = ConfigParser()
-        parser.read_config(list(config_files))
-        parser.config.update({"bundle_root": bundle_root})  # type: ignore[union-attr]
-        network = parser.get_parsed_content("network_def", instantiate=True)
-        super().__init__(path=ckpt_path, network=network, type=InferType.CLASSIFICATION,
-                         labels={k: i for i, k in enumerate(LABELS)}, dimension=3,
-                         description="Quality of the LGE-MRI study for fibrosis assessment (stage 2)",
-                         load_strict=True)  # fmt: skip
+        parser.read_config(la_task.config_files)
+        parser.update({"bundle_root": la_task.bundle_path, "qa_config": [os.path.abspath(f) for f in qa_config],
+                       "qa_ckpt": os.path.abspath(ckpt_path), "run_qa": True})  # fmt: skip
+        self.step: TwoStageStep = parser.get_parsed_content("assess_step")  # loads the QA weights, or one-line error
+        super().__init__(path=ckpt_path, network=None, type=InferType.CLASSIFICATION,
+                         labels={k: i for i, k in enumerate(QA_OUTPUTS)}, dimension=3,
+                         description="Quality of the LGE-MRI study for fibrosis assessment (stage 2)")  # fmt: skip
         self.la_task = la_task
-        self.batch_size = batch_size
-        self.config_files = list(config_files)
+        self.qa_config = list(qa_config)
+        self.qa_threshold = float(parser.get_parsed_content("qa_threshold"))
         self.valid = True
 
     def is_valid(self) -> bool:
         return self.valid
+
+    def info(self) -> dict[str, Any]:
+        i = super().info()
+        i["qa_config"] = self.qa_config
+        return i
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:
         return self.la_task.pre_transforms(data)
@@ -98,25 +83,19 @@ class QAClassification(BasicInferTask):
         return []
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
-        stack = torch.as_tensor(data[self.input_key]).float().to(device)  # (1, S, h, w)
-        with torch.no_grad():
-            la_logits = self.la_task.inferer(data)(stack[None], self.la_task._get_network(device, None))[0]
-            present = (torch.sigmoid(la_logits) >= self.la_task.la_threshold).flatten(2).any(-1).any(0)
-            index = torch.nonzero(present).flatten()
-            if index.numel() == 0:
-                raise MONAILabelException(
-                    MONAILabelError.INFERENCE_ERROR,
-                    f"no slice holds the LA at la_threshold {self.la_task.la_threshold}: the scan's quality cannot be "
-                    "assessed (check the LA segmentation)",
-                )
-            network = self._get_network(device, data)
-            slices = stack[0, index][:, None]  # (n, 1, h, w)
-            probs = torch.cat([torch.sigmoid(qa_logits(network(b)).float()) for b in slices.split(self.batch_size)])
-        summary = summarise_scan(probs.cpu())
-        data[self.output_label_key] = MetaTensor(torch.tensor([summary["probabilities"][k] for k in LABELS]))
-        data[self.output_json_key] = {**summary, "la_slices": index.tolist(), "slice_axis": int(data["slice_axis"]),
-                                      "la_threshold": self.la_task.la_threshold,
-                                      "slice_probabilities": probs.cpu().tolist()}  # fmt: skip
+        result = self.la_task.stage1(data, device, self.step)
+        if result.status != "ok":
+            raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, f"{result.status}: {result.message}: the "
+                                      "scan's quality cannot be assessed (check the LA segmentation)")  # fmt: skip
+        probs = [result.p_nulling, result.p_sharpness, result.p_enhancement, result.p_fibrosis]
+        slices = [s for s in result.detail["slices"] if s["selected"]]
+        data[self.output_label_key] = MetaTensor(torch.tensor(probs))
+        data[self.output_json_key].update({
+            "verdict": "diagnostic" if result.diagnostic else "non-diagnostic", "diagnostic": result.diagnostic,
+            "probabilities": dict(zip(QA_OUTPUTS, probs)), "uncertainty": result.uncertainty, "refer": result.refer,
+            "message": result.message, "qa_threshold": self.qa_threshold, "n_slices": result.n_slices,
+            "slice_probabilities": [[s[f"p_{k}"] for k in QA_OUTPUTS] for s in slices],
+        })  # fmt: skip
         return data
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, dict]:
