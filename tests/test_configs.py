@@ -48,6 +48,9 @@ def test_metadata_version_and_changelog():
     meta = json.load(open(os.path.join(ROOT, "configs", "metadata.json")))
     assert meta["version"] in meta["changelog"]
     assert meta["version"] == max(meta["changelog"], key=lambda v: tuple(int(x) for x in v.split(".")))
+    import bundle
+
+    assert bundle.__version__ == meta["version"]  # reports record it
     assert meta["monai_version"] == "1.6.1" and meta["pytorch_version"] == "2.13.0"
     reqs = open(os.path.join(ROOT, "requirements.txt")).read()
     assert "torch==2.13.0" in reqs and "monai==1.6.1" in reqs
