@@ -156,3 +156,8 @@ def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_dem
     assert len(cur) == len(full) - int(noise.sum())
     names = lambda s: {(s.cache.entries[r["volume"]]["image"], r["slice"]) for r in s.records()}  # noqa: E731
     assert names(cur) == {(full.cache.entries[v]["image"], int(s)) for v, s, n in zip(volumes, slices, noise) if not n}
+    # with a reduced budget (every 2nd LA slice) the curated slices are the full budget's minus the excluded ones
+    half_full = qa_slices(data, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
+    half_cur = qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
+    assert names(half_cur) < names(half_full)
+    assert names(half_full) - names(half_cur) <= {(full.cache.entries[v]["image"], int(s)) for v, s, n in zip(volumes, slices, noise) if n}
