@@ -55,7 +55,8 @@ def compare_curation(
     from monai.bundle import ConfigParser
 
     curation_dir = os.path.abspath(curation_dir)
-    summary_file, split_file = os.path.join(curation_dir, "curation_summary.json"), os.path.join(curation_dir, "split.json")
+    summary_file = os.path.join(curation_dir, "curation_summary.json")
+    split_file = os.path.join(curation_dir, "split.json")
     for f in (summary_file, split_file):
         if not os.path.isfile(f):
             raise SystemExit(f"ERROR: {curation_dir}: no {os.path.basename(f)} (not a finished curation run)")

@@ -318,7 +318,10 @@ def write_curation(
     from bundle.utils import backup_existing
 
     classes, volumes, slices = np.asarray(classes).astype(int), np.asarray(volumes).astype(int), np.asarray(slices)
-    name = lambda v: os.path.relpath(entries[v]["image"], dataset_dir) if dataset_dir else entries[v]["image"]  # noqa: E731
+
+    def name(v: int) -> str:
+        return os.path.relpath(entries[v]["image"], dataset_dir) if dataset_dir else entries[v]["image"]
+
     scans, per_class = result["scans"], result["classes"]
     scan_flag = np.array([scans[int(v)]["flagged"] for v in volumes], dtype=bool)
     rows = []
@@ -365,8 +368,8 @@ def write_curation(
         for v in scans:
             if not scans[v]["flagged"] and scans[v]["flagged_slices"]:
                 exclude[entries[v]["_index"]] = slices[(volumes == v) & result["noise"]].astype(int).tolist()
-    curated = write_curated_datalist(datalist, [entries[v]["_index"] for v in flagged_scans],
-                                     os.path.join(output_dir, "datalist_curated.json"), exclude_slices=exclude)  # fmt: skip
+    curated = os.path.join(output_dir, "datalist_curated.json")
+    write_curated_datalist(datalist, [entries[v]["_index"] for v in flagged_scans], curated, exclude_slices=exclude)
     n_noise = int(result["noise"].sum())
     method = {"tsne": "t-SNE", "umap": "UMAP", "none": "PCA (first two components)"}[result["projection"]]
     title = (f"{method} of {len(volumes)} training slices, coloured by {label} class; "
@@ -378,7 +381,8 @@ def write_curation(
         vs = [v for v in scans if int(classes[volumes == v][0]) == c]
         by_class[CLASS_NAMES[c]] = {"class": c, "slices": info["n"], "flagged_slices": info["n_noise"],
                                     "scans": len(vs), "flagged_scans": sum(scans[v]["flagged"] for v in vs),
-                                    "eps": info["eps"], "clusters": info["n_clusters"], "clustered": info["clustered"]}  # fmt: skip
+                                    "eps": info["eps"], "clusters": info["n_clusters"],
+                                    "clustered": info["clustered"]}  # fmt: skip
     summary = {
         "label": label, "projection": result["projection"], "datalist": os.path.abspath(datalist),
         "dataset_dir": dataset_dir, "curated_datalist": os.path.abspath(curated), "slices": int(len(volumes)),
@@ -456,7 +460,8 @@ class Curation:
             raise ValueError(f"eps must be > 0 or null, got {eps}")
         if not 0 < float(eps_quantile) <= 1 or not 0 < float(scan_share) <= 1:
             raise ValueError(f"eps_quantile and scan_share must be in (0, 1], got {eps_quantile}, {scan_share}")
-        self.output_dir, self.entries, self.datalist, self.dataset_dir = output_dir, list(entries), datalist, dataset_dir
+        self.output_dir, self.entries = output_dir, list(entries)
+        self.datalist, self.dataset_dir = datalist, dataset_dir
         self.label = label
         self.settings = {"label": label, "pca_components": int(pca_components), "projection": projection,
                          "eps": None if eps is None else float(eps), "min_samples": int(min_samples),

@@ -93,9 +93,11 @@ def test_curation_end_to_end_flags_the_odd_scan(tmp_path):
     assert res["noise"][24:36].all() and not res["noise"][:24].any() and not res["noise"][36:].any()
     assert [v for v, s in res["scans"].items() if s["flagged"]] == [2]
 
-    entries = [{"image": str(tmp_path / f"s{v}.nii.gz"), "patient": f"p{v}", "_index": v + 1, "fibrosis": 4} for v in range(4)]
-    raw = {"segmentation": [{"image": "seg.nii.gz", "label": "lab.nii.gz", "patient": "p0"}],
-           "quality": [{"image": "val.nii.gz", "patient": "pv"}] + [{"image": f"s{v}.nii.gz", "patient": f"p{v}"} for v in range(4)]}  # fmt: skip
+    entries = [{"image": str(tmp_path / f"s{v}.nii.gz"), "patient": f"p{v}", "_index": v + 1, "fibrosis": 4}
+               for v in range(4)]
+    quality = [{"image": "val.nii.gz", "patient": "pv"}]
+    quality += [{"image": f"s{v}.nii.gz", "patient": f"p{v}"} for v in range(4)]
+    raw = {"segmentation": [{"image": "seg.nii.gz", "label": "lab.nii.gz", "patient": "p0"}], "quality": quality}
     datalist = tmp_path / "dataset.json"
     datalist.write_text(json.dumps(raw))
     out = tmp_path / "out"
@@ -113,16 +115,19 @@ def test_curation_end_to_end_flags_the_odd_scan(tmp_path):
     slices = table[table["level"] == "slice"]
     assert len(slices) == 48 and slices["flagged"].sum() == 12
     assert slices[slices["flagged"]]["reason"].str.startswith("DBSCAN noise in class 1").all()
-    assert summary["flagged_scans"] == 1 and summary["flagged_slices"] == 12 and summary["flagged_scan_names"] == ["s2.nii.gz"]
-    assert summary["by_class"]["diagnostic"]["flagged_scans"] == 1 and summary["by_class"]["non-diagnostic"]["flagged_slices"] == 0
+    assert summary["flagged_scans"] == 1 and summary["flagged_slices"] == 12
+    assert summary["flagged_scan_names"] == ["s2.nii.gz"] and summary["by_class"]["diagnostic"]["flagged_scans"] == 1
+    assert summary["by_class"]["non-diagnostic"]["flagged_slices"] == 0
     assert (out / "curation.png").stat().st_size > 0
 
 
 def test_write_curated_datalist_drops_only_the_given_entries(tmp_path):
     src = tmp_path / "d.json"
-    src.write_text(json.dumps({"segmentation": [], "quality": [{"image": "a"}, {"image": "b"}, {"image": "c"}], "x": 1}))
+    quality = [{"image": "a"}, {"image": "b"}, {"image": "c"}]
+    src.write_text(json.dumps({"segmentation": [], "quality": quality, "x": 1}))
     write_curated_datalist(str(src), [1], str(tmp_path / "c.json"))
-    assert json.loads((tmp_path / "c.json").read_text()) == {"segmentation": [], "quality": [{"image": "a"}, {"image": "c"}], "x": 1}
+    curated = json.loads((tmp_path / "c.json").read_text())
+    assert curated == {"segmentation": [], "quality": [quality[0], quality[2]], "x": 1}
 
 
 def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_demo, tmp_path):
@@ -148,7 +153,8 @@ def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_dem
     curated_path = str(tmp_path / "out" / "datalist_curated.json")
     curated = json.load(open(curated_path))
     e0, e1 = full.cache.entries[0], full.cache.entries[1]
-    assert [e.get("exclude_slices") for e in curated["quality"] if e["image"] in e0["image"]] == [[int(slices[noise][0])]]
+    excluded = [e.get("exclude_slices") for e in curated["quality"] if e["image"] in e0["image"]]
+    assert excluded == [[int(slices[noise][0])]]
     assert not any(e1["image"].endswith(e["image"]) for e in curated["quality"])
     data2 = prepare_data(datalist=curated_path, dataset_dir=data.dataset_dir, output_dir=str(tmp_path / "runs"),
                          split_file=None, test_size=2, val_fraction=0.2)  # fmt: skip
@@ -160,4 +166,5 @@ def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_dem
     half_full = qa_slices(data, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
     half_cur = qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
     assert names(half_cur) < names(half_full)
-    assert names(half_full) - names(half_cur) <= {(full.cache.entries[v]["image"], int(s)) for v, s, n in zip(volumes, slices, noise) if n}
+    flagged = {(full.cache.entries[v]["image"], int(s)) for v, s, n in zip(volumes, slices, noise) if n}
+    assert names(half_full) - names(half_cur) <= flagged
