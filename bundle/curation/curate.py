@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from bundle.data.datalist import SCORE_KEYS, to_binary
+from bundle.utils import backup_existing
 
 __all__ = [
     "PROJECTIONS",
@@ -239,8 +240,6 @@ def write_curated_datalist(
     Returns:
         ``path``.
     """
-    from bundle.utils import backup_existing
-
     with open(datalist) as f:
         raw = json.load(f)
     drop = {int(i) for i in flagged}
@@ -314,8 +313,6 @@ def write_curation(
         the summary (``curation_summary.json``'s content).
     """
     import pandas as pd
-
-    from bundle.utils import backup_existing
 
     classes, volumes, slices = np.asarray(classes).astype(int), np.asarray(volumes).astype(int), np.asarray(slices)
 
@@ -492,6 +489,7 @@ class Curation:
         emb, vol, sl = np.concatenate(self._emb), np.concatenate(self._vol), np.concatenate(self._sl)
         classes = np.concatenate(self._tgt)[:, SCORE_KEYS.index(self.label)].astype(int)
         os.makedirs(self.output_dir, exist_ok=True)
+        backup_existing(os.path.join(self.output_dir, "embeddings.npz"))  # a rerun into the same folder keeps the old
         np.savez_compressed(os.path.join(self.output_dir, "embeddings.npz"), embeddings=emb.astype(np.float32),
                             volume=vol, slice=sl, target=classes.astype(np.int8))  # fmt: skip
         s = self.settings
