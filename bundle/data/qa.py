@@ -40,6 +40,7 @@ class QASlices:
         masks: LA mask per cache slice ``(n, 1, h, w)`` used by the multi-task decoder and the reference features
             (the datalist's mask where the entry has one, else the detector's prediction); None: the cache's masks.
         step: keep every ``step``-th selected slice of each volume (a reduced training budget; 1 keeps all).
+            Then the slices an entry lists under ``exclude_slices`` (a curated datalist's) are left out.
         source: how the slices were selected (recorded with the run).
     """
 
@@ -69,6 +70,7 @@ class QASlices:
                 sel = cache.volume[idx] == v
                 rank[sel] = np.arange(sel.sum())
             idx = idx[rank % self.step == 0]
+        idx = idx[~self._excluded(idx)]  # after the step: a curated budget is a subset of the full one
         self.indices = idx
         targets = [[to_binary(e[k]) for k in SCORE_KEYS] for e in cache.entries]
         self.targets = np.array(targets, np.float32).reshape(-1, len(SCORE_KEYS))
@@ -77,6 +79,19 @@ class QASlices:
             logger.warning(f"{entry_name(cache.entries[v])}: no LA slice selected ({source}); the scan is left out")
         logger.info(f"QA slices ({source}): {len(idx)} of {len(cache)} slices from "
                     f"{int((counts > 0).sum())} of {len(cache.entries)} volumes")  # fmt: skip
+
+    def _excluded(self, idx: np.ndarray) -> np.ndarray:
+        """Which of the cache slices ``idx`` their datalist entry lists under ``exclude_slices`` (slice indices
+        along the slice axis, written by the curation workflow with ``drop_slices``)."""
+        out = np.zeros(len(idx), dtype=bool)
+        for v, e in enumerate(self.cache.entries):
+            drop = e.get("exclude_slices")
+            if drop:
+                sel = self.cache.volume[idx] == v
+                out[sel] = np.isin(self.cache.slice[idx][sel], np.asarray(drop, dtype=int))
+        if out.any():
+            logger.info(f"QA slices: {int(out.sum())} slices left out by the datalist's exclude_slices")
+        return out
 
     def __len__(self) -> int:
         return len(self.indices)
