@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{result['loader_slices_per_s'] / base:.2f} |" if base else "")  # fmt: skip
     print("\n".join(lines))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
+    with open(args.output, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return 0
 

@@ -61,7 +61,7 @@ def main() -> None:
     report["float32_reference_KiB_per_slice"] = round(a.spatial_size**2 * (4 + 4) / 1024, 1)
     print(json.dumps(report, indent=1))
     if a.output:
-        with open(a.output, "w") as f:
+        with open(a.output, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
 
 

@@ -99,7 +99,7 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps(report, indent=1))
     if a.output:
-        with open(a.output, "w") as f:
+        with open(a.output, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
 
 

@@ -131,7 +131,7 @@ def save_resolved_config(path: str) -> str | None:
         candidate = frame.f_locals.get("self")
         if isinstance(candidate, ConfigParser):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w") as f:
+            with open(path, "w", encoding="utf-8") as f:
                 json.dump(candidate.get(), f, indent=1, default=str)
             return path
         frame = frame.f_back

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = a.output + ".tmp"
     try:
         datalist = datalist_from_csv(a.csv, a.dataset_dir, a.seg_images, a.seg_labels, a.patient_pattern)
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(datalist, f, indent=1)
         if not a.no_check:
             validate_datalist(load_datalist(tmp, a.dataset_dir))

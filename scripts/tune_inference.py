@@ -138,7 +138,7 @@ def tune(scans: list[dict], max_refer: float, min_scans: int) -> dict:
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"split_file": os.path.abspath(args.split_file), "qa_ckpt": os.path.abspath(args.qa_ckpt),
                 "ckpt_path": os.path.abspath(args.ckpt_path), "qa_spatial_size": args.qa_spatial_size,
                 "max_refer": args.max_refer, "min_scans": args.min_scans, "command": " ".join(sys.argv)}  # fmt: skip
-    json.dump({**settings, **res}, open(os.path.join(out, "tuning.json"), "w"), indent=1)
+    json.dump({**settings, **res}, open(os.path.join(out, "tuning.json"), "w", encoding="utf-8"), indent=1)
     print(f"{res['n_assessed']} of {res['n_scans']} validation scans assessed ({res['n_diagnostic']} diagnostic)")
     for r in res["thresholds"]:
         print(f"  qa_threshold {r['qa_threshold']:.2f}: balanced accuracy {r['balanced_accuracy']:.3f}, "

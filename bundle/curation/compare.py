@@ -65,7 +65,7 @@ def compare_curation(
     seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds:
         raise ValueError("need at least one seed")
-    summary = json.loads(Path(summary_file).read_text())
+    summary = json.loads(Path(summary_file).read_text(encoding="utf-8"))
     datalists = {"full": summary["datalist"], "curated": summary["curated_datalist"]}
     overrides = {k: v for k, v in dict(overrides or {}).items() if k not in ("datalist", "split_file")}
     bundle_root = os.path.abspath(bundle_root)
@@ -84,7 +84,7 @@ def compare_curation(
               "overwrite_checkpoint": True}  # fmt: skip
     settings = {"command": command, "curation": curation_dir, "seeds": seeds, "strategy": strategy,
                 "datalists": datalists, "overrides": overrides}  # fmt: skip
-    Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str))
+    Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
     tags = {"workflow": "curate_compare", "curation": curation_dir, "command": command[:5000]}
     parent_id = client.create_run(experiment_id, run_name=f"curate_compare_{stamp}", tags=tags).info.run_id
     for k, v in {"seeds": seeds, "strategy": strategy, "curation": curation_dir, **datalists,
@@ -117,7 +117,7 @@ def compare_curation(
                 _run(wf)
                 del wf
                 gc.collect()
-                scored = json.loads(Path(run_dir, "test", "metrics.json").read_text())
+                scored = json.loads(Path(run_dir, "test", "metrics.json").read_text(encoding="utf-8"))
                 scored["seed"], scored["mlflow_run_id"] = seed, child.info.run_id
                 results[name].append(scored)
         note = (f"Training slices: full {train_sizes.get('full')}, curated {train_sizes.get('curated')} "
@@ -127,7 +127,7 @@ def compare_curation(
         if command:
             note += f"\n\nCommand: `{command}`"
         tables = write_tables(results, out, note)
-        Path(out, "results.json").write_text(json.dumps(results, indent=1))
+        Path(out, "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         for name, per in summarise(results).items():
             for m in ("f1", "specificity", "precision", "recall", "balanced_accuracy"):
                 mean = per["fibrosis"][m][0]
@@ -139,6 +139,6 @@ def compare_curation(
         status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)
-    print(Path(tables["markdown"]).read_text(), flush=True)
+    print(Path(tables["markdown"]).read_text(encoding="utf-8"), flush=True)
     logger.info(f"curation comparison written to {out}")
     return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}

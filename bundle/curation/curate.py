@@ -250,7 +250,7 @@ def write_curated_datalist(
     raw[list_name] = [e for i, e in enumerate(raw.get(list_name, [])) if i not in drop]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     backup_existing(path)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(raw, f, indent=1)
     return path
 
@@ -388,7 +388,7 @@ def write_curation(
         "excluded_slices": int(sum(map(len, exclude.values()))), "by_class": by_class,
         "flagged_scan_names": [name(v) for v in flagged_scans], "settings": settings or {},
     }  # fmt: skip
-    with open(os.path.join(output_dir, "curation_summary.json"), "w") as f:
+    with open(os.path.join(output_dir, "curation_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=str)
     return summary
 

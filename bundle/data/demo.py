@@ -147,7 +147,7 @@ def make_demo_dataset(
         "segmentation": seg,
         "quality": qual,
     }
-    with open(datalist_path, "w") as f:
+    with open(datalist_path, "w", encoding="utf-8") as f:
         json.dump(datalist, f, indent=1)
     logger.info(f"wrote the synthetic demo set ({n_patients} patients) to {output_dir}")
     return datalist_path

@@ -89,7 +89,7 @@ def assign_split(entries: list[dict], split: dict[str, list[str]], source: str =
 def save_split(split: dict, path: str) -> str:
     """Write ``split`` (patients per part, plus any extra keys) as JSON; returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(split, f, indent=1)
     return path
 

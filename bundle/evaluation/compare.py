@@ -151,7 +151,7 @@ def write_tables(results: dict[str, list[dict]], output_dir: str, note: str = ""
     if note:
         lines += ["", note]
     md = os.path.join(output_dir, "comparison.md")
-    Path(md).write_text("\n".join(lines) + "\n")
+    Path(md).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"markdown": md, "csv": csv, "runs_csv": runs_csv}
 
 
@@ -219,7 +219,7 @@ def compare_strategies(
               "detector_ckpt": detector_ckpt, "overwrite_checkpoint": True}  # fmt: skip
     settings = {"command": command, "seeds": seeds, "strategies": list(strategies), "split_seed": split_seed,
                 "overrides": overrides}  # fmt: skip
-    Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str))
+    Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
 
     client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
     parent = client.create_run(experiment_id, run_name=f"compare_{stamp}", tags={"workflow": "compare"})
@@ -277,7 +277,7 @@ def compare_strategies(
                     client.log_metric(parent_id, k, v)
         note = f"Command: `{command}`" if command else ""
         tables = write_tables(results, out, note)
-        with open(os.path.join(out, "results.json"), "w") as f:
+        with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
         for strategy, runs in summarise(results).items():
             for m in ("f1", "specificity", "precision", "recall"):
@@ -298,7 +298,7 @@ def compare_strategies(
         status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)
-    print(Path(tables["markdown"]).read_text(), flush=True)
+    print(Path(tables["markdown"]).read_text(encoding="utf-8"), flush=True)
     logger.info(f"comparison written to {out}")
     return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}
 
@@ -356,8 +356,9 @@ def reevaluate(
     client.log_param(parent_id, "comparison", compare_dir)
     for k, v in (overrides or {}).items():
         client.log_param(parent_id, f"override.{k.replace('#', '::')}", str(v)[:6000])
-    Path(out, "settings.json").write_text(json.dumps({"command": command, "comparison": compare_dir,
-                                                      "overrides": overrides or {}}, indent=1, default=str))  # fmt: skip
+    settings_text = json.dumps({"command": command, "comparison": compare_dir, "overrides": overrides or {}}, indent=1,
+                               default=str)  # fmt: skip
+    Path(out, "settings.json").write_text(settings_text, encoding="utf-8")
     results: dict[str, list[dict]] = {s: [] for s in settings["strategies"]}
     status = "FAILED"
     try:
@@ -389,12 +390,12 @@ def reevaluate(
             results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": 0,
                                       "metrics": scored["metrics"]}], **results}  # fmt: skip
         tables = write_tables(results, out, f"Command: `{command}`" if command else "")
-        with open(os.path.join(out, "results.json"), "w") as f:
+        with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
         for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json")):
             client.log_artifact(parent_id, path)
         status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)
-    print(Path(tables["markdown"]).read_text(), flush=True)
+    print(Path(tables["markdown"]).read_text(encoding="utf-8"), flush=True)
     return {"dir": out, "parent_run_id": parent_id, "results": results, "tables": tables}

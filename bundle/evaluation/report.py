@@ -92,7 +92,7 @@ def write_report(
     pd.DataFrame(rows).to_csv(os.path.join(output_dir, "metrics.csv"), index=False)
     summary = {"part": part, "n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "threshold": threshold,
                "metrics": scored["metrics"]}  # fmt: skip
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     for agg, key in (("mode", "mode"), ("mean", "mean_pred")):
         plot_confusion_matrices(scored["scan_targets"], scans[key], LABELS, os.path.join(output_dir, f"confusion_{agg}.png"),

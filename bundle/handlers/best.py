@@ -34,7 +34,7 @@ class BestMetrics:
             return
         metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
         os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
-        with open(self.output_file, "w") as f:
+        with open(self.output_file, "w", encoding="utf-8") as f:
             json.dump({"epoch": int(engine.state.epoch), "metrics": metrics}, f, indent=1)
 
 

@@ -46,6 +46,6 @@ def write_datalist(datalist: dict, path: str) -> str:
     if os.path.exists(path):
         raise FileExistsError(f"{path}: exists, not overwritten")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(datalist, f, indent=1)
     return path
