@@ -1,5 +1,6 @@
 """DICOM series as exported: sorted by position, RAS affine as ITK gives it, RLE, enhanced multi-frame, bad files."""
 
+import locale
 import os
 
 import numpy as np
@@ -63,6 +64,7 @@ def test_enhanced_multiframe_matches_classic_series(tmp_path):
 
 def test_compressed_syntax_pydicom_cannot_decode_goes_through_itk(tmp_path):
     itk = pytest.importorskip("itk")
+    ctype = locale.setlocale(locale.LC_CTYPE)
     vol = phantom((20, 18, 12))
     files, _ = write_series(str(tmp_path / "raw"), vol, shuffle=False)
     jpeg = []
@@ -80,12 +82,14 @@ def test_compressed_syntax_pydicom_cannot_decode_goes_through_itk(tmp_path):
         ds.RescaleSlope, ds.RescaleIntercept = "3", "5"  # ITK applies a rescale; the reader must not apply it twice
         ds.save_as(out)
         jpeg.append(out)
+    locale.setlocale(locale.LC_CTYPE, ctype)  # GDCM's JPEG writer sets the C locale (ASCII text files afterwards)
     ds = pydicom.dcmread(jpeg[0])
     assert ds.file_meta.TransferSyntaxUID.is_compressed
     if pydicom.pixels.get_decoder(ds.file_meta.TransferSyntaxUID).is_available:
         pytest.skip("pydicom can decode this syntax here")
     a = LoadVolume(min_slices=5)(files)
     b = LoadVolume(min_slices=5)(jpeg)
+    assert locale.setlocale(locale.LC_CTYPE) == ctype  # reading through GDCM leaves the locale (text encodings) alone
     np.testing.assert_allclose(b.numpy(), a.numpy() * 3 + 5)
     np.testing.assert_allclose(np.asarray(b.affine), np.asarray(a.affine), atol=1e-3)
 
