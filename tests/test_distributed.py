@@ -57,6 +57,20 @@ def test_torchrun_two_ranks_one_checkpoint_one_run(tiny_demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_multitask_qa(tiny_demo, tmp_path):
+    """The multi-task strategy (QA heads and the LA decoder, a dict output) under DDP."""
+    out, models = tmp_path / "runs", tmp_path / "models"
+    tiny = {**QA_TINY, "network_def#decoder_channels": [32, 16, 8, 8, 4]}
+    args = [a for k, v in tiny.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    configs = [QA_CONFIG[0], QA_CONFIG[1], os.path.join(ROOT, "configs", "qa_multitask.yaml"), QA_CONFIG[3]]
+    _torchrun(configs, args + ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(models)])
+    _assert_same_weights(models / "qa_multitask.pt", out)
+    assert any(k.startswith("decoder") for k in torch.load(models / "qa_multitask.pt", map_location="cpu"))
+    run = _the_one_run(out, "val_mean_dice")
+    assert run.data.params["world_size"] == "2"
+
+
+@pytest.mark.slow
 def test_torchrun_contrastive_qa(tiny_demo, tmp_path):
     """Both steps of the contrastive strategy under DDP: pretraining (LARS) then QA heads on the frozen encoder."""
     out, models = tmp_path / "runs", tmp_path / "models"
