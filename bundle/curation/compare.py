@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bundle.evaluation.compare import STRATEGIES, _mlflow_client, _run, _workflow, summarise, write_tables
+from bundle.evaluation.compare import (STRATEGIES, _mlflow_client, _parent_run, _run, _workflow, summarise,
+                                       write_tables)
 
 __all__ = ["compare_curation"]
 
@@ -86,10 +87,8 @@ def compare_curation(
                 "datalists": datalists, "overrides": overrides}  # fmt: skip
     Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
     tags = {"workflow": "curate_compare", "curation": curation_dir, "command": command[:5000]}
-    parent_id = client.create_run(experiment_id, run_name=f"curate_compare_{stamp}", tags=tags).info.run_id
-    for k, v in {"seeds": seeds, "strategy": strategy, "curation": curation_dir, **datalists,
-                 **{f"override.{k.replace('#', '::')}": v for k, v in overrides.items()}}.items():  # fmt: skip
-        client.log_param(parent_id, k, str(v)[:6000])
+    params = {"seeds": seeds, "strategy": strategy, "curation": curation_dir, **datalists}
+    parent_id = _parent_run(client, experiment_id, f"curate_compare_{stamp}", tags, params, overrides)
     logger.info(f"curation comparison {out}: MLflow parent run {parent_id}; {strategy}, seeds {seeds}")
 
     results: dict[str, list[dict]] = {name: [] for name in datalists}

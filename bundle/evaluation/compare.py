@@ -72,6 +72,18 @@ def _mlflow_client(tracking_uri: str, experiment_name: str):
     return client, exp.experiment_id
 
 
+def _parent_run(client, experiment_id: str, run_name: str, tags: dict, params: dict, overrides: dict | None) -> str:
+    """Create the parent MLflow run of a comparison and log ``params`` and every config override (``override.<id>``).
+
+    Returns:
+        the run id.
+    """
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    for k, v in {**params, **{f"override.{k.replace('#', '::')}": v for k, v in (overrides or {}).items()}}.items():
+        client.log_param(run_id, k, str(v)[:6000])
+    return run_id
+
+
 def summarise(results: dict[str, list[dict]], level: str = "mode") -> dict[str, dict[str, dict[str, tuple]]]:
     """Mean and sample standard deviation over seeds of each strategy's test scores.
 
@@ -222,13 +234,9 @@ def compare_strategies(
     Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
 
     client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
-    parent = client.create_run(experiment_id, run_name=f"compare_{stamp}", tags={"workflow": "compare"})
-    parent_id = parent.info.run_id
-    for k, v in {"seeds": seeds, "strategies": list(strategies), "split_seed": split_seed, "reference": reference,
-                 **{f"override.{k.replace('#', '::')}": v for k, v in overrides.items()}}.items():  # fmt: skip
-        client.log_param(parent_id, k, str(v)[:6000])
-    if command:
-        client.set_tag(parent_id, "command", command[:5000])
+    tags = {"workflow": "compare", **({"command": command[:5000]} if command else {})}
+    params = {"seeds": seeds, "strategies": list(strategies), "split_seed": split_seed, "reference": reference}
+    parent_id = _parent_run(client, experiment_id, f"compare_{stamp}", tags, params, overrides)
     logger.info(f"comparison {out}: MLflow parent run {parent_id}; strategies {list(strategies)}, seeds {seeds}")
 
     results: dict[str, list[dict]] = {s: [] for s in strategies}
@@ -351,11 +359,8 @@ def reevaluate(
     detector_ckpt = parser.get_parsed_content("detector_ckpt")
     client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
     tags = {"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]}
-    parent_id = client.create_run(experiment_id, run_name=f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
-                                  tags=tags).info.run_id  # fmt: skip
-    client.log_param(parent_id, "comparison", compare_dir)
-    for k, v in (overrides or {}).items():
-        client.log_param(parent_id, f"override.{k.replace('#', '::')}", str(v)[:6000])
+    parent_id = _parent_run(client, experiment_id, f"{tag}_{os.path.basename(compare_dir)}_{stamp}", tags,
+                            {"comparison": compare_dir}, overrides)  # fmt: skip
     settings_text = json.dumps({"command": command, "comparison": compare_dir, "overrides": overrides or {}}, indent=1,
                                default=str)  # fmt: skip
     Path(out, "settings.json").write_text(settings_text, encoding="utf-8")
