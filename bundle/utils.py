@@ -25,6 +25,7 @@ __all__ = [
     "rank0_first",
     "require_file",
     "run_engine",
+    "save_figure",
     "save_resolved_config",
 ]
 
@@ -88,6 +89,21 @@ def provenance_tags(bundle_root: str = ".") -> dict[str, str]:
     except ImportError:
         pass
     return tags
+
+
+def save_figure(fig, path: str, dpi: int = 90) -> str:
+    """Lay out a matplotlib figure, write it to ``path`` (creating its folder) and close it.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def backup_existing(path: str, overwrite: bool = False) -> str | None:

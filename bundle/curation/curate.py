@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from bundle.data.datalist import SCORE_KEYS, to_binary
-from bundle.utils import backup_existing
+from bundle.utils import backup_existing, save_figure
 
 __all__ = [
     "PROJECTIONS",
@@ -274,11 +274,7 @@ def _plot(points: np.ndarray, classes: np.ndarray, noise: np.ndarray, scan_flag:
     ax.set_yticks([])
     ax.legend(fontsize=7, loc="best")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def write_curation(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from bundle.utils import save_figure
 
 __all__ = ["plot_confusion_matrices", "plot_embeddings", "project_embeddings"]
 
@@ -40,11 +41,7 @@ def plot_confusion_matrices(
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def project_embeddings(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> tuple[np.ndarray, str]:
@@ -90,8 +87,4 @@ def plot_embeddings(
         ax.set_yticks([])
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{method} of the encoder's slice embeddings, coloured by {label_name} quality", fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+
+from bundle.utils import save_figure
 
 __all__ = ["BatchSnapshot", "save_slice_grid"]
 
@@ -62,11 +63,7 @@ def save_slice_grid(
             ax.set_title(titles[i], fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def _split_batch(batch: dict) -> list[dict]:
