@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, bench_datalist
+from common import ROOT, bench_datalist, write_report
 
 CHILD = """
 import json, os, resource, sys, time
@@ -59,10 +59,7 @@ def main() -> None:
     for r in report.values():
         r["rss_vs_float16"] = round(r["rss_KiB_per_slice"] / base["rss_KiB_per_slice"], 2)
     report["float32_reference_KiB_per_slice"] = round(a.spatial_size**2 * (4 + 4) / 1024, 1)
-    print(json.dumps(report, indent=1))
-    if a.output:
-        with open(a.output, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, a.output)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -27,6 +28,14 @@ def bench_datalist(datalist: str | None, workdir: str) -> str:
     from bundle.data import make_demo_dataset
 
     return make_demo_dataset(os.path.join(workdir, "demo"))
+
+
+def write_report(result: dict, output: str | None = None) -> None:
+    """Print a benchmark's results as JSON and, with ``output``, write them to that file too."""
+    print(json.dumps(result, indent=1))
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
 
 
 def rss_mib() -> float:

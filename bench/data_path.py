@@ -10,13 +10,12 @@ alone (forward, backward, optimizer) on batches already in memory. Reported: bot
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
 import torch
 
-from common import bench_datalist, cycle, throughput
+from common import bench_datalist, cycle, throughput, write_report
 
 from bundle.data import SliceCache, load_datalist
 from bundle.networks import QANet
@@ -74,10 +73,7 @@ def main() -> None:
                         "ratio": round(data_rate / model_rate, 2)}  # fmt: skip
     report["settings"] = {"batch_size": a.batch_size, "num_workers": a.num_workers, "spatial_size": a.spatial_size,
                           "torch_threads": torch.get_num_threads()}  # fmt: skip
-    print(json.dumps(report, indent=1))
-    if a.output:
-        with open(a.output, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, a.output)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ process, alternating, on the same LA slices; the ratio is the figure (goal: >= 4
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
 import torch
 
-from common import bench_datalist, cycle, naive_transform, naive_volume_records, qa_like_network, throughput
+from common import (bench_datalist, cycle, naive_transform, naive_volume_records, qa_like_network, throughput,
+                    write_report)
 
 from bundle.data import SliceCache, load_datalist
 from bundle.networks import QANet, prepare_network
@@ -97,10 +97,7 @@ def main() -> None:
         "batch_size": a.batch_size, "num_workers": a.num_workers, "spatial_size": a.spatial_size,
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
-    print(json.dumps(report, indent=1))
-    if a.output:
-        with open(a.output, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, a.output)
 
 
 if __name__ == "__main__":
