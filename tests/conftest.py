@@ -17,6 +17,11 @@ if ROOT not in sys.path:
 LA2018 = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "la2018"))
 
 
+def cli_args(overrides: dict) -> list[str]:
+    """``--name value`` pairs for ``monai.bundle run`` and the scripts (lists as JSON)."""
+    return [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+
+
 def write_nifti(path: str, array: np.ndarray, affine: np.ndarray | None = None) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)

@@ -10,13 +10,14 @@ import mlflow
 import pytest
 import torch
 
+from tests.conftest import cli_args
+from tests.test_workflow_qa import TINY
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = [os.path.join(ROOT, "configs", name) for name in ("common.yaml", "train.yaml", "multi_gpu.yaml")]
 QA_CONFIG = [os.path.join(ROOT, "configs", name) for name in (
     "common.yaml", "qa_baseline.yaml", "qa_contrastive.yaml", "multi_gpu.yaml", "multi_gpu_contrastive.yaml")]
-QA_TINY = {"spatial_size": 32, "batch_size": 8, "max_epochs": 1, "num_workers": 0, "test_size": 2, "val_fraction": 0.2,
-           "encoder_layers": [1, 1, 1, 1], "encoder_widths": [8, 16, 32, 64], "head_channels": 8, "qa_channels": 4,
-           "pretrain_epochs": 1, "pretrain_batch_size": 8, "projection_dim": 16, "qa_slices": "mask"}
+QA_TINY = {**TINY, "batch_size": 8, "pretrain_batch_size": 8}  # the QA workflow tests' settings, smaller batches
 
 
 def _torchrun(configs, args):
@@ -60,10 +61,8 @@ def test_torchrun_two_ranks_one_checkpoint_one_run(tiny_demo, tmp_path):
 def test_torchrun_multitask_qa(tiny_demo, tmp_path):
     """The multi-task strategy (QA heads and the LA decoder, a dict output) under DDP."""
     out, models = tmp_path / "runs", tmp_path / "models"
-    tiny = {**QA_TINY, "network_def#decoder_channels": [32, 16, 8, 8, 4]}
-    args = [a for k, v in tiny.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
     configs = [QA_CONFIG[0], QA_CONFIG[1], os.path.join(ROOT, "configs", "qa_multitask.yaml"), QA_CONFIG[3]]
-    _torchrun(configs, args + ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(models)])
+    _torchrun(configs, cli_args({**QA_TINY, "datalist": tiny_demo, "output_dir": str(out), "ckpt_dir": str(models)}))
     _assert_same_weights(models / "qa_multitask.pt", out)
     assert any(k.startswith("decoder") for k in torch.load(models / "qa_multitask.pt", map_location="cpu"))
     run = _the_one_run(out, "val_mean_dice")
@@ -74,8 +73,7 @@ def test_torchrun_multitask_qa(tiny_demo, tmp_path):
 def test_torchrun_contrastive_qa(tiny_demo, tmp_path):
     """Both steps of the contrastive strategy under DDP: pretraining (LARS) then QA heads on the frozen encoder."""
     out, models = tmp_path / "runs", tmp_path / "models"
-    args = [a for k, v in QA_TINY.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
-    _torchrun(QA_CONFIG, args + ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(models)])
+    _torchrun(QA_CONFIG, cli_args({**QA_TINY, "datalist": tiny_demo, "output_dir": str(out), "ckpt_dir": str(models)}))
     _assert_same_weights(models / "qa_contrastive.pt", out)
     encoder = torch.load(models / "supcon_encoder.pt", map_location="cpu")
     final = torch.load(models / "qa_contrastive.pt", map_location="cpu")

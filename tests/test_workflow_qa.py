@@ -13,6 +13,8 @@ import torch
 
 from monai.bundle import ConfigWorkflow
 
+from tests.conftest import cli_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "baseline": ["common.yaml", "qa_baseline.yaml"],
@@ -182,7 +184,7 @@ def test_comparison(tiny_demo, tmp_path):
     from compare_strategies import main
 
     args = ["--seeds", "1", "--output_dir", str(tmp_path / "runs"), "--datalist", tiny_demo]
-    args += [a for k, v in TINY.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    args += cli_args(TINY)
     assert main(args) == 0
     (cmp_dir,) = glob.glob(str(tmp_path / "runs" / "compare_*"))
     md = open(os.path.join(cmp_dir, "comparison.md")).read()
