@@ -21,6 +21,7 @@ __all__ = [
     "init_distributed",
     "is_rank0",
     "package_versions",
+    "parse_overrides",
     "provenance_tags",
     "rank0_first",
     "require_file",
@@ -246,3 +247,28 @@ def run_engine(engine, enabled: bool = True, reason: str = "") -> bool:
         return False
     engine.run()
     return True
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``--name value`` pairs as config overrides; values are read as YAML (``64``, ``null``, ``[1, 2]``).
+
+    Raises:
+        ValueError: on an argument that is not ``--name`` or a name without a value.
+    """
+    import yaml
+
+    out, i = {}, 0
+    while i < len(args):
+        key = args[i]
+        if not key.startswith("--") or len(key) < 3:
+            raise ValueError(f"expected --name value, got {key!r}")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args):
+            value = args[i + 1]
+            i += 2
+        else:
+            raise ValueError(f"{key} needs a value")
+        out[key[2:]] = yaml.safe_load(value)
+    return out

@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("input", nargs="+", help="DICOM folders, NIfTI/NRRD files, folders of those, or a datalist JSON")
     p.add_argument("--output_dir", default=None, help="where the reports go (default: <bundle>/runs/inference_<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the output folder")
-    p.add_argument("--weights", default=None, help="LA detector weights (default: models/model.pt)")
+    p.add_argument("--weights", default=None, help="LA detector weights, its plan beside them (default: the shipped models/detector.pt)")
     p.add_argument("--qa_weights", default=None, help="QA network weights (default: models/qa_baseline.pt)")
     p.add_argument("--qa_spatial_size", type=int, default=None,
                    help="slice size the QA network was trained at (default: the bundle's, 128)")

@@ -21,30 +21,10 @@ import os
 import shlex
 import sys
 
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bundle.evaluation.compare import STRATEGIES, compare_strategies, reevaluate  # noqa: E402
-
-
-def parse_overrides(args: list[str]) -> dict:
-    """``--name value`` pairs as config overrides; values are read as YAML (``64``, ``null``, ``[1, 2]``)."""
-    out, i = {}, 0
-    while i < len(args):
-        key = args[i]
-        if not key.startswith("--") or len(key) < 3:
-            raise SystemExit(f"ERROR: expected --name value, got {key!r}")
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(args):
-            value = args[i + 1]
-            i += 2
-        else:
-            raise SystemExit(f"ERROR: {key} needs a value")
-        out[key[2:]] = yaml.safe_load(value)
-    return out
+from bundle.utils import parse_overrides  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reevaluate", metavar="COMPARE_DIR", help="evaluate a finished comparison's checkpoints again")
     p.add_argument("--tag", default="reeval", help="name of the re-evaluation (with --reevaluate)")
     args, rest = p.parse_known_args(argv)
-    overrides = parse_overrides(rest)
+    try:
+        overrides = parse_overrides(rest)
+    except ValueError as e:
+        raise SystemExit(f"ERROR: {e}") from None
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     command = "python scripts/compare_strategies.py " + " ".join(shlex.quote(a) for a in argv)

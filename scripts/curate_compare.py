@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_strategies import parse_overrides  # noqa: E402
+from bundle.utils import parse_overrides  # noqa: E402
 
 from bundle.curation.compare import compare_curation  # noqa: E402
 from bundle.evaluation.compare import STRATEGIES  # noqa: E402
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", default=None, help="the bundle's output folder (default: the curation's parent)")
     p.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args, rest = p.parse_known_args(argv)
-    overrides = parse_overrides(rest)
+    try:
+        overrides = parse_overrides(rest)
+    except ValueError as e:
+        raise SystemExit(f"ERROR: {e}") from None
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     command = "python scripts/curate_compare.py " + " ".join(shlex.quote(a) for a in argv)

@@ -60,3 +60,32 @@ def toy_dataset(tmp_path):
 
     make.root = tmp_path
     return make
+
+
+def write_known_detector(folder, level: float, name: str = "model.pt", spatial_size: int = 16,
+                         la_bounds: dict | None = None, **post) -> str:
+    """A one-logit-per-pixel "detector" whose answer is known (logit = 20 * (intensity - level)), with its plan.
+
+    The plan says: slices resized to ``spatial_size``, plain 2D, threshold 0.5, no largest-component filter and no
+    minimum area unless ``post`` says otherwise. Returns the checkpoint's path.
+    """
+    import torch
+
+    from bundle.networks.plan import write_plan
+
+    conv = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(20.0)
+        conv.bias.fill_(-20.0 * level)
+    os.makedirs(str(folder), exist_ok=True)
+    ckpt = os.path.join(str(folder), name)
+    torch.save(conv.state_dict(), ckpt)
+    write_plan(ckpt, {
+        "kind": "detector",
+        "network_def": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1},
+        "preprocessing": {"spatial_size": spatial_size, "pixel_mm": None, "context_slices": 0, "context_mm": None,
+                          "slice_axis": None},
+        "postprocessing": {"la_threshold": 0.5, "keep_largest": False, "min_la_area_mm2": 0.0, **post},
+        "la_bounds": la_bounds,
+    })  # fmt: skip
+    return ckpt

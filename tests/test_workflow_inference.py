@@ -30,6 +30,7 @@ from tests.dicom_helpers import (
     write_junk,
     write_series,
 )
+from tests.conftest import write_known_detector
 from tests.inference.test_stage2 import SMALL_QA, small_qanet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,11 +43,8 @@ SHAPE = (40, 36, 24)  # the phantom's box spans voxels 8..19, 10..25, 6..16
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    conv = torch.nn.Conv2d(1, 1, 1)
-    with torch.no_grad():
-        conv.weight.fill_(40.0)
-        conv.bias.fill_(-20.0)  # normalised intensity above 0.5: LA
-    torch.save(conv.state_dict(), folder / "model.pt")
+    # normalised intensity above 0.5: LA; the phantoms' boxes are smaller than a real LA, so the bounds are open
+    write_known_detector(folder, 0.5, spatial_size=32, la_bounds={"min_ml": 0.0, "min_extent_mm": 0.0})
     torch.save(small_qanet().state_dict(), folder / "qa.pt")
     (folder / "qa_small.yaml").write_text(json.dumps(SMALL_QA))  # an overlay of configs/qa_baseline.yaml
     return folder
@@ -163,7 +161,7 @@ def test_messy_export_and_volumes(weights, export, tmp_path):
     assert [s["index"] for s in la] == list(range(10, 26)) and all(s["la_prob"] > 0.99 for s in la)
     assert all(set(s) >= {"p_nulling", "p_sharpness", "p_enhancement", "p_fibrosis", "vote"} for s in la)
     assert set(detail["cam_slices"]) <= set(range(10, 26)) and len(detail["cam_slices"]) == 4
-    assert report["counts"] == {"ok": 3, "no_left_atrium": 1, "skipped": 3, "error": 3}
+    assert report["counts"] == {"ok": 3, "implausible_la": 0, "no_left_atrium": 1, "skipped": 3, "error": 3}
     assert report["settings"]["la_threshold"] == 0.5 and "README.TXT" in " ".join(report["ignored_files"])
     assert report["settings"]["qa_network"] == "QANet" and report["settings"]["qa_spatial_size"] == QA_SIZE
 
@@ -208,8 +206,9 @@ def test_nothing_assessable_exits_non_zero(weights, export, tmp_path):
 @pytest.mark.slow
 def test_missing_weights_name_the_remedy(weights, export, tmp_path):
     kw = overrides(weights, str(export["vols"]), tmp_path / "out")
-    with pytest.raises(SystemExit, match=r"ERROR weights: LA detector checkpoint .*nope.pt not found: train the LA "
-                                         r"detector with `python -m monai.bundle run training"):  # fmt: skip
+    with pytest.raises(SystemExit, match=r"ERROR weights: LA detector checkpoint .*nope.pt not found: the bundle ships "
+                                         r"models/detector.pt .* or train the LA detector with `python -m monai.bundle "
+                                         r"run training"):  # fmt: skip
         run_workflow(**{**kw, "ckpt_path": str(tmp_path / "nope.pt")})
     with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: train the QA "
                                          r"network with `python -m monai.bundle run training --config_file "

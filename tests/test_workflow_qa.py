@@ -13,7 +13,7 @@ import torch
 
 from monai.bundle import ConfigWorkflow
 
-from tests.conftest import cli_args
+from tests.conftest import cli_args, write_known_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -93,18 +93,11 @@ def test_baseline_training(baseline_run, tiny_demo):
 
 def test_multitask_training_with_detector_selection(tiny_demo, tmp_path):
     """Multi-task QA on the slices a (known) LA detector selects: the dict output, the Dice term, the masks."""
-    det_cfg = tmp_path / "detector.yaml"
-    det_cfg.write_text("network_def: {_target_: torch.nn.Conv2d, in_channels: 1, out_channels: 1, kernel_size: 1}\n")
-    conv = torch.nn.Conv2d(1, 1, 1)
-    with torch.no_grad():
-        conv.weight.fill_(20.0)
-        conv.bias.fill_(-20.0 * 0.945)  # marks pixels above 0.945: about half the demo slices
     models = tmp_path / "models"
-    models.mkdir()
-    torch.save(conv.state_dict(), models / "model.pt")
+    det = write_known_detector(models, 0.945, name="detector.pt", spatial_size=32)  # about half the demo slices
     out = tmp_path / "runs"
     _run(_workflow(CONFIGS["multitask"], "train", datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models),
-                   qa_slices="detector", detector_config=str(det_cfg), detector_size=32))  # fmt: skip
+                   qa_slices="detector", detector_ckpt=det))  # fmt: skip
     state = torch.load(models / "qa_multitask.pt", map_location="cpu")
     assert any(k.startswith("decoder.") for k in state) and any(k.startswith("seg_head.") for k in state)
     client, exp = _client(out)
@@ -210,17 +203,10 @@ def test_comparison(tiny_demo, tmp_path):
     assert {"comparison.md", "comparison.csv", "embeddings_tsne.png"} <= set(_artifacts(client, parent.info.run_id))
 
     # the same checkpoints again, on the slices a (known) detector selects: nothing trains
-    det_cfg = tmp_path / "detector.yaml"
-    det_cfg.write_text("network_def: {_target_: torch.nn.Conv2d, in_channels: 1, out_channels: 1, kernel_size: 1}\n")
-    conv = torch.nn.Conv2d(1, 1, 1)
-    with torch.no_grad():
-        conv.weight.fill_(20.0)
-        conv.bias.fill_(-20.0 * 0.945)
-    torch.save(conv.state_dict(), tmp_path / "detector.pt")
+    det = write_known_detector(tmp_path, 0.945, name="detector.pt", spatial_size=32)
     ckpts = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(cmp_dir, "models", "seed0", "*.pt"))}
     assert main(["--reevaluate", cmp_dir, "--tag", "detector", "--no_reference", "--qa_slices", "detector",
-                 "--detector_ckpt", str(tmp_path / "detector.pt"), "--detector_config", str(det_cfg),
-                 "--detector_size", "32"]) == 0
+                 "--detector_ckpt", det]) == 0
     assert {p: os.path.getmtime(p) for p in ckpts} == ckpts  # nothing was trained again
     (re_dir,) = glob.glob(os.path.join(cmp_dir, "detector_*"))
     assert pd.read_csv(os.path.join(re_dir, "comparison.csv"))["strategy"].tolist() == [

@@ -83,8 +83,8 @@ def test_cli_with_tracking_flag_keeps_one_run(tiny_demo, tmp_path):
            "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"), "--tracking", "mlflow", *overrides]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "best validation (epoch 1): val_mean_dice=" in res.stdout
-    assert os.path.isfile(tmp_path / "models" / "model.pt")
+    assert "best validation (epoch 1): val_volume_dice=" in res.stdout
+    assert os.path.isfile(tmp_path / "models" / "model.pt") and os.path.isfile(tmp_path / "models" / "model.json")
     client, runs = _runs(out)
     assert len(runs) == 1 and "val_slice_f1" in runs[0].data.metrics
 

@@ -8,8 +8,10 @@ Options (``--conf key value``), documented in docs/monailabel.md:
 
 - ``bundle_root``: the bundle folder (``configs/``, ``models/``); default: this repository.
 - ``overlays``: comma-separated config overlays added to every workflow (e.g. a site's ``spatial_size``,
-  ``la_threshold``, ``qa_spatial_size``, ``qa_threshold``); ``la_overlays``: only to the LA detector's workflows
-  (training, inference); ``qa_overlays``: only to the QA network's definition (e.g. its ``encoder_widths``).
+  ``la_threshold``, ``qa_spatial_size``, ``qa_threshold``); ``la_overlays``: only to the LA detector's training
+  (inference takes the network from the checkpoint's plan); ``qa_overlays``: only to the QA network's definition.
+- ``la_checkpoint``: the detector served, in ``models/`` (default: ``model.pt``, a site's own retrained detector,
+  when it exists at start-up, else the shipped ``detector.pt``).
 - ``qa_config``, ``qa_checkpoint``: the QA network's workflow config and weights (default
   ``configs/qa_baseline.yaml``, ``models/qa_baseline.pt``; the QA task is offered only when both exist).
 - ``patient_pattern``: regular expression whose first group is the patient id in a study's id (training split).
@@ -76,13 +78,14 @@ class LALGEQAApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         # both tasks run the bundle's two-stage inference config (stage 1 alone for the LA task)
-        la_files = [self.common, os.path.join(self.bundle_root, "configs", "inference.yaml"), *self.overlays,
-                    *self.la_overlays]  # fmt: skip
-        la = LASegmentation(self.bundle_root, self.conf, la_files)
+        la_files = [self.common, os.path.join(self.bundle_root, "configs", "inference.yaml"), *self.overlays]
+        site = os.path.isfile(os.path.join(self.bundle_root, "models", "model.pt"))
+        la_ckpt = self.conf.get("la_checkpoint") or ("model.pt" if site else "detector.pt")
+        la = LASegmentation(self.bundle_root, self.conf, la_files, ckpt_name=la_ckpt)
         if la.is_valid():
             infers[LA_MODEL] = la
         else:
-            logger.warning(f"{LA_MODEL} not offered: no {self.bundle_root}/models/model.pt (train the detector first)")
+            logger.warning(f"{LA_MODEL} not offered: no {self.bundle_root}/models/{la_ckpt} with its plan")
         qa_config = os.path.join(self.bundle_root, self.conf.get("qa_config", "configs/qa_baseline.yaml"))
         qa_ckpt = os.path.join(self.bundle_root, self.conf.get("qa_checkpoint", "models/qa_baseline.pt"))
         qa_files = [self.common, qa_config, *self.overlays, *self.qa_overlays]  # the QA network's definition

@@ -1,6 +1,6 @@
 """Stage-2 data: the LA slices of the quality list, their binary targets, and the batches the QA engines see.
 
-Slices are selected once per run (not per epoch): by the trained LA detector at threshold ``t`` as the paper
+Slices are selected once per run (not per epoch): by the trained LA detector as inference selects them
 (``mode="detector"``), or by the ground-truth mask (``mode="mask"``, e.g. before a detector exists). Each slice
 inherits its volume's scores, made binary (score >= 3 is diagnostic, 1).
 """
@@ -11,11 +11,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bundle.data.datalist import SCORE_KEYS, entry_name, to_binary
 from bundle.data.prepare import DataSplit, cached_slices
@@ -26,9 +24,10 @@ __all__ = ["DETECTOR_HINT", "PrepareQABatch", "QASlices", "detect_la", "qa_slice
 logger = logging.getLogger(__name__)
 
 SELECTION_MODES = ("detector", "mask")
-DETECTOR_HINT = ("train it with: python -m monai.bundle run training --config_file "
-                 "\"['configs/common.yaml','configs/train.yaml']\" (with this run's --dataset_dir/--datalist/--ckpt_dir),"
-                 " or pass --qa_slices mask to select slices by the ground-truth masks")  # fmt: skip
+DETECTOR_HINT = ("the bundle ships models/detector.pt; or train one with: python -m monai.bundle run training "
+                 "--config_file \"['configs/common.yaml','configs/train.yaml']\" (writes models/model.pt and its plan) and "
+                 "pass --detector_ckpt models/model.pt, or pass --qa_slices mask to select slices by the ground-truth "
+                 "masks")  # fmt: skip
 
 
 class QASlices:
@@ -117,40 +116,44 @@ class QASlices:
         ]
 
 
-@torch.no_grad()
-def detect_la(
-    detector: torch.nn.Module, images: np.ndarray, threshold: float = 0.5, batch_size: int = 64, device="cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the LA detector on slices.
+def detect_la(cache: SliceCache, detector_ckpt: str, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1 on every volume of ``cache``, exactly as inference runs it, mapped onto the cache's slices.
+
+    The detector and its settings come from its checkpoint and plan (:func:`bundle.inference.load_detector`); each
+    volume is read and normalised as inference reads it and goes through :func:`bundle.inference.segment_la` (LA
+    mask in the volume's grid, largest component, minimum LA area per slice): the slices it selects are the slices
+    inference would hand to stage 2.
 
     Args:
-        detector: network giving one LA logit per pixel.
-        images: ``(n, 1, h, w)`` slices.
-        threshold: ``t`` on the sigmoid.
-        batch_size: slices per forward pass.
-        device: where to run.
+        cache: the QA slice cache (its entries, slice axis and slice size).
+        detector_ckpt: the detector's checkpoint (its plan beside it).
+        device: where the detector runs.
 
     Returns:
-        ``(max probability per slice (n,), predicted masks (n, 1, h, w) uint8)``; a slice holds the LA when its
-        maximum exceeds ``threshold``.
+        ``(selected (n,) bool per cache slice, LA masks (n, 1, h, w) uint8 at the cache's slice size)``.
+
+    Raises:
+        SystemExit: one line, when the checkpoint or its plan is missing or does not fit.
     """
-    detector = detector.to(device).eval()
-    peaks, masks = [], []
-    for i in range(0, len(images), batch_size):
-        x = torch.as_tensor(np.asarray(images[i : i + batch_size], dtype=np.float32), device=device)
-        prob = torch.sigmoid(detector(x))
-        peaks.append(prob.flatten(1).amax(1).cpu().numpy())
-        masks.append((prob > threshold).to(torch.uint8).cpu().numpy())
-    if not peaks:
-        return np.zeros(0, np.float32), np.zeros((0, 1, *images.shape[2:]), np.uint8)
-    return np.concatenate(peaks).astype(np.float32), np.concatenate(masks)
+    from bundle.inference.detector import load_detector, load_volume, segment_la
+    from bundle.inference.weights import detector_plan
+    from bundle.transforms.slicing import ExtractSlices
 
-
-def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    if masks.shape[-1] == size and masks.shape[-2] == size:
-        return masks
-    out = F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=(size, size), mode="nearest")
-    return out.to(torch.uint8).numpy()
+    detector_plan(detector_ckpt)  # a missing checkpoint or plan: one line
+    network, plan = load_detector(detector_ckpt, device)
+    selected = np.zeros(len(cache), bool)
+    masks = np.zeros((len(cache), 1, cache.spatial_size, cache.spatial_size), np.uint8)
+    resize = ExtractSlices(spatial_size=cache.spatial_size, mode="nearest")
+    for v, entry in enumerate(cache.entries):
+        rows = np.flatnonzero(cache.volume == v)
+        la = segment_la(network, plan, load_volume(entry["image"]))
+        if la["axis"] != cache.slice_axes[v]:
+            raise SystemExit(f"ERROR qa_slices=detector: {entry['image']}: the detector sliced along axis {la['axis']}, "
+                             f"the QA slices along {cache.slice_axes[v]} (set slice_axis alike)")  # fmt: skip
+        chosen = set(la["selected"].tolist())
+        selected[rows] = [int(cache.slice[r]) in chosen for r in rows]
+        masks[rows] = resize(la["mask"], slice_axis=la["axis"]).to(torch.uint8).numpy()[cache.slice[rows]]
+    return selected, masks
 
 
 def qa_slices(
@@ -160,19 +163,16 @@ def qa_slices(
     spatial_size: int = 128,
     slice_axis: int | None = None,
     cache_dir: str | None = None,
-    la_threshold: float = 0.5,
     detector_ckpt: str | None = None,
-    detector_config: str | Sequence[str] | None = None,
-    detector_size: int = 128,
     step: int = 1,
     device: str | torch.device = "cpu",
-    batch_size: int = 64,
 ) -> QASlices:
     """The LA slices of the quality list's ``part``, selected once: the config entry point of stage-2 data.
 
-    In ``detector`` mode the detector runs on slices of ``detector_size`` (the size it was trained at); its
-    per-slice maxima and, for volumes without a datalist mask, its masks are kept under ``cache_dir`` keyed by
-    the checkpoint's and the volumes' identities, so later runs skip the forward passes.
+    In ``detector`` mode the LA slices are those inference would select (:func:`detect_la`: the checkpoint's plan
+    decides threshold, largest component and minimum LA area); the selection and, for volumes without a datalist
+    mask, the detector's masks are kept under ``cache_dir`` keyed by the checkpoint's, its plan's and the volumes'
+    identities, so later runs skip the forward passes.
 
     Args:
         data: the output of :func:`bundle.data.prepare_data`.
@@ -181,14 +181,9 @@ def qa_slices(
         spatial_size: size of the QA slices.
         slice_axis: slice axis (None: from the geometry).
         cache_dir: the slice cache folder.
-        la_threshold: ``t``.
-        detector_ckpt: the LA detector's state dict (``models/model.pt``).
-        detector_config: config file(s) holding the detector's ``network_def`` (``configs/common.yaml``, or a
-            detector run's ``config.json``).
-        detector_size: slice size the detector was trained at.
+        detector_ckpt: the LA detector's checkpoint, its plan beside it (``models/detector.pt``).
         step: keep every ``step``-th selected slice per volume.
         device: where the detector runs.
-        batch_size: detector batch size.
 
     Raises:
         SystemExit: one line, when the mode is unknown or the detector checkpoint is missing or does not fit.
@@ -200,31 +195,29 @@ def qa_slices(
         return QASlices(cache, cache.has_la, step=step, source="mask")
     if not detector_ckpt or not os.path.isfile(detector_ckpt):
         raise SystemExit(f"ERROR qa_slices=detector: no LA detector checkpoint at {detector_ckpt}; {DETECTOR_HINT}")
-    det_cache = cache if int(detector_size) == cache.spatial_size else cached_slices(
-        data, "quality", part, spatial_size=detector_size, slice_axis=slice_axis, cache_dir=cache_dir)  # fmt: skip
-    no_mask = ~det_cache.has_mask
-    key = hashlib.sha1(json.dumps([_fingerprint(detector_ckpt), [det_cache._key(e) for e in det_cache.entries],
-                                   float(la_threshold), no_mask.tolist()], default=str).encode()).hexdigest()[:20]  # fmt: skip
+    from bundle.networks.plan import plan_path
+
+    no_mask = ~cache.has_mask
+    plan = plan_path(detector_ckpt)
+    key = hashlib.sha1(json.dumps([_fingerprint(detector_ckpt), _fingerprint(plan) if os.path.isfile(plan) else None,
+                                   [cache._key(e) for e in cache.entries], no_mask.tolist()],
+                                  default=str).encode()).hexdigest()[:20]  # fmt: skip
     path = os.path.join(cache_dir, f"la_selection_{key}.npz") if cache_dir else None
     if path and os.path.isfile(path):
         with np.load(path) as z:
-            peaks, pred = z["peaks"], z["masks"]
+            selected, pred = z["selected"], z["masks"]
         logger.info(f"LA slice selection read from {path}")
     else:
-        from bundle.networks.loading import load_network
-
-        detector = load_network(detector_config, detector_ckpt, device=device, hint=DETECTOR_HINT)
-        peaks, pred = detect_la(detector, det_cache.images, la_threshold, batch_size, device)
+        selected, pred = detect_la(cache, detector_ckpt, device)
         pred = pred[no_mask]
         if path:
-            np.savez(path + ".tmp.npz", peaks=peaks, masks=pred)
+            np.savez(path + ".tmp.npz", selected=selected, masks=pred)
             os.replace(path + ".tmp.npz", path)
-    selected = peaks > la_threshold
     masks = cache.labels.copy()
     if no_mask.any():
-        masks[no_mask] = _resize_masks(pred, cache.spatial_size)
-    source = f"detector {os.path.basename(detector_ckpt)} t={la_threshold}"
-    return QASlices(cache, selected, masks=masks, step=step, source=source)
+        masks[no_mask] = pred
+    source = f"detector {os.path.basename(detector_ckpt)} (its plan's rule, as inference)"
+    return QASlices(cache, selected.astype(bool), masks=masks, step=step, source=source)
 
 
 class PrepareQABatch:

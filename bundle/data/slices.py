@@ -11,16 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from monai.transforms import Compose, LoadImaged, ScaleIntensityRangePercentilesd
+from monai.transforms import Compose, LoadImaged
 
 from bundle.data.datalist import SCORE_KEYS, DatalistError, entry_name
+from bundle.transforms.intensity import ScaleForegroundPercentilesd
 from bundle.transforms.slicing import ExtractSlicesd
 
 __all__ = ["SliceCache", "volume_transform"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _DTYPES = {"float16": np.float16, "uint8": np.uint8}
 
 
@@ -37,11 +38,16 @@ def volume_transform(
     lower: float = 0.5,
     upper: float = 99.5,
     with_label: bool = True,
+    pixel_mm: float | None = None,
+    context: int = 0,
+    context_mm: float | None = None,
 ) -> Compose:
     """Read a volume (and its mask), normalise intensities per volume, cut and resize its axial slices.
 
-    Intensities are mapped from the volume's ``lower``..``upper`` percentiles to 0..1 (clipped); slices are
-    resized with linear interpolation, masks with nearest.
+    Intensities are mapped from the ``lower``..``upper`` percentiles of the volume's non-zero voxels to 0..1
+    (clipped, :class:`~bundle.transforms.ScaleForegroundPercentiles`, as inference does); slices are resized (or,
+    with ``pixel_mm``, resampled to that pixel size and centred on a ``spatial_size`` canvas) with linear
+    interpolation, masks with nearest; with ``context`` the image slices carry their neighbours as channels.
 
     Args:
         spatial_size: in-plane size of the slices.
@@ -49,6 +55,9 @@ def volume_transform(
         lower: lower intensity percentile mapped to 0.
         upper: upper intensity percentile mapped to 1.
         with_label: also read and slice the ``label`` key.
+        pixel_mm: in-plane pixel size to resample to (None: resize to ``spatial_size``).
+        context: neighbouring slices on each side added to the image as channels (2.5D).
+        context_mm: distance between those neighbours (None: adjacent slices).
 
     Returns:
         a transform from ``{"image": path[, "label": path]}`` to ``{"image": (S, 1, h, w)[, "label": ...]}``.
@@ -57,9 +66,10 @@ def volume_transform(
     return Compose(
         [
             LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
-            ScaleIntensityRangePercentilesd(keys="image", lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
+            ScaleForegroundPercentilesd(keys="image", lower=lower, upper=upper),
             ExtractSlicesd(keys=keys, spatial_size=spatial_size, slice_axis=slice_axis,
-                           mode=["bilinear", "nearest"][: len(keys)]),  # fmt: skip
+                           mode=["bilinear", "nearest"][: len(keys)], pixel_mm=pixel_mm,
+                           context=[context, 0][: len(keys)], context_mm=context_mm),  # fmt: skip
         ]
     )
 
@@ -93,6 +103,9 @@ class SliceCache:
         num_workers: threads reading volumes in parallel (0: in this thread).
         dtype: storage of the images, "float16" or "uint8".
         mmap: memory-map the assembled set from ``cache_dir`` (needs ``cache_dir``).
+        pixel_mm: in-plane pixel size to resample to; ``spatial_size`` is then the canvas (None: resize).
+        context: neighbouring slices on each side stored as extra image channels (2.5D).
+        context_mm: distance between those neighbours (None: adjacent slices).
 
     Raises:
         DatalistError: naming the entry whose image or mask cannot be read or does not match.
@@ -109,6 +122,9 @@ class SliceCache:
         num_workers: int = 0,
         dtype: str = "float16",
         mmap: bool = False,
+        pixel_mm: float | None = None,
+        context: int = 0,
+        context_mm: float | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
@@ -124,6 +140,9 @@ class SliceCache:
         self.cache_dir = cache_dir
         self.lower, self.upper = float(lower), float(upper)
         self.dtype = dtype
+        self.pixel_mm = None if pixel_mm is None else float(pixel_mm)
+        self.context = int(context)
+        self.context_mm = None if context_mm is None else float(context_mm)
         if cache_dir:
             os.makedirs(cache_dir, exist_ok=True)
         self._transforms: dict[bool, Compose] = {}  # built on the first read: a fully cached set reads nothing
@@ -139,9 +158,10 @@ class SliceCache:
                 volumes = [self._volume(e) for e in self.entries]
             n_read = sum(v[3] for v in volumes)
             counts = [len(v[0]) for v in volumes]
-            empty = np.zeros((0, self.spatial_size, self.spatial_size))
-            self.images = np.concatenate([_encode(v[0], dtype) for v in volumes] or [_encode(empty, dtype)])[:, None]
-            self.labels = np.concatenate([v[1] for v in volumes] or [empty.astype(np.uint8)])[:, None]
+            channels = 2 * self.context + 1
+            empty = np.zeros((0, channels, self.spatial_size, self.spatial_size))
+            self.images = np.concatenate([_encode(v[0], dtype) for v in volumes] or [_encode(empty, dtype)])
+            self.labels = np.concatenate([v[1] for v in volumes] or [empty[:, :1].astype(np.uint8)])
             self.volume = np.repeat(np.arange(len(volumes)), counts)
             self.slice = np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)])
             self.slice_axes = [v[2] for v in volumes]
@@ -184,11 +204,12 @@ class SliceCache:
 
     def _key(self, entry: dict) -> str:
         ident = [CACHE_VERSION, _fingerprint(entry["image"]), _fingerprint(entry["label"]) if entry.get("label") else None,
-                 self.spatial_size, self.slice_axis, self.lower, self.upper]  # fmt: skip
+                 self.spatial_size, self.slice_axis, self.lower, self.upper, self.pixel_mm, self.context,
+                 self.context_mm]  # fmt: skip
         return hashlib.sha1(json.dumps(ident, default=str).encode()).hexdigest()[:20]
 
     def _volume(self, entry: dict) -> tuple[np.ndarray, np.ndarray, int, bool]:
-        """(images (S, h, w) float16, masks (S, h, w) uint8, slice axis, whether the volume was read now)."""
+        """(images (S, C, h, w) float16, masks (S, 1, h, w) uint8, slice axis, whether the volume was read now)."""
         with_label = bool(entry.get("label"))
         path = os.path.join(self.cache_dir, f"slices_{self._key(entry)}.npz") if self.cache_dir else None
         if path and os.path.isfile(path):
@@ -199,20 +220,22 @@ class SliceCache:
                 logger.warning(f"{path}: unreadable cache file, re-reading {entry['image']}")
         if with_label not in self._transforms:
             self._transforms[with_label] = volume_transform(self.spatial_size, self.slice_axis, self.lower,
-                                                            self.upper, with_label)  # fmt: skip
+                                                            self.upper, with_label, self.pixel_mm, self.context,
+                                                            self.context_mm)  # fmt: skip
         try:
             d = self._transforms[with_label]({"image": entry["image"], "label": entry["label"]} if with_label else {"image": entry["image"]})
         except Exception as e:  # readers raise many types; the message must name the entry
             cause = e.__cause__ or e
             raise DatalistError(f"{entry_name(entry)}: cannot read and slice {entry['image']} ({cause})") from e
-        img = d["image"].numpy()[:, 0].astype(np.float16)
+        img = d["image"].numpy().astype(np.float16)
         if with_label:
-            if d["label"].shape != d["image"].shape:
-                raise DatalistError(f"{entry_name(entry)}: mask slices {tuple(d['label'].shape)} do not match "
-                                    f"image slices {tuple(d['image'].shape)}")  # fmt: skip
-            lab = (d["label"].numpy()[:, 0] > 0).astype(np.uint8)
+            lab_shape, img_shape = tuple(d["label"].shape), tuple(d["image"].shape)
+            if lab_shape[0] != img_shape[0] or lab_shape[2:] != img_shape[2:] or lab_shape[1] != 1:
+                raise DatalistError(f"{entry_name(entry)}: mask slices {lab_shape} do not match "
+                                    f"image slices {img_shape}")  # fmt: skip
+            lab = (d["label"].numpy() > 0).astype(np.uint8)
         else:
-            lab = np.zeros(img.shape, np.uint8)
+            lab = np.zeros((img.shape[0], 1, *img.shape[2:]), np.uint8)
         axis = int(d["slice_axis"])
         if path:
             tmp = f"{path}.{os.getpid()}.tmp.npz"  # unique per process: ranks may fill the cache at once
@@ -223,7 +246,7 @@ class SliceCache:
     def records(self, indices: Sequence[int] | np.ndarray | None = None) -> list[dict]:
         """Per-slice dicts for a MONAI ``Dataset``.
 
-        Each holds ``image`` (1, h, w) float16 and ``label`` (1, h, w) uint8 as views of the cache, ``volume``
+        Each holds ``image`` (C, h, w) float16 and ``label`` (1, h, w) uint8 as views of the cache, ``volume``
         (index in ``entries``), ``slice``, ``has_la``, and the entry's ``patient`` and scores where present.
 
         Args:

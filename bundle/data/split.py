@@ -10,7 +10,7 @@ import numpy as np
 
 from bundle.data.datalist import DatalistError, entry_name
 
-__all__ = ["PARTS", "split_patients", "check_split", "assign_split", "load_split", "save_split"]
+__all__ = ["PARTS", "cv_folds", "patient_strata", "split_patients", "check_split", "assign_split", "load_split", "save_split"]
 
 PARTS = ("train", "val", "test")
 
@@ -110,3 +110,98 @@ def load_split(path: str) -> dict[str, list[str]]:
     split = {p: [str(x) for x in raw.get(p, [])] for p in PARTS}
     check_split(split, os.path.basename(path))
     return split
+
+
+def patient_strata(entries: Iterable[dict], key: str = "fibrosis", threshold: int = 3) -> dict[str, int]:
+    """A stratification label per patient: how many of its scored scans are diagnostic (``key`` >= ``threshold``).
+
+    Patients without a score get -1 (a stratum of their own).
+    """
+    out: dict[str, int] = {}
+    for e in entries:
+        p = str(e.get("patient"))
+        out.setdefault(p, 0)
+        if e.get(key) is not None:
+            out[p] += int(float(e[key]) >= threshold)
+    return out
+
+
+def _stratified_take(patients: list[str], strata: dict[str, int], n: int, seed: int) -> list[str]:
+    """``n`` of ``patients`` drawn so that each stratum is represented in proportion (largest remainders)."""
+    rng = np.random.default_rng(seed)
+    groups: dict[int, list[str]] = {}
+    for p in patients:
+        groups.setdefault(strata.get(p, -1), []).append(p)
+    for g in groups.values():
+        rng.shuffle(g)
+    share = {k: n * len(g) / len(patients) for k, g in groups.items()}
+    take = {k: int(np.floor(v)) for k, v in share.items()}
+    for k in sorted(share, key=lambda k: (-(share[k] - take[k]), k))[: n - sum(take.values())]:
+        take[k] += 1
+    if n >= len(groups):  # at least one of each stratum where there is room, taken from the largest share
+        for k in groups:
+            if take[k] == 0 and len(groups[k]):
+                donor = max(take, key=lambda j: take[j])
+                take[donor] -= 1
+                take[k] = 1
+    return sorted(p for k, g in groups.items() for p in g[: take[k]])
+
+
+def _merge_small_strata(labels: np.ndarray, folds: int) -> np.ndarray:
+    """Merge each stratum with fewer than ``folds`` patients into its nearest neighbour label (a stratum smaller than
+    K cannot be spread over K folds), smallest first."""
+    labels = labels.copy()
+    while True:
+        values, counts = np.unique(labels, return_counts=True)
+        if len(values) < 2 or counts.min() >= folds:
+            return labels
+        small = values[np.argmin(counts)]
+        others = values[values != small]
+        labels[labels == small] = others[np.argmin(np.abs(others - small))]
+
+
+def cv_folds(
+    patients: Iterable[str], strata: dict[str, int] | None = None, folds: int = 5, n_val: int = 4,
+    val_fraction: float = 0.15, seed: int = 0,
+) -> list[dict[str, list[str]]]:  # fmt: skip
+    """K-fold cross-validation by patient, stratified, each fold's validation part drawn from its training patients.
+
+    Every patient is in exactly one fold's test part; scikit-learn's ``StratifiedKFold`` deals the patients to the
+    folds by ``strata`` (strata smaller than K merged into the nearest) (one label per patient, e.g. :func:`patient_strata`); each fold's validation part holds
+    ``max(n_val, round(val_fraction * rest))`` of the remaining patients, stratified likewise.
+
+    Args:
+        patients: patient ids (duplicates collapsed).
+        strata: a stratification label per patient; None: unstratified.
+        folds: K (>= 2).
+        n_val: fewest validation patients per fold.
+        val_fraction: validation share of each fold's non-test patients.
+        seed: the folds' random seed.
+
+    Returns:
+        one split per fold, ``{"train", "val", "test"}`` patient lists, each sorted.
+
+    Raises:
+        DatalistError: when there are too few patients for ``folds`` and ``n_val``.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    unique = sorted({str(p) for p in patients})
+    folds = int(folds)
+    if folds < 2:
+        raise DatalistError(f"cross-validation: folds must be >= 2, got {folds}")
+    if len(unique) < folds or len(unique) - int(np.ceil(len(unique) / folds)) < n_val + 1:
+        raise DatalistError(f"cross-validation: {len(unique)} patients are too few for {folds} folds with "
+                            f"{n_val} validation patients and a training part")  # fmt: skip
+    labels = _merge_small_strata(np.array([(strata or {}).get(p, -1) for p in unique]), folds)
+    if strata and len(set(labels.tolist())) > 1:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(unique, labels)
+    else:
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed).split(unique)
+    out = []
+    for k, (rest_idx, test_idx) in enumerate(splitter):
+        rest = [unique[i] for i in rest_idx]
+        nv = max(int(n_val), int(round(val_fraction * len(rest))))
+        val = _stratified_take(rest, strata or {}, nv, seed + 1000 + k)
+        out.append({"train": sorted(set(rest) - set(val)), "val": val, "test": sorted(unique[i] for i in test_idx)})
+    return out

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("input", "series_uid", "n_slices", "n_la_slices", "p_nulling", "p_sharpness", "p_enhancement",
                "p_fibrosis", "diagnostic", "uncertainty", "refer", "status", "message")  # fmt: skip
-STATUSES = ("ok", "no_left_atrium", "skipped", "error")
-ASSESSED = ("ok", "no_left_atrium")
+STATUSES = ("ok", "implausible_la", "no_left_atrium", "skipped", "error")
+ASSESSED = ("ok", "implausible_la", "no_left_atrium")
 REPORT_CSV, REPORT_JSON = "qa_report.csv", "qa_report.json"
 MASK_SUFFIX, HTML_SUFFIX = "_la_mask.nii.gz", "_report.html"
 

@@ -8,20 +8,21 @@ from typing import NamedTuple
 import torch
 
 from monai.data import MetaTensor
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import ensure_tuple_rep
 
 from bundle.transforms.restore import RestoreSlices
 from bundle.transforms.slicing import ExtractSlices, resolve_slice_axis
 
-__all__ = ["ResizedSliceInferer", "SliceOutput"]
+__all__ = ["ResizedSliceInferer", "SliceOutput", "SpacingSliceInferer", "detector_inferer"]
 
 
 class SliceOutput(NamedTuple):
     """Stage-1 output of one volume at the network's resolution.
 
     Attributes:
-        slices: the network's input, ``(S, C, h, w)``: the volume's slices along ``axis``, resized.
+        slices: the volume's slices along ``axis`` as the network saw them, ``(S, 1, h, w)`` (the middle channel
+            of a 2.5D input).
         logits: the network's output, ``(S, K, h, w)``.
         axis: the volume's spatial slice axis (0, 1 or 2).
         in_plane: the volume's in-plane size ``(a, b)`` (its spatial shape without ``axis``).
@@ -31,6 +32,12 @@ class SliceOutput(NamedTuple):
     logits: torch.Tensor
     axis: int
     in_plane: tuple[int, int]
+
+
+def _centre_channel(slices: torch.Tensor) -> torch.Tensor:
+    """The slice itself out of a 2.5D stack ``(S, 2k + 1, h, w)`` (its middle channel), as ``(S, 1, h, w)``."""
+    c = slices.shape[1]
+    return slices[:, c // 2 : c // 2 + 1] if c > 1 else slices
 
 
 class ResizedSliceInferer(Inferer):
@@ -64,6 +71,7 @@ class ResizedSliceInferer(Inferer):
         self.restore = RestoreSlices(slice_axis=slice_axis, mode="bilinear")
         self.slice_axis = slice_axis
         self.batch_size = int(batch_size)
+        self.resized_to: tuple[int, int] | None = self.spatial_size  # the slice size every volume is brought to
 
     def predict_slices(self, volume: torch.Tensor, network: Callable[..., torch.Tensor]) -> SliceOutput:
         """The network's output on every resized slice of one channel-first volume ``(C, X, Y, Z)``."""
@@ -72,7 +80,7 @@ class ResizedSliceInferer(Inferer):
         in_plane = tuple(int(s) for i, s in enumerate(volume.shape[1:]) if i != axis)
         outputs = [network(slices[i : i + self.batch_size]) for i in range(0, len(slices), self.batch_size)]
         logits = torch.cat(outputs) if outputs else slices.new_zeros((0, 1, *self.spatial_size))
-        return SliceOutput(slices, logits, axis, in_plane)  # type: ignore[arg-type]
+        return SliceOutput(_centre_channel(slices), logits, axis, in_plane)  # type: ignore[arg-type]
 
     def to_volume(self, logits: torch.Tensor, volume: torch.Tensor, axis: int) -> torch.Tensor:
         """Per-slice outputs ``(S, K, h, w)`` back to ``volume``'s grid ``(K, X, Y, Z)``: the inverse of the slicing
@@ -97,3 +105,70 @@ class ResizedSliceInferer(Inferer):
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return out
+
+
+class SpacingSliceInferer(ResizedSliceInferer):
+    """Stage 1 by physical pixel size: slices resampled to ``pixel_mm``, a sliding window over each, 2.5D input.
+
+    Each slice along the slice axis is resampled to ``pixel_mm`` (from the affine; :class:`ExtractSlices`), so the
+    same anatomy gives the same pixels whatever the field of view; MONAI's ``SlidingWindowInferer`` runs the network
+    on ``roi_size`` windows of every slice (a slice smaller than the window is centre-padded with zeros, as the
+    training canvas was); with ``context`` the network sees each slice with its neighbours as channels. The output is
+    resampled back to the slice's own grid (:meth:`to_volume`), so a scan and the same scan inside a larger field of
+    view get the same mask.
+
+    Args:
+        pixel_mm: in-plane pixel size (mm), as at training.
+        roi_size: the window (the training canvas, ``spatial_size``).
+        slice_axis: spatial axis to slice along; None reads it from each volume's affine.
+        batch_size: windows per network call.
+        context: neighbouring slices on each side as channels (as at training).
+        context_mm: distance between those neighbours (None: adjacent slices).
+        overlap: the windows' overlap.
+        mode: interpolation of the image slices.
+    """
+
+    def __init__(
+        self, pixel_mm: float = 1.25, roi_size: int | Sequence[int] = 128, slice_axis: int | None = None,
+        batch_size: int = 32, context: int = 0, context_mm: float | None = None, overlap: float = 0.25,
+        mode: str = "bilinear",
+    ) -> None:  # fmt: skip
+        super().__init__(spatial_size=roi_size, slice_axis=slice_axis, batch_size=batch_size, mode=mode)
+        self.slicer = ExtractSlices(spatial_size=None, slice_axis=slice_axis, mode=mode, pixel_mm=pixel_mm,
+                                    context=context, context_mm=context_mm)  # fmt: skip
+        self.window = SlidingWindowInferer(roi_size=self.spatial_size, sw_batch_size=self.batch_size, overlap=overlap,
+                                           mode="gaussian", padding_mode="constant", cval=0.0)  # fmt: skip
+        self.pixel_mm = float(pixel_mm)
+        self.resized_to = None
+
+    def predict_slices(self, volume: torch.Tensor, network: Callable[..., torch.Tensor]) -> SliceOutput:
+        """The network's output on every resampled slice of one channel-first volume ``(C, X, Y, Z)``."""
+        axis = resolve_slice_axis(volume, self.slice_axis)
+        slices = self.slicer(volume, slice_axis=axis)
+        in_plane = tuple(int(s) for i, s in enumerate(volume.shape[1:]) if i != axis)
+        chunk = max(1, self.batch_size)
+        outputs = [self.window(slices[i : i + chunk], network) for i in range(0, len(slices), chunk)]
+        logits = torch.cat(outputs) if outputs else slices.new_zeros((0, 1, *slices.shape[2:]))
+        return SliceOutput(_centre_channel(slices), logits, axis, in_plane)  # type: ignore[arg-type]
+
+
+def detector_inferer(
+    spatial_size: int = 128, pixel_mm: float | None = None, context: int = 0, context_mm: float | None = None,
+    slice_axis: int | None = None, batch_size: int = 32,
+) -> ResizedSliceInferer:  # fmt: skip
+    """Stage 1's inferer for the detector's preprocessing: by pixel size when ``pixel_mm`` is set, else resized.
+
+    Args:
+        spatial_size: the resize target, or with ``pixel_mm`` the window (the training canvas).
+        pixel_mm: in-plane pixel size the detector was trained at; None: slices resized to ``spatial_size``.
+        context: 2.5D neighbours on each side.
+        context_mm: their distance in mm.
+        slice_axis: spatial slice axis; None from the affine.
+        batch_size: slices (windows) per network call.
+    """
+    if pixel_mm is None:
+        if int(context):
+            raise ValueError("context slices need pixel_mm (the resized-slice inferer is plain 2D)")
+        return ResizedSliceInferer(spatial_size=spatial_size, slice_axis=slice_axis, batch_size=batch_size)
+    return SpacingSliceInferer(pixel_mm=pixel_mm, roi_size=spatial_size, slice_axis=slice_axis, batch_size=batch_size,
+                               context=context, context_mm=context_mm)  # fmt: skip

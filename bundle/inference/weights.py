@@ -7,15 +7,15 @@ import os
 
 import torch
 
-__all__ = ["WEIGHT_HINTS", "load_weights"]
+__all__ = ["WEIGHT_HINTS", "detector_plan", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
 # what to do when a checkpoint is missing, per kind of network
 WEIGHT_HINTS = {
-    "detector": "train the LA detector with `python -m monai.bundle run training --config_file "
-    "\"['configs/common.yaml','configs/train.yaml']\"` (writes models/model.pt), or put a trained state dict there "
-    "or pass --ckpt_path <file>",
+    "detector": "the bundle ships models/detector.pt (with models/detector.json); or train the LA detector with "
+    "`python -m monai.bundle run training --config_file \"['configs/common.yaml','configs/train.yaml']\"` "
+    "(writes models/model.pt and its plan models/model.json) and pass --ckpt_path models/model.pt",
     "qa": "train the QA network with `python -m monai.bundle run training --config_file "
     "\"['configs/common.yaml','configs/qa_baseline.yaml']\"` (writes models/qa_baseline.pt), or put a trained state "
     "dict there or pass --qa_ckpt <file>; --run_qa false runs LA detection only",
@@ -69,3 +69,19 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
                          "was it trained with other network settings?") from None  # fmt: skip
     logger.info(f"{name}: weights from {path}")
     return network.eval()
+
+
+def detector_plan(ckpt_path: str) -> dict:
+    """The plan of a detector checkpoint (:func:`bundle.networks.load_plan`), with one clear line when it is missing.
+
+    Raises:
+        SystemExit: ``ERROR weights: ...`` when the checkpoint or its plan is missing or unreadable.
+    """
+    from bundle.networks.plan import PlanError, load_plan
+
+    if not ckpt_path or not os.path.isfile(ckpt_path):
+        raise SystemExit(f"ERROR weights: LA detector checkpoint {ckpt_path} not found: {WEIGHT_HINTS['detector']}")
+    try:
+        return load_plan(ckpt_path, "detector")
+    except PlanError as e:
+        raise SystemExit(f"ERROR weights: {e}") from None

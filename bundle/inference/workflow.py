@@ -19,12 +19,13 @@ from monai.data import Dataset, MetaTensor, list_data_collate
 from monai.engines.utils import IterationEvents
 
 from bundle.inference.report import ScanResult
+from bundle.inference.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.inference.stage1 import ResizedSliceInferer
 from bundle.inference.stage2 import QA_OUTPUTS, QAStage
 from bundle.io.dicom import MIN_SLICES, DicomVolumeError, NotAVolume
-from bundle.transforms.slicing import ExtractSlices, resolve_slice_axis
+from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
 
-__all__ = ["TwoStageStep", "VolumeDataset", "describe_error", "volume_problem"]
+__all__ = ["TwoStageStep", "VolumeDataset", "describe_error", "detect_la_volume", "volume_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,26 +80,72 @@ def volume_problem(volume: torch.Tensor, min_slices: int = MIN_SLICES, slice_axi
     return None
 
 
+def detect_la_volume(
+    logits: torch.Tensor, volume: torch.Tensor, axis: int, la_threshold: float = 0.5, keep_largest: bool = True,
+    min_la_area_mm2: float = 0.0, bounds: LABounds | None = None,
+) -> dict:  # fmt: skip
+    """Stage 1's decisions on one volume from the detector's logits in its grid: mask, LA slices, plausibility.
+
+    Args:
+        logits: ``(1, X, Y, Z)`` in the volume's grid.
+        volume: the channel-first volume (its affine gives pixel area, slice distance and voxel volume).
+        axis: the spatial slice axis.
+        la_threshold, keep_largest: :func:`~bundle.inference.selection.la_mask`.
+        min_la_area_mm2: :func:`~bundle.inference.selection.la_slices`.
+        bounds: :func:`~bundle.inference.selection.implausible_la` (None: defaults).
+
+    Returns:
+        ``{"mask", "la_prob" (per-slice highest probability), "areas" (mm^2), "selected", "la_volume_ml",
+        "la_extent_mm", "la_kept", "reasons"}``.
+    """
+    mask, kept = la_mask(logits, la_threshold, keep_largest)
+    sp = in_plane_spacing(volume, axis)
+    areas, selected = la_slices(mask, axis, sp[0] * sp[1], min_la_area_mm2)
+    probs = torch.sigmoid(logits.float().as_tensor() if isinstance(logits, MetaTensor) else logits.float())
+    la_prob = probs[0].movedim(axis, 0).flatten(1).amax(1).cpu().numpy()
+    volume_ml = float(mask.sum()) * voxel_volume_mm3(volume) / 1000.0
+    extent = float(selected[-1] - selected[0] + 1) * slice_spacing(volume, axis) if len(selected) else 0.0
+    reasons = implausible_la(volume_ml, extent, kept, bounds) if len(selected) else []
+    return {"mask": mask, "la_prob": la_prob, "areas": areas, "selected": selected, "la_volume_ml": volume_ml,
+            "la_extent_mm": extent, "la_kept": kept, "reasons": reasons}  # fmt: skip
+
+
 class TwoStageStep:
     """The evaluator's iteration: both stages on one volume, its result and its LA logit map.
 
+    The LA mask is the detector's probability map in the volume's grid at or above ``la_threshold``, its largest 3D
+    connected component with ``keep_largest`` (:func:`~bundle.inference.selection.la_mask`); the LA slices are those
+    whose mask covers at least ``min_la_area_mm2`` (:func:`~bundle.inference.selection.la_slices`; 0: any pixel, the
+    paper's rule). An LA outside ``la_bounds`` gets status ``implausible_la`` and ``refer`` = 1 with the reason; its
+    QA verdict is computed but marked unreliable.
+
     Args:
         qa_stage: stage 2; None runs LA detection only (results get status ``ok`` without QA probabilities).
-        la_threshold: ``t``: a slice holds the LA when any pixel's sigmoid output is at or above it.
+        la_threshold: ``t``: a voxel is LA when its sigmoid output is at or above it.
         min_slices: fewest slices a volume needs.
         montage_no_la: slices shown on the page of a scan without LA (those with the highest LA probability).
+        min_la_area_mm2: smallest LA area (mm^2) that makes a slice an LA slice.
+        keep_largest: keep only the largest connected component of the LA mask.
+        la_bounds: plausible LA volume, extent and connectedness (:class:`~bundle.inference.selection.LABounds`
+            arguments); None: its defaults.
     """
 
     def __init__(
         self, qa_stage: QAStage | None = None, la_threshold: float = 0.5, min_slices: int = MIN_SLICES,
-        montage_no_la: int = 4,
+        montage_no_la: int = 4, min_la_area_mm2: float = 0.0, keep_largest: bool = True,
+        la_bounds: dict | None = None,
     ) -> None:  # fmt: skip
         if not 0 < float(la_threshold) < 1:
             raise ValueError(f"la_threshold must be in (0, 1), got {la_threshold}")
+        if float(min_la_area_mm2) < 0:
+            raise ValueError(f"min_la_area_mm2 must be >= 0, got {min_la_area_mm2}")
         self.qa_stage = qa_stage
         self.la_threshold = float(la_threshold)
         self.min_slices = int(min_slices)
         self.montage_no_la = int(montage_no_la)
+        self.min_la_area_mm2 = float(min_la_area_mm2)
+        self.keep_largest = bool(keep_largest)
+        self.la_bounds = LABounds(**(la_bounds or {}))
 
     def __call__(self, engine: Engine, batchdata: dict) -> dict:
         if not hasattr(engine.inferer, "predict_slices"):  # a configuration error, not a data error: stop
@@ -155,31 +202,43 @@ class TwoStageStep:
             return None
         s1 = inferer.predict_slices(volume, network)
         logits = inferer.to_volume(s1.logits, volume, s1.axis)
-        probs = torch.sigmoid(s1.logits.float())
-        la_prob = probs.flatten(1).amax(1).cpu().numpy()
-        selected = np.flatnonzero(la_prob >= self.la_threshold)
+        logits = logits if isinstance(logits, MetaTensor) else MetaTensor(logits, meta=volume.meta)
+        la = detect_la_volume(logits, volume, s1.axis, self.la_threshold, self.keep_largest, self.min_la_area_mm2,
+                              self.la_bounds)  # fmt: skip
+        la_prob, selected, t = la["la_prob"], la["selected"], self.la_threshold
         result.n_slices, result.n_la_slices = len(la_prob), len(selected)
-        t = self.la_threshold
         result.detail["slice_axis"] = s1.axis
-        result.detail["slices"] = [{"index": i, "la_prob": float(p), "selected": bool(p >= t)}
-                                   for i, p in enumerate(la_prob)]  # fmt: skip
+        result.detail.update({k: la[k] for k in ("la_volume_ml", "la_extent_mm", "la_kept")})
+        result.detail["slices"] = [{"index": i, "la_prob": float(p), "la_area_mm2": float(a), "selected": bool(i in sel)}
+                                   for sel in [set(selected.tolist())]
+                                   for i, (p, a) in enumerate(zip(la_prob, la["areas"]))]  # fmt: skip
         show = selected if len(selected) else np.sort(np.argsort(-la_prob, kind="stable")[: self.montage_no_la])
-        result.visuals = {"images": s1.slices[show, 0].float().cpu().numpy().astype(np.float16),
-                          "masks": (probs[show, 0] >= t).cpu().numpy(), "indices": [int(i) for i in show]}  # fmt: skip
+        # the pictures show the scan's own slices with the mask as written (both in the volume's grid)
+        plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
+        images = plain.movedim(1 + s1.axis, 0)[torch.as_tensor(show, dtype=torch.long), 0]
+        masks = torch.as_tensor(la["mask"]).movedim(1 + s1.axis, 0)[torch.as_tensor(show, dtype=torch.long), 0]
+        result.visuals = {"images": images.float().cpu().numpy().astype(np.float16), "masks": masks.cpu().numpy() > 0,
+                          "indices": [int(i) for i in show]}  # fmt: skip
         if not len(selected):
             top = int(np.argmax(la_prob))
             result.status, result.refer = "no_left_atrium", 1
-            result.message = (f"no slice with LA probability >= {self.la_threshold} (highest {la_prob[top]:.3f}, "
-                              f"slice {top})")  # fmt: skip
-        elif self.qa_stage is None:
+            result.message = (f"no slice with an LA of at least {self.min_la_area_mm2:g} mm2 at probability >= {t} "
+                              f"(highest probability {la_prob[top]:.3f}, slice {top})")  # fmt: skip
+            return logits
+        if self.qa_stage is None:
             result.status, result.message = "ok", "stage 2 (QA) not run: LA detection only"
         else:
             slices = s1.slices
-            if self.qa_stage.spatial_size and tuple(slices.shape[2:]) != self.qa_stage.spatial_size:
+            if getattr(inferer, "resized_to", None) != self.qa_stage.spatial_size:
                 # the QA network's own input size: cut again from the volume, as its training slices were
                 slices = ExtractSlices(spatial_size=self.qa_stage.spatial_size)(volume, slice_axis=s1.axis)
             self._stage2(slices[torch.as_tensor(selected)], selected, result)
-        return logits if isinstance(logits, MetaTensor) else MetaTensor(logits, meta=volume.meta)
+        if la["reasons"]:
+            result.status, result.refer = "implausible_la", 1
+            result.detail["qa_reliable"] = False
+            note = "; QA verdict unreliable" if self.qa_stage is not None else ""
+            result.message = "implausible LA: " + "; ".join(la["reasons"]) + note
+        return logits
 
     def _stage2(self, slices: torch.Tensor, selected: np.ndarray, result: ScanResult) -> None:
         qa = self.qa_stage.assess(slices)

@@ -13,7 +13,7 @@ from ignite.metrics import Metric
 from monai.handlers import from_engine
 from monai.utils import evenly_divisible_all_gather
 
-__all__ = ["VolumeDice", "la_presence", "volume_dice"]
+__all__ = ["VolumeDice", "la_presence", "mask_metrics", "volume_dice"]
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -97,3 +97,57 @@ class VolumeDice(Metric):
         batch = engine.state.batch
         volumes = [b[self.volume_key] for b in batch] if isinstance(batch, list) else list(batch[self.volume_key])
         self.update((pred, label, [int(v) for v in volumes]))
+
+
+def mask_metrics(
+    pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, spacing: Sequence[float], axis: int,
+    selected: Sequence[int] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Stage 1 scored in a scan's own grid: 3D Dice, HD95 and average surface distance (mm), LA slices, volume.
+
+    HD95 and the (symmetric) average surface distance are MONAI's ``compute_hausdorff_distance`` (95th percentile)
+    and ``compute_average_surface_distance`` with the voxel ``spacing``; they are NaN when either mask is empty.
+    Slice presence compares the slices the pipeline selected (``selected``; default: those where ``pred`` has any
+    voxel) with those where ``label`` has any.
+
+    Args:
+        pred: the predicted mask ``(X, Y, Z)`` (or ``(1, X, Y, Z)``), in the label's grid.
+        label: the reference mask.
+        spacing: voxel size (mm) along the 3 axes.
+        axis: the slice axis.
+        selected: indices of the slices the pipeline selected as LA slices.
+
+    Returns:
+        ``dice``, ``hd95_mm``, ``asd_mm``, ``slice_precision``, ``slice_recall``, ``slice_f1``, ``volume_ml``,
+        ``label_volume_ml``, ``volume_error_ml`` (predicted minus reference) and ``abs_volume_error_ml``.
+    """
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    p = np.asarray(pred.cpu() if isinstance(pred, torch.Tensor) else pred) > 0
+    g = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label) > 0
+    p, g = (p[0] if p.ndim == 4 else p), (g[0] if g.ndim == 4 else g)
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {p.shape} and label {g.shape} are not on one grid")
+    sp = [float(x) for x in spacing]
+    inter, ps, gs = float((p & g).sum()), float(p.sum()), float(g.sum())
+    out = {"dice": volume_dice(inter, ps, gs)}
+    if ps and gs:
+        pt, gt = (torch.as_tensor(x[None, None].astype(np.float32)) for x in (p, g))
+        out["hd95_mm"] = float(compute_hausdorff_distance(pt, gt, include_background=True, percentile=95, spacing=sp))
+        out["asd_mm"] = float(compute_average_surface_distance(pt, gt, include_background=True, symmetric=True,
+                                                               spacing=sp))  # fmt: skip
+    else:
+        out["hd95_mm"] = out["asd_mm"] = float("nan")
+    other = tuple(i for i in range(3) if i != int(axis))
+    truth = g.any(axis=other)
+    chosen = np.zeros_like(truth)
+    chosen[np.asarray(list(selected) if selected is not None else np.flatnonzero(p.any(axis=other)), int)] = True
+    tp, fp, fn = float((chosen & truth).sum()), float((chosen & ~truth).sum()), float((~chosen & truth).sum())
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    out.update(slice_precision=prec, slice_recall=rec,
+               slice_f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"))  # fmt: skip
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    out.update(volume_ml=ps * voxel_ml, label_volume_ml=gs * voxel_ml, volume_error_ml=(ps - gs) * voxel_ml,
+               abs_volume_error_ml=abs(ps - gs) * voxel_ml)  # fmt: skip
+    return out

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
-from monai.transforms import Compose, EnsureTyped
+from monai.transforms import Compose, EnsureTyped, RandSpatialCropd
 
 from bundle.transforms.intensity import DecodeSliced
 
-__all__ = ["slice_pipeline"]
+__all__ = ["random_crop", "slice_pipeline"]
 
 
 def slice_pipeline(
@@ -34,3 +34,20 @@ def slice_pipeline(
     if augment and in_loader:
         steps += [*augment, to_tensor]  # the augmentation returns MetaTensors: back to plain tensors
     return Compose(steps)
+
+
+def random_crop(size: int | None, pixel_mm: float | None, keys: Sequence[str] = ("image", "label")) -> list:
+    """The detector's training crop: ``[RandSpatialCropd(size)]`` with spacing-based slices, else nothing.
+
+    With ``pixel_mm`` the cached slices are a canvas around the resampled slice and inference slides a window over
+    slices of any size; training on random ``size`` crops of the canvas shows the network every position of the
+    anatomy in its window. Resized slices (``pixel_mm`` None) are trained whole, as the paper does.
+
+    Args:
+        size: crop side in pixels; None: no crop.
+        pixel_mm: the detector's pixel size (None: resized slices).
+        keys: image and mask keys, cropped alike.
+    """
+    if size is None or pixel_mm is None:
+        return []
+    return [RandSpatialCropd(keys=list(keys), roi_size=int(size), random_size=False)]

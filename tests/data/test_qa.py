@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from bundle.data import PrepareQABatch, detect_la, prepare_data, qa_slices, to_binary
-from bundle.networks import load_network
+from tests.conftest import write_known_detector
 
-DETECTOR_YAML = """
-network_def: {_target_: torch.nn.Conv2d, in_channels: 1, out_channels: 1, kernel_size: 1}
-"""
 LEVEL = 0.945  # the detector below marks pixels brighter than this (about half the demo slices hold one)
 
 
@@ -23,15 +20,24 @@ def demo_split(tiny_demo, tmp_path):
 
 @pytest.fixture
 def detector(tmp_path):
-    """A one-logit-per-pixel "detector" whose answer is known: logit = 20 * (intensity - LEVEL)."""
-    cfg = tmp_path / "detector.yaml"
-    cfg.write_text(DETECTOR_YAML)
-    conv = torch.nn.Conv2d(1, 1, 1)
-    with torch.no_grad():
-        conv.weight.fill_(20.0)
-        conv.bias.fill_(-20.0 * LEVEL)
-    torch.save(conv.state_dict(), tmp_path / "model.pt")
-    return str(cfg), str(tmp_path / "model.pt")
+    """A one-logit-per-pixel "detector" whose answer is known: logit = 20 * (intensity - LEVEL), with its plan."""
+    return write_known_detector(tmp_path / "det", LEVEL)
+
+
+def _inference_selection(ckpt, entries):
+    """The LA slices inference's own step selects on each entry (the rule stage 2 sees at deployment)."""
+    from bundle.inference import ScanResult, TwoStageStep, load_detector, load_volume, plan_inferer
+
+    network, plan = load_detector(ckpt)
+    step = TwoStageStep(la_threshold=plan["la_threshold"], min_slices=4, min_la_area_mm2=plan["min_la_area_mm2"],
+                        keep_largest=plan["keep_largest"])  # fmt: skip
+    out = []
+    for e in entries:
+        result = ScanResult(input=e["image"])
+        with torch.no_grad():
+            step.assess_volume(load_volume(e["image"]), network, plan_inferer(plan), result)
+        out.append([s["index"] for s in result.detail["slices"] if s["selected"]])
+    return out
 
 
 def test_mask_selection_targets_and_step(demo_split, tmp_path):
@@ -50,22 +56,25 @@ def test_mask_selection_targets_and_step(demo_split, tmp_path):
     assert s.scan_names(demo_split.dataset_dir)[0].startswith("qa" + os.sep)
 
 
-def test_detector_selection_follows_the_detector_and_is_cached(demo_split, detector, tmp_path):
-    cfg, ckpt = detector
+def test_detector_selection_is_inference_selection_and_is_cached(demo_split, detector, tmp_path):
     cache_dir = str(tmp_path / "cache")
-    s = qa_slices(demo_split, "train", mode="detector", spatial_size=16, cache_dir=cache_dir, la_threshold=0.5,
-                  detector_ckpt=ckpt, detector_config=cfg, detector_size=16)  # fmt: skip
-    expected = np.flatnonzero(s.cache.images.astype(np.float32).reshape(len(s.cache), -1).max(1) > LEVEL)
-    assert s.indices.tolist() == expected.tolist() and 0 < len(s) < len(s.cache)
+    s = qa_slices(demo_split, "train", mode="detector", spatial_size=16, cache_dir=cache_dir, detector_ckpt=detector)
+    c = s.cache
+    assert 0 < len(s) < len(c)
+    # one rule: the slices QA trains on are exactly those inference hands to stage 2
+    expected = _inference_selection(detector, c.entries)
+    for v, chosen in enumerate(expected):
+        assert c.slice[s.indices[c.volume[s.indices] == v]].tolist() == chosen
+    # the known detector marks pixels above LEVEL: every selected slice has one, most unselected ones none
+    peaks = c.images.astype(np.float32).reshape(len(c), -1).max(1)
+    assert (peaks[s.indices] > LEVEL - 0.05).all()
     assert [f for f in os.listdir(cache_dir) if f.startswith("la_selection_")]
-    open(cfg, "w").write("not: [a config")  # a cached selection needs neither the config nor a forward pass
-    again = qa_slices(demo_split, "train", mode="detector", spatial_size=16, cache_dir=cache_dir, la_threshold=0.5,
-                      detector_ckpt=ckpt, detector_config=cfg, detector_size=16)  # fmt: skip
-    assert again.indices.tolist() == s.indices.tolist()
+    os.remove(os.path.splitext(detector)[0] + ".json")  # a cached selection is keyed by the plan too
+    with pytest.raises(SystemExit, match="no plan beside the checkpoint"):
+        qa_slices(demo_split, "train", mode="detector", spatial_size=16, cache_dir=cache_dir, detector_ckpt=detector)
 
 
 def test_detector_masks_replace_missing_labels(tiny_demo, detector, tmp_path):
-    cfg, ckpt = detector
     lists = json.load(open(tiny_demo))
     for e in lists["quality"]:
         e.pop("label", None)  # no quality scan has a mask now
@@ -77,15 +86,12 @@ def test_detector_masks_replace_missing_labels(tiny_demo, detector, tmp_path):
     path.write_text(json.dumps(lists))
     data = prepare_data(datalist=str(path), output_dir=str(tmp_path / "runs"), test_size=2, val_fraction=0.2)
     assert qa_slices(data, "val", mode="mask", spatial_size=16).indices.size == 0  # no mask, no slice
-    s = qa_slices(data, "val", mode="detector", spatial_size=8, la_threshold=0.5, detector_ckpt=ckpt,
-                  detector_config=cfg, detector_size=16)  # fmt: skip
-    det_cache = qa_slices(data, "val", mode="mask", spatial_size=16).cache
-    pred = torch.as_tensor(det_cache.images.astype(np.float32) > LEVEL, dtype=torch.float32)
-    expected = torch.nn.functional.interpolate(pred, size=(8, 8), mode="nearest").numpy().astype(np.uint8)
-    assert expected.any() and np.mean(s.masks == expected) > 0.99  # pixels within float16 rounding of LEVEL may differ
-    _, direct = detect_la(load_network(cfg, ckpt), det_cache.images, 0.5)
-    np.testing.assert_array_equal(s.masks, torch.nn.functional.interpolate(torch.as_tensor(direct, dtype=torch.float32),
-                                  size=(8, 8), mode="nearest").numpy().astype(np.uint8))  # fmt: skip
+    s = qa_slices(data, "val", mode="detector", spatial_size=8, detector_ckpt=detector)
+    selected, masks = detect_la(s.cache, detector)
+    np.testing.assert_array_equal(s.masks, masks)
+    assert masks.any() and masks.shape[2:] == (8, 8)
+    has_mask = masks.reshape(len(masks), -1).any(1)
+    assert not has_mask[~selected].any() and has_mask[selected].mean() > 0.5  # masks only where the LA was found
 
 
 def test_missing_detector_is_one_clear_line(demo_split, tmp_path):

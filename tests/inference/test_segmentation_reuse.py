@@ -27,10 +27,14 @@ class Brightness(torch.nn.Module):
         return 40.0 * (x - 0.5)
 
 
+# the paper's resized slices, plain 2D, the mask as thresholded: what these known-answer detectors need
+RESIZED = {"pixel_mm": None, "context_slices": 0, "context_mm": None, "keep_largest": False}
+
+
 def _parser(**overrides):
     parser = ConfigParser()
     parser.read_config(CONFIG)
-    parser.update({"device": "cpu", **overrides})
+    parser.update({"device": "cpu", **RESIZED, **overrides})
     return parser
 
 
@@ -47,9 +51,12 @@ def _block_volume(tmp_path, shape, block):
     return write_nifti(str(tmp_path / "study.nii.gz"), vol, AFFINE), vol > 50
 
 
-def test_network_def_is_the_detector():
-    network = _parser().get_parsed_content("network_def")  # MONAI Label loads models/model.pt into it
-    assert type(network).__name__ == "UNet"
+def test_network_def_is_the_shipped_detector():
+    parser = ConfigParser()
+    parser.read_config(CONFIG)
+    network = parser.get_parsed_content("network_def")  # from models/detector.json; MONAI Label loads its weights
+    assert type(network).__name__ == "Ensemble" and type(network.members[0]).__name__ == "UNet"
+    assert parser.get_parsed_content("pixel_mm") == 1.25 and parser.get_parsed_content("context_slices") == 1
 
 
 def test_mask_is_on_the_volume_grid_and_exact_without_resizing(tmp_path):
@@ -78,7 +85,8 @@ def test_slices_are_the_training_slices(tmp_path):
     volume = parser.get_parsed_content("preprocessing")({"image": path})["image"]
     train = volume_transform(spatial_size=16, with_label=False)({"image": path})["image"]  # (S, 1, h, w)
     torch.testing.assert_close(torch.as_tensor(ExtractSlices(spatial_size=16)(volume)), torch.as_tensor(train))
-    parser["network_def"]["channels"] = [4, 8, 16, 32, 64]
+    parser["network_def"] = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+                             "channels": [4, 8, 16, 32, 64], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
     net = parser.get_parsed_content("network_def").eval()
     with torch.no_grad():
         s1 = parser.get_parsed_content("inferer").predict_slices(volume, net)  # in batches of 4

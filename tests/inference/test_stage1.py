@@ -41,9 +41,11 @@ def test_slices_are_the_training_slices(tmp_path):
     path = write_nifti(str(tmp_path / "v.nii.gz"), rng.integers(0, 255, (37, 29, 11)).astype(np.uint8),
                        AFFINES["axial"])  # fmt: skip
     train = volume_transform(spatial_size=32, with_label=False)({"image": path})["image"]
-    from monai.transforms import LoadImage, ScaleIntensityRangePercentiles
+    from monai.transforms import LoadImage
 
-    vol = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(LoadImage(ensure_channel_first=True)(path))
+    from bundle.transforms import ScaleForegroundPercentiles
+
+    vol = ScaleForegroundPercentiles(0.5, 99.5)(LoadImage(ensure_channel_first=True)(path))
     out = ResizedSliceInferer(spatial_size=32, batch_size=4).predict_slices(vol, identity_net)
     assert out.axis == 2 and out.in_plane == (37, 29)
     torch.testing.assert_close(out.slices, torch.as_tensor(train))

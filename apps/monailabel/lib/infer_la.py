@@ -65,6 +65,7 @@ class LASegmentation(BundleInferTask):
         **kwargs: Any,
     ) -> None:
         self.config_files = [os.path.abspath(f) for f in config_files]
+        self.ckpt_name = ckpt_name
         const = _Constants(os.path.basename(self.config_files[1]), ckpt_name)
         # add_post_restore=False: stage 1 already returns the logits on the study's grid and geometry (and
         # MONAI Label's Restored would silently resize a mask of the wrong shape instead of failing)
@@ -77,12 +78,16 @@ class LASegmentation(BundleInferTask):
         self.description = "Left-atrial blood pool (stage 1 of the LGE-MRI quality assessment)"
         self.la_threshold = float(self.bundle_config.get_parsed_content("la_threshold"))
         self.min_slices = int(self.bundle_config.get_parsed_content("min_slices"))
-        self.step = TwoStageStep(qa_stage=None, la_threshold=self.la_threshold, min_slices=self.min_slices)
+        get = self.bundle_config.get_parsed_content
+        self.step = TwoStageStep(qa_stage=None, la_threshold=self.la_threshold, min_slices=self.min_slices,
+                                 min_la_area_mm2=get("min_la_area_mm2"), keep_largest=get("keep_largest"),
+                                 la_bounds=get("la_bounds"))  # fmt: skip
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         parser = ConfigParser()
         parser.read_config(self.config_files)
-        parser.config.update({self.const.key_bundle_root(): path})  # type: ignore[union-attr]
+        # the checkpoint served is also the one whose plan (network, preprocessing, thresholds) the config reads
+        parser.config.update({self.const.key_bundle_root(): path, "ckpt_name": self.ckpt_name})  # type: ignore
         return parser
 
     def info(self) -> dict[str, Any]:

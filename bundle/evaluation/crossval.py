@@ -1,0 +1,405 @@
+"""K-fold cross-validation of the LA detector by patient, every fold an MLflow child run, resumable.
+
+Folds come from :func:`bundle.data.split.cv_folds` (stratified by the fibrosis label of the datalist's ``quality``
+list, each fold's validation part drawn from its training patients) and are saved once as ``folds.json``; the QA
+cross-validation reuses that file. Each fold trains with the bundle's own training workflow
+(``configs/common.yaml`` + ``configs/train.yaml``, as ``monai.bundle run training``) and predicts its held-out
+patients' volumes in their own grid exactly as inference does (:func:`bundle.inference.detector.segment_la`); the
+out-of-fold masks are saved and scored (:func:`bundle.metrics.mask_metrics`). ``cv_results.csv`` holds one row per
+volume and one per fold; ``cv_summary.json`` the mean ± std over folds and the pooled out-of-fold means. A fold whose
+``fold_metrics.json`` exists is not trained or evaluated again; one with a finished checkpoint is only evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["CV_METRICS", "cross_validate", "export_ensemble", "load_folds", "summarise_folds", "tune_min_area"]
+
+logger = logging.getLogger(__name__)
+
+CV_METRICS = ("dice", "hd95_mm", "asd_mm", "slice_precision", "slice_recall", "slice_f1", "abs_volume_error_ml",
+              "volume_error_ml", "implausible")  # fmt: skip
+FOLDS_FILE = "folds.json"
+MIN_AREA_GRID = (0.0, 10.0, 20.0, 40.0, 80.0, 120.0)  # mm^2, the slice rule's minimum LA area tried on validation
+
+
+def load_folds(path: str) -> list[dict[str, list[str]]]:
+    """The folds of a cross-validation (``<cv dir>/folds.json``): one ``{"train", "val", "test"}`` split per fold."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["folds"]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def summarise_folds(rows: list[dict], metrics: Sequence[str] = CV_METRICS) -> dict[str, dict[str, float]]:
+    """Per metric: the mean and std over folds of the fold means, and the pooled mean over every out-of-fold volume.
+
+    Args:
+        rows: per-volume rows, each with ``fold`` and the metrics.
+
+    Returns:
+        ``{metric: {"fold_mean", "fold_std", "pooled_mean", "pooled_median", "n"}}``.
+    """
+    out = {}
+    folds = sorted({r["fold"] for r in rows})
+    for m in metrics:
+        per_fold = [_nanmean([r[m] for r in rows if r["fold"] == k]) for k in folds]
+        per_fold = [x for x in per_fold if not math.isnan(x)]
+        pooled = [float(r[m]) for r in rows if r.get(m) is not None and not math.isnan(float(r[m]))]
+        out[m] = {"fold_mean": float(np.mean(per_fold)) if per_fold else float("nan"),
+                  "fold_std": float(np.std(per_fold)) if per_fold else float("nan"),
+                  "pooled_mean": float(np.mean(pooled)) if pooled else float("nan"),
+                  "pooled_median": float(np.median(pooled)) if pooled else float("nan"), "n": len(pooled)}  # fmt: skip
+    return out
+
+
+def _make_folds(out: str, datalist: str | None, dataset_dir: str | None, folds: int, seed: int, n_val: int,
+                val_fraction: float) -> tuple[list[dict], str, str]:  # fmt: skip
+    """Draw the folds (or read the saved ones, which must cover the same patients); returns them and the data."""
+    from bundle.data.datalist import LIST_KEYS, DatalistError, load_datalist, validate_datalist
+    from bundle.data.prepare import resolve_datalist
+    from bundle.data.split import cv_folds, patient_strata, save_split
+
+    path, root = resolve_datalist(dataset_dir, datalist, os.path.join(out, "demo"))
+    lists = load_datalist(path, root, LIST_KEYS)
+    validate_datalist(lists)
+    patients = sorted({e["patient"] for v in lists.values() for e in v})
+    saved = os.path.join(out, FOLDS_FILE)
+    if os.path.isfile(saved):
+        fold_list = load_folds(saved)
+        held = sorted(p for f in fold_list for p in f["test"])
+        if held != patients:
+            raise DatalistError(f"{saved}: its folds hold out other patients than {path} has; use a new output_dir")
+        logger.info(f"cross-validation: reusing the {len(fold_list)} folds of {saved}")
+        return fold_list, path, root
+    strata = patient_strata(lists.get("quality", [])) if lists.get("quality") else None
+    fold_list = cv_folds(patients, strata, folds, n_val=n_val, val_fraction=val_fraction, seed=seed)
+    save_split({"folds": fold_list, "seed": seed, "datalist": path, "strata": strata or {}}, saved)
+    return fold_list, path, root
+
+
+def _score(la: dict, label, volume) -> dict:
+    from bundle.metrics.segmentation import mask_metrics
+    from bundle.transforms.slicing import _spacings
+
+    return mask_metrics(la["mask"], label, _spacings(volume), la["axis"], la["selected"])
+
+
+def tune_min_area(network, plan: dict, entries: list[dict], grid: Sequence[float] = MIN_AREA_GRID) -> tuple[float, dict]:
+    """The LA-slice rule's minimum area chosen on validation volumes: the grid value with the best mean slice F1.
+
+    Ties go to the smaller area (the paper's rule is 0). Only the validation part of a fold is used.
+
+    Returns:
+        ``(min_la_area_mm2, {area: mean slice F1})``.
+    """
+    from bundle.inference.detector import load_volume, segment_la
+    from bundle.inference.selection import la_slices
+    from bundle.io.loader import LoadVolume
+    from bundle.metrics.segmentation import mask_metrics
+    from bundle.transforms.slicing import _spacings, in_plane_spacing
+
+    read_label = LoadVolume(ensure_channel_first=True, image_only=True)
+    scores: dict[float, list[float]] = {float(a): [] for a in grid}
+    for e in entries:
+        volume = load_volume(e["image"])
+        la = segment_la(network, plan, volume)
+        label = read_label(e["label"]).as_tensor()
+        sp = in_plane_spacing(volume, la["axis"])
+        for a in scores:
+            _, selected = la_slices(la["mask"], la["axis"], sp[0] * sp[1], a)
+            scores[a].append(mask_metrics(la["mask"], label, _spacings(volume), la["axis"], selected)["slice_f1"])
+    mean = {a: _nanmean(v) for a, v in scores.items()}
+    best = max(sorted(mean), key=lambda a: (mean[a], -a))
+    return best, mean
+
+
+def _evaluate_fold(ckpt: str, entries: list[dict], fold: int, mask_dir: str, dataset_dir: str,
+                   val_entries: list[dict] | None = None) -> list[dict]:  # fmt: skip
+    """Predict each held-out volume as inference does, save its mask, score it in its own grid.
+
+    With ``val_entries`` the minimum LA area of the slice rule is first chosen on them (:func:`tune_min_area`) and
+    written into the checkpoint's plan, so the plan says what was evaluated.
+    """
+    import nibabel as nib
+
+    from bundle.inference.detector import load_detector, load_volume, segment_la
+    from bundle.io.loader import LoadVolume
+    from bundle.networks.plan import plan_path, write_plan
+
+    network, plan = load_detector(ckpt)
+    if val_entries:
+        best, mean = tune_min_area(network, plan, val_entries)
+        logger.info(f"fold {fold}: min_la_area_mm2 {best:g} chosen on {len(val_entries)} validation volumes "
+                    f"(slice F1 {', '.join(f'{a:g}: {f:.3f}' for a, f in mean.items())})")  # fmt: skip
+        plan["min_la_area_mm2"] = best
+        with open(plan_path(ckpt), encoding="utf-8") as f:
+            body = json.load(f)
+        body["postprocessing"]["min_la_area_mm2"] = best
+        body["tuning"] = {"min_la_area_mm2": {"grid_slice_f1": {str(a): f for a, f in mean.items()},
+                                              "validation_patients": sorted({e["patient"] for e in val_entries})}}
+        for k in ("plan_version", "checkpoint", "written"):
+            body.pop(k, None)
+        write_plan(ckpt, body)
+    read_label = LoadVolume(ensure_channel_first=True, image_only=True)
+    rows = []
+    os.makedirs(mask_dir, exist_ok=True)
+    for e in entries:
+        t0 = time.time()
+        volume = load_volume(e["image"])
+        la = segment_la(network, plan, volume)
+        m = _score(la, read_label(e["label"]).as_tensor(), volume)
+        name = os.path.basename(e["image"]).split(".")[0]
+        affine = volume.affine.cpu().numpy().astype(float)
+        nib.save(nib.Nifti1Image(la["mask"][0].cpu().numpy().astype(np.uint8), affine),
+                 os.path.join(mask_dir, f"{name}_la_mask.nii.gz"))  # fmt: skip
+        rows.append({"level": "volume", "fold": fold, "patient": e["patient"], "image": os.path.relpath(e["image"],
+                     dataset_dir), **m, "implausible": float(bool(la["reasons"])), "reasons": "; ".join(la["reasons"]),
+                     "n_la_slices": len(la["selected"]), "min_la_area_mm2": plan["min_la_area_mm2"],
+                     "seconds": time.time() - t0})  # fmt: skip
+        logger.info(f"fold {fold} {name}: dice {m['dice']:.3f} hd95 {m['hd95_mm']:.2f} mm slice F1 "
+                    f"{m['slice_f1']:.3f} volume error {m['volume_error_ml']:+.1f} ml")  # fmt: skip
+    return rows
+
+
+def cross_validate(
+    output_dir: str,
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    n_val: int = 4,
+    val_fraction: float = 0.15,
+    run_folds: Sequence[int] | None = None,
+    overrides: dict | None = None,
+    bundle_root: str | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str = "la_lge_qa",
+    name: str = "detector_cv",
+    command: str = "",
+    train_only: bool = False,
+    tune: bool = True,
+) -> dict:
+    """Cross-validate the LA detector: train and evaluate every fold, tabulate, log one MLflow parent run.
+
+    Args:
+        output_dir: the cross-validation's folder (reuse it to resume).
+        dataset_dir: folder the datalist's paths are relative to (both None: the demo set).
+        datalist: the datalist JSON.
+        folds: K.
+        seed: the folds' seed.
+        n_val: fewest validation patients per fold.
+        val_fraction: validation share of each fold's training patients.
+        run_folds: only these folds (e.g. ``[0]`` for a quick ablation); None: all.
+        overrides: config overrides of the training workflow (e.g. ``{"max_epochs": 10}``).
+        bundle_root: the bundle root (the configs' folder's parent).
+        tracking_uri: MLflow store; None: ``sqlite:///<output_dir>/mlruns.db``.
+        experiment_name: MLflow experiment.
+        name: the parent run's name prefix.
+        command: the command line, logged with the parent run.
+        train_only: train the folds but leave their evaluation to a later call.
+        tune: choose the slice rule's minimum LA area on each fold's validation patients (else the config's).
+
+    Returns:
+        ``{"dir", "parent_run_id", "rows", "summary", "results_csv"}``.
+    """
+    from monai.utils import path_to_sqlite_uri
+
+    from bundle.evaluation.compare import _mlflow_client, _parent_run, _run, _workflow
+
+    root = os.path.abspath(bundle_root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = os.path.abspath(output_dir)
+    os.makedirs(out, exist_ok=True)
+    overrides = dict(overrides or {})
+    fold_list, path, data_root = _make_folds(out, datalist, dataset_dir, folds, seed, n_val, val_fraction)
+    tracking_uri = tracking_uri or path_to_sqlite_uri(os.path.join(out, "mlruns.db"))
+    client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
+    state_file = os.path.join(out, "cv_state.json")
+    state = json.load(open(state_file, encoding="utf-8")) if os.path.isfile(state_file) else {}
+    if not state.get("parent_run_id"):
+        params = {"folds": len(fold_list), "seed": seed, "n_val": n_val, "datalist": path, "command": command}
+        state["parent_run_id"] = _parent_run(client, experiment_id, f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
+                                             {"kind": "cross_validation"}, params, overrides)  # fmt: skip
+        state["command"] = command
+        with open(state_file, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+    parent = state["parent_run_id"]
+    logger.info(f"cross-validation {out}: {len(fold_list)} folds, MLflow parent run {parent}")
+    from bundle.data.datalist import LIST_KEYS, load_datalist
+
+    entries = load_datalist(path, data_root, LIST_KEYS)["segmentation"]
+    todo = range(len(fold_list)) if run_folds is None else [int(k) for k in run_folds]
+    status = "FAILED"
+    try:
+        for k in todo:
+            fold_dir = os.path.join(out, f"fold{k}")
+            done = os.path.join(fold_dir, "fold_metrics.json")
+            if os.path.isfile(done):
+                logger.info(f"--- fold {k}: finished already ({done})")
+                continue
+            os.makedirs(fold_dir, exist_ok=True)
+            split_file = os.path.join(fold_dir, "split_in.json")
+            with open(split_file, "w", encoding="utf-8") as f:
+                json.dump(fold_list[k], f, indent=1)
+            ckpt = os.path.join(fold_dir, "model.pt")
+            trained = os.path.join(fold_dir, "trained.json")
+            run_name = f"{name}_fold{k}"
+            t0 = time.time()
+            if not os.path.isfile(trained):
+                logger.info(f"--- fold {k}: training on {len(fold_list[k]['train'])} patients, validating on "
+                            f"{len(fold_list[k]['val'])}")  # fmt: skip
+                wf = _workflow(root, ["train.yaml"], "train", dataset_dir=data_root, datalist=path,
+                               split_file=split_file, output_dir=out, ckpt_dir=fold_dir, ckpt_name="model.pt",
+                               overwrite_checkpoint=True, run_name=run_name, run_dir=os.path.join(fold_dir, "run"),
+                               tracking_uri=tracking_uri, experiment_name=experiment_name, parent_run_id=parent,
+                               **overrides)  # fmt: skip
+                _run(wf)
+                del wf
+                gc.collect()
+                with open(trained, "w", encoding="utf-8") as f:
+                    json.dump({"minutes": (time.time() - t0) / 60}, f)
+            if train_only:
+                continue
+            minutes = json.load(open(trained, encoding="utf-8")).get("minutes", float("nan"))
+            held = [e for e in entries if e["patient"] in set(fold_list[k]["test"])]
+            val = [e for e in entries if e["patient"] in set(fold_list[k]["val"])] if tune else None
+            rows = _evaluate_fold(ckpt, held, k, os.path.join(out, "oof_masks"), data_root, val)
+            fold_row = {"level": "fold", "fold": k, "patient": "", "image": "", "train_minutes": minutes,
+                        **{m: _nanmean([r[m] for r in rows]) for m in CV_METRICS}}  # fmt: skip
+            runs = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")
+            for m in CV_METRICS:
+                if runs and not math.isnan(fold_row[m]):
+                    client.log_metric(runs[0].info.run_id, f"oof_{m}", fold_row[m])
+            with open(done, "w", encoding="utf-8") as f:
+                json.dump({"fold": fold_row, "volumes": rows}, f, indent=1, default=float)
+        status = "FINISHED"
+    finally:
+        result = _tabulate(out, client, parent)
+        client.set_terminated(parent, status if status == "FAILED" or result["complete"] else "FINISHED")
+    return {"dir": out, "parent_run_id": parent, **result}
+
+
+def _tabulate(out: str, client, parent: str) -> dict:
+    """``cv_results.csv`` and ``cv_summary.json`` from the finished folds; logged to the parent run."""
+    fold_rows, rows = [], []
+    names = sorted((d for d in os.listdir(out) if d.startswith("fold") and d[4:].isdigit()), key=lambda d: int(d[4:]))
+    for d in names:
+        path = os.path.join(out, d, "fold_metrics.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                body = json.load(f)
+            fold_rows.append(body["fold"])
+            rows.extend(body["volumes"])
+    n_folds = len(load_folds(os.path.join(out, FOLDS_FILE)))
+    if not rows:
+        return {"rows": [], "summary": {}, "results_csv": None, "complete": False}
+    summary = summarise_folds(rows)
+    minutes = [r["train_minutes"] for r in fold_rows if not math.isnan(float(r["train_minutes"]))]
+    summary["train_minutes"] = {"fold_mean": float(np.mean(minutes)) if minutes else float("nan"),
+                                "fold_std": float(np.std(minutes)) if minutes else float("nan")}  # fmt: skip
+    csv_path = os.path.join(out, "cv_results.csv")
+    columns = ["level", "fold", "patient", "image", *CV_METRICS, "volume_ml", "label_volume_ml", "n_la_slices",
+               "min_la_area_mm2", "train_minutes", "seconds", "reasons"]  # fmt: skip
+    columns = list(dict.fromkeys(columns))
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows + fold_rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    body = {"folds_done": len(fold_rows), "folds": n_folds, "volumes": len(rows), "summary": summary}
+    with open(os.path.join(out, "cv_summary.json"), "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=1)
+    for m, v in summary.items():
+        for stat, x in v.items():
+            if isinstance(x, float) and not math.isnan(x):
+                client.log_metric(parent, f"{m}_{stat}", x)
+    for p in (csv_path, os.path.join(out, "cv_summary.json"), os.path.join(out, FOLDS_FILE)):
+        client.log_artifact(parent, p)
+    line = ", ".join(f"{m} {summary[m]['fold_mean']:.3f}±{summary[m]['fold_std']:.3f}"
+                     for m in ("dice", "hd95_mm", "asd_mm", "slice_f1"))  # fmt: skip
+    logger.info(f"cross-validation {len(fold_rows)}/{n_folds} folds, {len(rows)} volumes: {line}")
+    return {"rows": rows, "summary": summary, "results_csv": csv_path, "complete": len(fold_rows) == n_folds}
+
+
+def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: bool = True, command: str = "") -> str:
+    """The K fold models of a finished cross-validation as one checkpoint (:class:`bundle.networks.Ensemble`).
+
+    The members' weights go into one state dict (float16 with ``half``: they load into float32 networks); the plan
+    beside it takes the folds' shared preprocessing, the median of their validation-chosen minimum LA areas, the
+    cross-validated figures and the commands that produced them.
+
+    Args:
+        cv_dir: the cross-validation's folder (every fold evaluated).
+        ckpt_path: the checkpoint to write (e.g. ``models/detector.pt``).
+        overwrite: replace an existing checkpoint (otherwise refuse).
+        half: store the weights as float16.
+        command: the export command, recorded in the plan.
+
+    Returns:
+        ``ckpt_path``.
+
+    Raises:
+        FileExistsError: when ``ckpt_path`` exists and ``overwrite`` is False.
+        ValueError: when a fold is unfinished or the folds' networks or preprocessing differ.
+    """
+    from dataclasses import asdict
+
+    import torch
+
+    from bundle.inference.selection import LABounds
+    from bundle.networks.plan import plan_path, write_plan
+
+    if os.path.exists(ckpt_path) and not overwrite:
+        raise FileExistsError(f"{ckpt_path} exists: pass overwrite to replace it")
+    n = len(load_folds(os.path.join(cv_dir, FOLDS_FILE)))
+    plans, states = [], []
+    for k in range(n):
+        fold = os.path.join(cv_dir, f"fold{k}")
+        if not os.path.isfile(os.path.join(fold, "fold_metrics.json")):
+            raise ValueError(f"{fold}: fold {k} is not finished; run the cross-validation to the end first")
+        with open(plan_path(os.path.join(fold, "model.pt")), encoding="utf-8") as f:
+            plans.append(json.load(f))
+        states.append(torch.load(os.path.join(fold, "model.pt"), map_location="cpu", weights_only=True))
+    first = plans[0]
+    for p in plans[1:]:
+        if p["network_def"] != first["network_def"] or p["preprocessing"] != first["preprocessing"]:
+            raise ValueError(f"{cv_dir}: the folds' networks or preprocessing differ; they cannot form one ensemble")
+    state = {f"members.{k}.{name}": (v.half() if half and v.is_floating_point() else v)
+             for k, s in enumerate(states) for name, v in s.items()}  # fmt: skip
+    os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+    tmp = f"{ckpt_path}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt_path)
+    areas = [float(p["postprocessing"]["min_la_area_mm2"]) for p in plans]
+    with open(os.path.join(cv_dir, "cv_summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    post = {**first["postprocessing"], "min_la_area_mm2": float(np.median(areas))}
+    body = {
+        "kind": "detector",
+        "network_def": {"_target_": "bundle.networks.Ensemble", "network": first["network_def"], "members": n},
+        "preprocessing": first["preprocessing"],
+        "postprocessing": post,
+        "la_bounds": first.get("la_bounds") or asdict(LABounds()),
+        "tuning": {"min_la_area_mm2": {"per_fold": areas, "rule": "median of the folds' validation choices"}},
+        "cross_validation": {"folds": n, "summary": summary["summary"], "volumes": summary["volumes"]},
+        "provenance": {**first.get("provenance", {}), "cross_validation_dir": os.path.abspath(cv_dir),
+                       "cross_validation_command": json.load(open(os.path.join(cv_dir, "cv_state.json"))).get("command", ""),
+                       "export_command": command, "weights": "float16" if half else "float32"},  # fmt: skip
+    }
+    write_plan(ckpt_path, body)
+    logger.info(f"ensemble of {n} folds: {ckpt_path} ({os.path.getsize(ckpt_path) / 1e6:.1f} MB), plan "
+                f"{plan_path(ckpt_path)}")  # fmt: skip
+    return ckpt_path

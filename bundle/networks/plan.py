@@ -1,0 +1,147 @@
+"""A checkpoint's plan: the JSON beside it that says how to rebuild and use it (as nnU-Net's ``plans.json``).
+
+``models/detector.pt`` has ``models/detector.json``: the network definition with concrete arguments, the
+preprocessing (pixel size, canvas, 2.5D context, intensity mapping, slice-axis rule), the decision settings
+(threshold, largest component, minimum LA area, plausibility bounds) and where it came from (data, command, commit,
+figures). Training writes it beside every checkpoint it saves; inference, QA slice selection and MONAI Label read
+it, so no setting has to be passed again at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from bundle.utils import git_commit
+
+__all__ = ["PlanError", "build_from_plan", "load_plan", "plan_path", "write_detector_plan", "write_plan"]
+
+logger = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+# the detector settings a plan records, with the values that reproduce a checkpoint trained before plans existed
+DETECTOR_KEYS = {"spatial_size": 128, "pixel_mm": None, "context_slices": 0, "context_mm": None, "slice_axis": None,
+                 "la_threshold": 0.5, "min_la_area_mm2": 0.0, "keep_largest": True}  # fmt: skip
+INTENSITY = {"rule": "percentiles of the non-zero voxels mapped to 0..1, clipped", "lower": 0.5, "upper": 99.5}
+
+
+class PlanError(ValueError):
+    """A plan file that is missing, unreadable or incomplete (the message names the file)."""
+
+
+def plan_path(ckpt_path: str) -> str:
+    """The plan beside a checkpoint: ``models/detector.pt`` -> ``models/detector.json``."""
+    return os.path.splitext(str(ckpt_path))[0] + ".json"
+
+
+def write_plan(ckpt_path: str, plan: dict) -> str:
+    """Write ``plan`` (plus version and time) beside ``ckpt_path``, atomically; returns the plan's path."""
+    path = plan_path(ckpt_path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    body = {"plan_version": PLAN_VERSION, "checkpoint": os.path.basename(ckpt_path),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **plan}  # fmt: skip
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=1, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def _concrete_network_def(parser, network_id: str = "network_def") -> dict:
+    """The network definition with every argument resolved to a plain value (no ``@`` or ``$`` left)."""
+    raw = parser.get(network_id)
+    out = {"_target_": raw["_target_"]}
+    for k in raw:
+        if k.startswith("_"):
+            continue
+        sub = parser.get(f"{network_id}#{k}")
+        if isinstance(sub, dict) and "_target_" in sub:  # a nested component (an ensemble's member network)
+            out[k] = _concrete_network_def(parser, f"{network_id}#{k}")
+            continue
+        value = parser.get_parsed_content(f"{network_id}#{k}")
+        out[k] = value.tolist() if hasattr(value, "tolist") else value
+    return out
+
+
+def write_detector_plan(ckpt_path: str, config_file: str, extra: dict | None = None) -> str | None:
+    """Write the plan of a detector checkpoint from its training run's resolved config (``config.json``).
+
+    Args:
+        ckpt_path: the checkpoint (nothing is written when it does not exist: no epoch improved).
+        config_file: the run's ``config.json`` (``bundle.utils.save_resolved_config``).
+        extra: more entries (e.g. ``{"metrics": ...}``).
+
+    Returns:
+        the plan's path, or None when there is no checkpoint.
+    """
+    from monai.bundle import ConfigParser
+
+    if not os.path.isfile(ckpt_path):
+        logger.warning(f"{ckpt_path}: no checkpoint, so no plan written")
+        return None
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    settings = {k: parser.get_parsed_content(k) if k in parser else v for k, v in DETECTOR_KEYS.items()}
+    data = {k: parser.get(k) for k in ("dataset_dir", "datalist", "split_file") if k in parser}
+    plan = {
+        "kind": "detector",
+        "network_def": _concrete_network_def(parser),
+        "preprocessing": {"intensity": INTENSITY, **{k: settings[k] for k in
+                          ("spatial_size", "pixel_mm", "context_slices", "context_mm", "slice_axis")}},  # fmt: skip
+        "postprocessing": {k: settings[k] for k in ("la_threshold", "keep_largest", "min_la_area_mm2")},
+        "provenance": {"data": data, "config": os.path.abspath(config_file), "command": " ".join(sys.argv),
+                       "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+                       "torch": torch.__version__},  # fmt: skip
+        **(extra or {}),
+    }
+    path = write_plan(ckpt_path, plan)
+    logger.info(f"plan of {ckpt_path}: {path}")
+    return path
+
+
+def load_plan(ckpt_path: str, kind: str = "detector", required: bool = True) -> dict:
+    """Read the plan beside ``ckpt_path`` and flatten its settings for a config: ``{network_def, <setting>: ...}``.
+
+    Args:
+        ckpt_path: the checkpoint.
+        kind: the plan's expected ``kind``.
+        required: raise when there is no plan; False returns the settings of a checkpoint from before plans
+            (the paper's resized slices) with ``network_def`` None.
+
+    Raises:
+        PlanError: one line naming the file, when it is missing (and ``required``), unreadable or of another kind.
+    """
+    path = plan_path(ckpt_path)
+    if not os.path.isfile(path):
+        if required:
+            raise PlanError(f"{path}: no plan beside the checkpoint {ckpt_path} (training writes it; it records "
+                            "the network, preprocessing and thresholds the checkpoint needs)")  # fmt: skip
+        return {**DETECTOR_KEYS, "network_def": None, "plan_file": None}
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PlanError(f"{path}: unreadable plan ({e})") from None
+    if not isinstance(plan, dict) or plan.get("kind") != kind or not isinstance(plan.get("network_def"), dict):
+        raise PlanError(f"{path}: not a {kind} plan (needs 'kind': '{kind}' and a 'network_def')")
+    flat = {**DETECTOR_KEYS, **plan.get("preprocessing", {}), **plan.get("postprocessing", {})}
+    flat.pop("intensity", None)
+    return {**flat, "network_def": plan["network_def"], "la_bounds": plan.get("la_bounds"), "plan_file": path}
+
+
+def build_from_plan(plan: dict) -> torch.nn.Module:
+    """Instantiate a plan's ``network_def`` (a MONAI config component with concrete arguments), without weights.
+
+    Raises:
+        PlanError: when the plan has no network definition.
+    """
+    from monai.bundle import ConfigParser
+
+    if not plan.get("network_def"):
+        raise PlanError(f"{plan.get('plan_file') or 'plan'}: no network_def to build the network from")
+    return ConfigParser({"network_def": plan["network_def"]}).get_parsed_content("network_def")

@@ -1,0 +1,103 @@
+"""Cross-validation of the detector on tiny generated data: folds, MLflow parent/children, table, resume, ensemble."""
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bundle.data.datalist import DatalistError
+from bundle.data.split import cv_folds, patient_strata
+from bundle.evaluation.crossval import CV_METRICS, cross_validate, export_ensemble, load_folds, summarise_folds
+from bundle.inference import load_detector, load_volume, segment_la
+from bundle.metrics import mask_metrics
+
+TINY = {"max_epochs": 1, "spatial_size": 32, "train_crop": 32, "batch_size": 16, "num_workers": 0,
+        "network_def#channels": [4, 8, 16, 32, 64]}  # fmt: skip
+
+
+def test_folds_are_disjoint_stratified_and_deterministic():
+    patients = [f"p{i:02d}" for i in range(30)]
+    strata = {p: (2 if i < 16 else 1 if i < 27 else 0) for i, p in enumerate(patients)}
+    folds = cv_folds(patients, strata, folds=5, n_val=4, seed=0)
+    tests = [p for f in folds for p in f["test"]]
+    assert sorted(tests) == patients  # every patient held out exactly once
+    for f in folds:
+        assert not set(f["val"]) & set(f["test"]) and not set(f["train"]) & set(f["val"])
+        assert len(f["val"]) >= 4 and set(f["train"]) | set(f["val"]) | set(f["test"]) == set(patients)
+        assert len({strata[p] for p in f["val"]}) == 3  # every stratum (the rare one merged only for the folds)
+    assert folds == cv_folds(list(reversed(patients)), strata, folds=5, n_val=4, seed=0)
+    with pytest.raises(DatalistError, match="too few"):
+        cv_folds(patients[:6], None, folds=5, n_val=4)
+    assert patient_strata([{"patient": "a", "fibrosis": 3}, {"patient": "a", "fibrosis": 2}, {"patient": "b"}]) == \
+        {"a": 1, "b": 0}
+
+
+def test_mask_metrics_by_hand():
+    g = np.zeros((10, 10, 6), bool)
+    g[2:6, 2:6, 1:4] = True
+    p = np.zeros_like(g)
+    p[2:6, 2:6, 1:5] = True  # one extra slice: 16 voxels more
+    m = mask_metrics(p, g, (1.0, 1.0, 2.0), 2)
+    assert m["dice"] == pytest.approx(2 * 48 / (64 + 48))
+    assert m["hd95_mm"] == pytest.approx(2.0)  # the extra slice lies one slice (2 mm) off the reference surface
+    assert m["slice_precision"] == pytest.approx(0.75) and m["slice_recall"] == 1.0
+    assert m["slice_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    assert m["volume_error_ml"] == pytest.approx(16 * 2 / 1000)
+    same = mask_metrics(g, g, (1.0, 1.0, 2.0), 2)
+    assert same["dice"] == 1.0 and same["hd95_mm"] == 0.0 and same["asd_mm"] == 0.0
+    empty = mask_metrics(np.zeros_like(g), g, (1, 1, 1), 2)
+    assert empty["dice"] == 0.0 and np.isnan(empty["hd95_mm"]) and empty["slice_recall"] == 0.0
+
+
+def test_summary_over_folds_and_pooled():
+    rows = [{"fold": 0, "dice": 0.8}, {"fold": 0, "dice": 1.0}, {"fold": 1, "dice": 0.6}]
+    s = summarise_folds(rows, ["dice"])["dice"]
+    assert s["fold_mean"] == pytest.approx(0.75) and s["fold_std"] == pytest.approx(0.15)
+    assert s["pooled_mean"] == pytest.approx(0.8) and s["n"] == 3
+
+
+@pytest.mark.slow
+def test_cross_validation_two_folds_resume_and_ensemble(tiny_demo, tmp_path):
+    out = tmp_path / "cv"
+    res = cross_validate(str(out), datalist=tiny_demo, folds=2, n_val=1, overrides=TINY, experiment_name="cv_test")
+    folds = load_folds(str(out / "folds.json"))
+    assert len(folds) == 2 and not set(folds[0]["test"]) & set(folds[1]["test"])
+    for f in folds:
+        assert not set(f["val"]) & set(f["test"])
+    table = pd.read_csv(res["results_csv"])
+    assert {"level", "fold", "patient", *CV_METRICS} <= set(table.columns)
+    vols = table[table.level == "volume"]
+    assert len(vols) == 8 and sorted(vols.patient) == sorted(p for f in folds for p in f["test"])
+    assert len(table[table.level == "fold"]) == 2
+    assert len(os.listdir(out / "oof_masks")) == 8
+    client = mlflow.MlflowClient(f"sqlite:///{out}/mlruns.db")
+    exp = client.get_experiment_by_name("cv_test")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.info.run_id == res["parent_run_id"]]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == res["parent_run_id"]]
+    assert len(parent) == 1 and len(children) == 2 and "dice_fold_mean" in parent[0].data.metrics
+    assert all("oof_dice" in c.data.metrics for c in children)
+    summary = json.load(open(out / "cv_summary.json"))
+    assert summary["folds_done"] == 2 and "hd95_mm" in summary["summary"]
+    # the plan beside each fold's checkpoint records the minimum area chosen on that fold's validation part
+    plan = json.load(open(out / "fold0" / "model.json"))
+    assert "min_la_area_mm2" in plan["tuning"] and plan["network_def"]["in_channels"] == 3
+    # resuming trains and evaluates nothing again
+    stamps = {k: os.path.getmtime(out / f"fold{k}" / "model.pt") for k in (0, 1)}
+    again = cross_validate(str(out), datalist=tiny_demo, folds=2, n_val=1, overrides=TINY, experiment_name="cv_test")
+    assert {k: os.path.getmtime(out / f"fold{k}" / "model.pt") for k in (0, 1)} == stamps
+    assert again["parent_run_id"] == res["parent_run_id"] and len(client.search_runs([exp.experiment_id])) == 3
+    # the folds as one shipped detector: loads from its plan, predicts as the fold models average
+    ckpt = export_ensemble(str(out), str(tmp_path / "models" / "detector.pt"))
+    with pytest.raises(FileExistsError):
+        export_ensemble(str(out), ckpt)
+    network, plan = load_detector(ckpt)
+    assert len(network.members) == 2 and plan["pixel_mm"] == 1.25 and plan["context_slices"] == 1
+    demo_root = os.path.dirname(tiny_demo)
+    image = os.path.join(demo_root, json.load(open(tiny_demo))["segmentation"][0]["image"])
+    la = segment_la(network, plan, load_volume(image))
+    assert la["mask"].shape == load_volume(image).shape and la["mask"].dtype == torch.uint8

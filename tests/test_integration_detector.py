@@ -1,0 +1,90 @@
+"""The shipped LA detector (models/detector.pt, the la2018 fold ensemble) on real scans, straight from the clone.
+
+Skipped where ../shared/data/la2018 is absent. Checks that the shipped weights load with their plan and segment the
+clean DICOM export against its label, and that the same scan inside a field of view twice as wide (dark margin, as a
+whole-chest export) gives the same mask and the same LA slices.
+"""
+
+import csv
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai.data import MetaTensor
+from monai.transforms import Orientation
+
+from tests.conftest import LA2018, ROOT
+
+CLEAN = "0RZDK210BSMWAA6467LU"
+DICOM = os.path.join(LA2018, "dicom", f"{CLEAN}_q0")
+SHIPPED = os.path.join(ROOT, "models", "detector.pt")
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(not os.path.isdir(DICOM), reason="no la2018 data")]  # fmt: skip
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from bundle.inference import load_detector
+
+    return load_detector(SHIPPED)
+
+
+def test_shipped_detector_segments_the_dicom_export(detector):
+    from bundle.inference import load_volume, segment_la
+
+    network, plan = detector
+    volume = load_volume(DICOM)
+    la = segment_la(network, plan, volume)
+    assert not la["reasons"], la["reasons"]
+    ras = Orientation(axcodes="RAS")
+    mask = ras(MetaTensor(la["mask"].float(), affine=volume.affine))
+    label_img = nib.load(os.path.join(LA2018, "labels", f"{CLEAN}.nii.gz"))
+    label = ras(MetaTensor(torch.as_tensor(np.asarray(label_img.dataobj), dtype=torch.float32)[None],
+                           affine=torch.as_tensor(label_img.affine)))  # fmt: skip
+    assert mask.shape == label.shape
+    assert _dice(mask.numpy(), label.numpy()) >= 0.88
+
+
+def test_same_mask_and_slices_in_a_twice_wider_field_of_view(detector):
+    from bundle.inference import load_volume, segment_la
+
+    network, plan = detector
+    path = os.path.join(LA2018, "images", f"{CLEAN}.nii.gz")
+    volume = load_volume(path)
+    raw = nib.load(path)
+    img = np.asarray(raw.dataobj)
+    x, y = img.shape[0], img.shape[1]
+    wide = np.zeros((2 * x, 2 * y, img.shape[2]), img.dtype)
+    ox, oy = x // 2, y // 2
+    wide[ox : ox + x, oy : oy + y] = img
+    affine = raw.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.array([ox, oy, 0])
+    from bundle.transforms import ScaleForegroundPercentiles
+
+    big = ScaleForegroundPercentiles()(MetaTensor(torch.as_tensor(wide, dtype=torch.float32)[None],
+                                                  affine=torch.as_tensor(affine)))  # fmt: skip
+    small_la, big_la = segment_la(network, plan, volume), segment_la(network, plan, big)
+    inner = big_la["mask"][0].numpy()[ox : ox + x, oy : oy + y]
+    assert _dice(small_la["mask"][0].numpy(), inner) >= 0.98
+    assert int(big_la["mask"].sum()) == int((inner > 0).sum())  # nothing found in the dark margin
+    assert small_la["selected"].tolist() == big_la["selected"].tolist()
+
+
+def test_fresh_clone_assesses_the_exports_with_the_shipped_weights(tmp_path):
+    from scripts import assess
+
+    out = tmp_path / "out"
+    assert assess.main([os.path.join(LA2018, "dicom"), "--output_dir", str(out), "--la_only"]) == 0
+    with open(out / "qa_report.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    volumes = [r for r in rows if r["n_slices"] == "88"]
+    assert len(volumes) == 2 and all(r["status"] == "ok" for r in volumes)
+    assert all(40 <= int(r["n_la_slices"]) <= 75 for r in volumes)
