@@ -12,7 +12,7 @@ In one process, alternating, ``--repeats`` times each:
 Then, in a fresh process, the peak resident memory of one end-to-end run (and of the imports alone).
 
 The input defaults to la2018's messy export (88 RLE slices, a localizer and a text file beside them); without it a
-synthetic 88-slice series is written. The detector uses models/model.pt when present (random weights otherwise: the
+synthetic 88-slice series is written. The detector is the shipped models/detector.pt (random weights when it is absent: the
 LA selection, so the QA workload, is then arbitrary); the QA network is the inference config's (the bundle's QANet,
 resnet34 encoder) with the weights of ``--qa_ckpt`` (random weights when not given; the cost is the same).
 """
@@ -99,7 +99,7 @@ def child_memory(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", default=None, help="a DICOM folder holding one 88-slice series")
-    p.add_argument("--detector", default=os.path.join(ROOT, "models", "model.pt"))
+    p.add_argument("--detector", default=os.path.join(ROOT, "models", "detector.pt"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--child_memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)

@@ -265,9 +265,10 @@ def test_qa_scores(server, tmp_path):
     # the same study through the command-line inference (the same config, overlays and weights): the same result
     root = server["bundle_root"]
     out = tmp_path / "cli"
+    # (the detector's network comes from its checkpoint's plan: la_net.yaml is the training overlay only)
     wf = ConfigWorkflow(config_file=[str(root / "configs" / "common.yaml"), str(root / "configs" / "inference.yaml"),
-                                     str(root / "site.yaml"), str(root / "la_net.yaml")],
-                        meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer",
+                                     str(root / "site.yaml")],
+                        meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer", ckpt_name="model.pt",
                         bundle_root=str(root), input=str(server["studies"] / "oblique.nii.gz"), output_dir=str(out),
                         qa_config=[str(root / "configs" / "common.yaml"), str(root / "configs" / "qa_baseline.yaml"),
                                    str(root / "site.yaml"), str(root / "qa_small.yaml")],

@@ -57,7 +57,8 @@ class QAClassification(BasicInferTask):
             return
         parser = ConfigParser()
         parser.read_config(la_task.config_files)
-        parser.update({"bundle_root": la_task.bundle_path, "qa_config": [os.path.abspath(f) for f in qa_config],
+        parser.update({"bundle_root": la_task.bundle_path, "ckpt_name": la_task.ckpt_name,
+                       "qa_config": [os.path.abspath(f) for f in qa_config],
                        "qa_ckpt": os.path.abspath(ckpt_path), "run_qa": True})  # fmt: skip
         self.step: TwoStageStep = parser.get_parsed_content("assess_step")  # loads the QA weights, or one-line error
         super().__init__(path=ckpt_path, network=None, type=InferType.CLASSIFICATION,
