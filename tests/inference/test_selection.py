@@ -104,3 +104,18 @@ def test_ensemble_averages_probabilities():
     expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
     assert torch.allclose(torch.sigmoid(out), expected.expand_as(out), atol=1e-5)
     assert set(Ensemble(a, members=3).state_dict()) == {f"members.{k}.{p}" for k in range(3) for p in ("weight", "bias")}
+
+
+def test_an_implausible_la_is_referred_not_ok():
+    from bundle.inference import ResizedSliceInferer, ScanResult, TwoStageStep
+
+    vol = np.zeros((1, 32, 32, 16), np.float32)
+    vol[0, 10:14, 10:14, 6:10] = 1.0  # a 4 x 4 x 4 mm "LA" of 1 mm voxels: 0.064 ml
+    volume = MetaTensor(torch.as_tensor(vol), affine=torch.eye(4, dtype=torch.float64))
+    step = TwoStageStep(la_threshold=0.5, min_slices=4)
+    result = ScanResult(input="tiny")
+    with torch.no_grad():
+        step.assess_volume(volume, lambda x: 20 * (x - 0.5), ResizedSliceInferer(spatial_size=32), result)
+    assert result.status == "implausible_la" and result.refer == 1
+    assert result.message.startswith("implausible LA: LA volume 0.1 ml outside 15-250 ml")
+    assert result.n_la_slices == 4 and result.detail["qa_reliable"] is False
