@@ -209,8 +209,8 @@ class TwoStageStep:
         result.n_slices, result.n_la_slices = len(la_prob), len(selected)
         result.detail["slice_axis"] = s1.axis
         result.detail.update({k: la[k] for k in ("la_volume_ml", "la_extent_mm", "la_kept")})
-        result.detail["slices"] = [{"index": i, "la_prob": float(p), "la_area_mm2": float(a), "selected": bool(i in sel)}
-                                   for sel in [set(selected.tolist())]
+        chosen = set(selected.tolist())
+        result.detail["slices"] = [{"index": i, "la_prob": float(p), "la_area_mm2": float(a), "selected": i in chosen}
                                    for i, (p, a) in enumerate(zip(la_prob, la["areas"]))]  # fmt: skip
         show = selected if len(selected) else np.sort(np.argsort(-la_prob, kind="stable")[: self.montage_no_la])
         # the pictures show the scan's own slices with the mask as written (both in the volume's grid)
