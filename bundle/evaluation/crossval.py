@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CV_METRICS", "cross_validate", "export_ensemble", "load_folds", "summarise_folds", "tune_min_area"]
+__all__ = ["CV_METRICS", "cross_validate", "export_ensemble", "load_folds", "score_settings", "summarise_folds",
+           "tune_min_area"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +92,42 @@ def _make_folds(out: str, datalist: str | None, dataset_dir: str | None, folds: 
     return fold_list, path, root
 
 
-def _score(la: dict, label, volume) -> dict:
-    from bundle.metrics.segmentation import mask_metrics
-    from bundle.transforms.slicing import _spacings
+def score_settings(network, plan: dict, entries: list[dict], settings: Sequence[dict],
+                   keep_masks: bool = False) -> list[list[dict]]:  # fmt: skip
+    """Each volume predicted once, every stage-1 setting applied to the same logits and scored in the scan's grid.
 
-    return mask_metrics(la["mask"], label, _spacings(volume), la["axis"], la["selected"])
+    Args:
+        network: the detector (eval mode).
+        plan: its plan (preprocessing; the defaults of each setting).
+        entries: datalist entries with ``image`` and ``label``.
+        settings: per setting, any of ``la_threshold``, ``keep_largest``, ``min_la_area_mm2`` (others: the plan's).
+        keep_masks: also return each LA mask (``mask``) and the volume's ``affine``.
+
+    Returns:
+        per setting, per entry: :func:`bundle.metrics.mask_metrics` plus ``reasons`` and ``n_la_slices``.
+    """
+    from bundle.inference.detector import load_volume, segment_la
+    from bundle.inference.selection import LABounds
+    from bundle.inference.workflow import detect_la_volume
+    from bundle.io.loader import LoadVolume
+    from bundle.metrics.segmentation import mask_metrics
+    from bundle.transforms.slicing import voxel_spacing
+
+    read_label = LoadVolume(ensure_channel_first=True, image_only=True)
+    bounds = LABounds(**(plan.get("la_bounds") or {}))
+    out: list[list[dict]] = [[] for _ in settings]
+    for e in entries:
+        volume = load_volume(e["image"])
+        label = read_label(e["label"]).as_tensor()
+        pred = segment_la(network, plan, volume)
+        for row, setting in zip(out, settings):
+            s = {k: setting.get(k, plan[k]) for k in ("la_threshold", "keep_largest", "min_la_area_mm2")}
+            la = detect_la_volume(pred["logits"], volume, pred["axis"], s["la_threshold"], s["keep_largest"],
+                                  s["min_la_area_mm2"], bounds)  # fmt: skip
+            m = mask_metrics(la["mask"], label, voxel_spacing(volume), pred["axis"], la["selected"])
+            row.append({**m, "reasons": la["reasons"], "n_la_slices": len(la["selected"]),
+                        **({"mask": la["mask"], "affine": volume.affine} if keep_masks else {})})  # fmt: skip
+    return out
 
 
 def tune_min_area(network, plan: dict, entries: list[dict], grid: Sequence[float] = MIN_AREA_GRID) -> tuple[float, dict]:
@@ -106,23 +138,8 @@ def tune_min_area(network, plan: dict, entries: list[dict], grid: Sequence[float
     Returns:
         ``(min_la_area_mm2, {area: mean slice F1})``.
     """
-    from bundle.inference.detector import load_volume, segment_la
-    from bundle.inference.selection import la_slices
-    from bundle.io.loader import LoadVolume
-    from bundle.metrics.segmentation import mask_metrics
-    from bundle.transforms.slicing import _spacings, in_plane_spacing
-
-    read_label = LoadVolume(ensure_channel_first=True, image_only=True)
-    scores: dict[float, list[float]] = {float(a): [] for a in grid}
-    for e in entries:
-        volume = load_volume(e["image"])
-        la = segment_la(network, plan, volume)
-        label = read_label(e["label"]).as_tensor()
-        sp = in_plane_spacing(volume, la["axis"])
-        for a in scores:
-            _, selected = la_slices(la["mask"], la["axis"], sp[0] * sp[1], a)
-            scores[a].append(mask_metrics(la["mask"], label, _spacings(volume), la["axis"], selected)["slice_f1"])
-    mean = {a: _nanmean(v) for a, v in scores.items()}
+    scores = score_settings(network, plan, entries, [{"min_la_area_mm2": float(a)} for a in grid])
+    mean = {float(a): _nanmean([m["slice_f1"] for m in rows]) for a, rows in zip(grid, scores)}
     best = max(sorted(mean), key=lambda a: (mean[a], -a))
     return best, mean
 
@@ -136,8 +153,7 @@ def _evaluate_fold(ckpt: str, entries: list[dict], fold: int, mask_dir: str, dat
     """
     import nibabel as nib
 
-    from bundle.inference.detector import load_detector, load_volume, segment_la
-    from bundle.io.loader import LoadVolume
+    from bundle.inference.detector import load_detector
     from bundle.networks.plan import plan_path, write_plan
 
     network, plan = load_detector(ckpt)
@@ -154,24 +170,22 @@ def _evaluate_fold(ckpt: str, entries: list[dict], fold: int, mask_dir: str, dat
         for k in ("plan_version", "checkpoint", "written"):
             body.pop(k, None)
         write_plan(ckpt, body)
-    read_label = LoadVolume(ensure_channel_first=True, image_only=True)
     rows = []
     os.makedirs(mask_dir, exist_ok=True)
-    for e in entries:
-        t0 = time.time()
-        volume = load_volume(e["image"])
-        la = segment_la(network, plan, volume)
-        m = _score(la, read_label(e["label"]).as_tensor(), volume)
+    t0 = time.time()
+    for e, m in zip(entries, score_settings(network, plan, entries, [{}], keep_masks=True)[0]):
         name = os.path.basename(e["image"]).split(".")[0]
-        affine = volume.affine.cpu().numpy().astype(float)
-        nib.save(nib.Nifti1Image(la["mask"][0].cpu().numpy().astype(np.uint8), affine),
+        nib.save(nib.Nifti1Image(m.pop("mask")[0].cpu().numpy().astype(np.uint8),
+                                 m.pop("affine").cpu().numpy().astype(float)),
                  os.path.join(mask_dir, f"{name}_la_mask.nii.gz"))  # fmt: skip
+        reasons = m.pop("reasons")
         rows.append({"level": "volume", "fold": fold, "patient": e["patient"], "image": os.path.relpath(e["image"],
-                     dataset_dir), **m, "implausible": float(bool(la["reasons"])), "reasons": "; ".join(la["reasons"]),
-                     "n_la_slices": len(la["selected"]), "min_la_area_mm2": plan["min_la_area_mm2"],
-                     "seconds": time.time() - t0})  # fmt: skip
+                     dataset_dir), **m, "implausible": float(bool(reasons)), "reasons": "; ".join(reasons),
+                     "min_la_area_mm2": plan["min_la_area_mm2"]})  # fmt: skip
         logger.info(f"fold {fold} {name}: dice {m['dice']:.3f} hd95 {m['hd95_mm']:.2f} mm slice F1 "
                     f"{m['slice_f1']:.3f} volume error {m['volume_error_ml']:+.1f} ml")  # fmt: skip
+    for r in rows:
+        r["seconds"] = (time.time() - t0) / max(1, len(rows))
     return rows
 
 

@@ -14,7 +14,7 @@ from monai.utils import ensure_tuple_rep, look_up_option
 
 from bundle.io.geometry import slice_axis_from_affine
 
-__all__ = ["ExtractSlices", "ExtractSlicesd", "in_plane_spacing", "resolve_slice_axis", "slice_spacing"]
+__all__ = ["ExtractSlices", "ExtractSlicesd", "in_plane_spacing", "resolve_slice_axis", "slice_spacing", "voxel_spacing"]
 
 _MODES = ("bilinear", "nearest", "bicubic", "area", "nearest-exact")
 
@@ -43,7 +43,7 @@ def resolve_slice_axis(img: torch.Tensor | np.ndarray, slice_axis: int | None) -
     return 2
 
 
-def _spacings(img: torch.Tensor | np.ndarray) -> np.ndarray:
+def voxel_spacing(img: torch.Tensor | np.ndarray) -> np.ndarray:
     """Voxel sizes (mm) of the 3 spatial axes from a MetaTensor's affine; 1 mm where there is none."""
     if isinstance(img, MetaTensor):
         affine = img.affine.cpu().numpy().astype(float)
@@ -53,13 +53,13 @@ def _spacings(img: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def in_plane_spacing(img: torch.Tensor | np.ndarray, axis: int) -> tuple[float, float]:
     """The in-plane pixel size (mm) of a channel-first 3D image's slices along spatial ``axis``."""
-    sp = _spacings(img)
+    sp = voxel_spacing(img)
     return tuple(float(sp[i]) for i in range(3) if i != axis)  # type: ignore[return-value]
 
 
 def slice_spacing(img: torch.Tensor | np.ndarray, axis: int) -> float:
     """The distance (mm) between a channel-first 3D image's slices along spatial ``axis``."""
-    return float(_spacings(img)[axis])
+    return float(voxel_spacing(img)[axis])
 
 
 class ExtractSlices(Transform):
