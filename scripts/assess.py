@@ -24,9 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", default=None, help="where the reports go (default: <bundle>/runs/inference_<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the output folder")
     p.add_argument("--weights", default=None, help="LA detector weights, its plan beside them (default: the shipped models/detector.pt)")
-    p.add_argument("--qa_weights", default=None, help="QA network weights (default: models/qa_baseline.pt)")
+    p.add_argument("--qa_weights", default=None, help="QA network weights, its plan beside them (default: the shipped models/qa.pt)")
     p.add_argument("--qa_spatial_size", type=int, default=None,
-                   help="slice size the QA network was trained at (default: the bundle's, 128)")
+                   help="slice size the QA network was trained at, for a checkpoint without a plan (default 128)")
     p.add_argument("--la_only", action="store_true", help="LA detection only, no quality assessment")
     p.add_argument("--la_threshold", type=float, default=None, help="LA slice threshold t (default: the bundle's)")
     p.add_argument("--no_html", action="store_true", help="no HTML page per scan")

@@ -16,6 +16,7 @@ import torch
 from monai.utils import ensure_tuple_rep
 
 from bundle.inference.weights import load_weights
+from bundle.metrics.qa import VERDICT_RULES, is_diagnostic, scan_verdict
 from bundle.networks.qa import CAM_LAYER, LABELS
 from bundle.visualize.hirescam import HiResCAM
 
@@ -53,51 +54,51 @@ class QALogits(torch.nn.Module):
         return torch.cat([out, -out], dim=1)
 
 
-def qa_verdict(probs: np.ndarray, threshold: float = 0.5, refer_uncertainty: float = 0.05) -> dict:
+def qa_verdict(probs: np.ndarray, threshold: float = 0.5, refer_uncertainty: float = 0.05, rule: str = "mode") -> dict:
     """The scan verdict from the QA probabilities of its LA slices under test-time augmentation.
+
+    The verdict is :func:`bundle.metrics.scan_verdict`'s (the one rule evaluation uses too) on the slice
+    probabilities averaged over the augmentations.
 
     Args:
         probs: ``(T, S, 4)`` sigmoid outputs for ``T`` augmentations (the first: none) of ``S`` slices.
         threshold: probability at or above which an output is "diagnostic".
         refer_uncertainty: spread above which the verdict is referred to a human.
+        rule: :data:`bundle.metrics.VERDICT_RULES` (``"mode"``: the paper's slice vote, a tie non-diagnostic;
+            ``"mean_logit"``: the LA-region network's).
 
     Returns:
-        a dict with ``p`` (the four scan probabilities: mean over augmentations and slices), ``slice_p`` (``(S, 4)``,
-        mean over augmentations), ``slice_spread`` (``(S,)``, std of the fibrosis probability over augmentations),
-        ``slice_votes`` (``(S,)`` 1/0), ``diagnostic`` (the mode of the slice votes; a tie goes to the mean
-        probability), ``diagnostic_mean`` (the mean probability at ``threshold``), ``tta_p`` (``(T,)`` scan fibrosis
-        probability per augmentation), ``tta_verdicts`` (the mode verdict per augmentation), ``uncertainty`` (std of
-        ``tta_p``), ``refer`` and ``refer_reasons``.
+        a dict with ``p`` (the four scan probabilities by ``rule``), ``slice_p`` (``(S, 4)``, mean over
+        augmentations), ``slice_spread`` (``(S,)``, std of the fibrosis probability over augmentations),
+        ``slice_votes`` (``(S,)`` 1/0), ``diagnostic`` (the verdict by ``rule``), ``diagnostic_mean`` (the mean
+        probability at ``threshold``), ``tta_p`` (``(T,)`` scan fibrosis probability per augmentation by ``rule``),
+        ``tta_verdicts`` (the verdict per augmentation), ``uncertainty`` (std of ``tta_p``), ``refer`` and
+        ``refer_reasons``.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[1] == 0 or probs.shape[2] != len(QA_OUTPUTS):
         raise ValueError(f"probs must be (T, S>0, {len(QA_OUTPUTS)}), got {probs.shape}")
-
-    def mode(slice_p: np.ndarray) -> int:
-        votes = int((slice_p >= threshold).sum())
-        if 2 * votes != len(slice_p):
-            return int(2 * votes > len(slice_p))
-        return int(slice_p.mean() >= threshold)
-
     slice_p = probs.mean(0)
-    p = slice_p.mean(0)
-    diagnostic = mode(slice_p[:, FIBROSIS])
-    diagnostic_mean = int(p[FIBROSIS] >= threshold)
-    tta_p = probs[:, :, FIBROSIS].mean(1)
-    tta_verdicts = [mode(probs[t, :, FIBROSIS]) for t in range(len(probs))]
+    scan = [scan_verdict(slice_p[:, j], threshold, rule) for j in range(len(QA_OUTPUTS))]
+    p = np.array([s[0] for s in scan])
+    diagnostic = scan[FIBROSIS][1]
+    diagnostic_mean = is_diagnostic(slice_p[:, FIBROSIS].mean(), threshold)
+    per_view = [scan_verdict(probs[t, :, FIBROSIS], threshold, rule) for t in range(len(probs))]
+    tta_p = np.array([v[0] for v in per_view])
+    tta_verdicts = [v[1] for v in per_view]
     uncertainty = float(tta_p.std())
     reasons = []
     if uncertainty > refer_uncertainty:
         reasons.append(f"predictions spread over flips ({uncertainty:.3f} > {refer_uncertainty})")
-    if diagnostic_mean != diagnostic:
-        reasons.append(f"slice vote ({diagnostic}) and mean probability ({p[FIBROSIS]:.3f}) disagree")
+    if rule == "mode" and diagnostic_mean != diagnostic:
+        reasons.append(f"slice vote ({diagnostic}) and mean probability ({slice_p[:, FIBROSIS].mean():.3f}) disagree")
     if any(v != diagnostic for v in tta_verdicts):
         reasons.append(f"flipped inputs change the verdict ({tta_verdicts})")
     return {
         "p": p, "slice_p": slice_p, "slice_spread": probs[:, :, FIBROSIS].std(0),
-        "slice_votes": (slice_p[:, FIBROSIS] >= threshold).astype(int), "diagnostic": diagnostic,
+        "slice_votes": is_diagnostic(slice_p[:, FIBROSIS], threshold), "diagnostic": diagnostic,
         "diagnostic_mean": diagnostic_mean, "tta_p": tta_p, "tta_verdicts": tta_verdicts, "uncertainty": uncertainty,
-        "refer": bool(reasons), "refer_reasons": reasons,
+        "refer": bool(reasons), "refer_reasons": reasons, "rule": rule,
     }  # fmt: skip
 
 
@@ -129,6 +130,11 @@ class QAStage:
         output_key: dict key of the QA logits when the network returns a dict.
         spatial_size: in-plane size of the slices the QA network was trained on; the two-stage step cuts the LA
             slices at this size when it differs from the detector's. None: the detector's slices as they are.
+        rule: the scan verdict's rule (:data:`bundle.metrics.VERDICT_RULES`).
+        temperature: calibration: the logits are divided by it before the sigmoid (one value, or one per output);
+            None: 1.
+        region: the LA-region input (``{"pixel_mm", "size", "normalise"}``): the two-stage step cuts each LA
+            slice's window around the detected LA (:meth:`cut`) instead of resizing whole slices. None: whole slices.
     """
 
     def __init__(
@@ -144,6 +150,9 @@ class QAStage:
         cam_slices: int = 4,
         output_key: str = "qa",
         spatial_size: int | Sequence[int] | None = None,
+        rule: str = "mode",
+        temperature: float | Sequence[float] | None = None,
+        region: Mapping | None = None,
     ) -> None:
         flips = [tuple(int(a) for a in f) for f in tta_flips]
         if not flips or any(a not in (0, 1) for f in flips for a in f):
@@ -154,6 +163,21 @@ class QAStage:
             raise ValueError(f"refer_uncertainty must be >= 0, got {refer_uncertainty}")
         if int(batch_size) < 1 or int(cam_slices) < 0:
             raise ValueError(f"batch_size must be >= 1 and cam_slices >= 0, got {batch_size}, {cam_slices}")
+        if rule not in VERDICT_RULES:
+            raise ValueError(f"rule must be one of {VERDICT_RULES}, got {rule!r}")
+        t = np.ones(len(QA_OUTPUTS)) if temperature is None else np.broadcast_to(
+            np.asarray(temperature, dtype=np.float64), (len(QA_OUTPUTS),)).copy()  # fmt: skip
+        if not (np.isfinite(t).all() and (t > 0).all()):
+            raise ValueError(f"temperature must be positive (one or {len(QA_OUTPUTS)} values), got {temperature}")
+        self.rule, self.temperature = rule, torch.as_tensor(t, dtype=torch.float32)
+        self.region = None
+        if region:
+            unknown = set(region) - {"pixel_mm", "size", "normalise"}
+            if unknown or float(region.get("pixel_mm", 0)) <= 0 or int(region.get("size", 0)) < 1:
+                raise ValueError(f"region needs a positive pixel_mm and size (and optional normalise), got {region}")
+            self.region = {"pixel_mm": float(region["pixel_mm"]), "size": int(region["size"]),
+                           "normalise": float(region.get("normalise") or 0.0)}  # fmt: skip
+            spatial_size = self.region["size"]
         self.spatial_size = None if spatial_size is None else tuple(int(s) for s in ensure_tuple_rep(spatial_size, 2))
         if self.spatial_size is not None and min(self.spatial_size) < 1:
             raise ValueError(f"spatial_size must be positive, got {spatial_size}")
@@ -183,7 +207,23 @@ class QAStage:
         views = torch.cat([x.flip(f) if f else x for f in self.flips])
         logits = torch.cat([self.model(views[i : i + self.batch_size])[:, : len(QA_OUTPUTS)]
                             for i in range(0, len(views), self.batch_size)])  # fmt: skip
+        logits = logits / self.temperature.to(logits.device)
         return torch.sigmoid(logits).view(len(self.flips), len(x), -1).cpu().numpy()
+
+    def cut(self, volume: torch.Tensor, mask: torch.Tensor, axis: int, selected: Sequence[int]) -> torch.Tensor:
+        """The QA network's input for the ``selected`` slices of a preprocessed volume ``(1, X, Y, Z)`` with its LA
+        ``mask``: the LA region (:func:`bundle.transforms.region.la_region_slices`, scaled by
+        :func:`~bundle.transforms.region.normalise_region`), as at training; ``(S, 1, size, size)``.
+
+        Raises:
+            ValueError: when the stage has no ``region``.
+        """
+        from bundle.transforms.region import la_region_slices, normalise_region
+
+        if self.region is None:
+            raise ValueError("this QA stage takes whole slices (no region configured)")
+        out = la_region_slices(volume, mask, axis, selected, self.region["pixel_mm"], self.region["size"])
+        return normalise_region(out, self.region["normalise"]) if self.region["normalise"] else out
 
     def explain(self, slices: torch.Tensor, diagnostic: int) -> np.ndarray:
         """HiResCAM maps ``(S, h, w)`` in 0..1 of the fibrosis output for the verdict ``diagnostic`` (1 or 0)."""
@@ -201,7 +241,7 @@ class QAStage:
         The deciding slices are those whose vote agrees with the verdict, most confident first.
         """
         probs = self.predict(slices)
-        verdict = qa_verdict(probs, self.threshold, self.refer_uncertainty)
+        verdict = qa_verdict(probs, self.threshold, self.refer_uncertainty, self.rule)
         p = verdict["slice_p"][:, FIBROSIS]
         agree = np.flatnonzero(verdict["slice_votes"] == verdict["diagnostic"])
         order = agree[np.argsort(-np.abs(p[agree] - self.threshold), kind="stable")][: self.cam_slices]

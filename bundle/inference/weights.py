@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["WEIGHT_HINTS", "detector_plan", "load_weights"]
+__all__ = ["WEIGHT_HINTS", "detector_plan", "load_weights", "qa_network", "qa_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ WEIGHT_HINTS = {
     "detector": "the bundle ships models/detector.pt (with models/detector.json); or train the LA detector with "
     "`python -m monai.bundle run training --config_file \"['configs/common.yaml','configs/train.yaml']\"` "
     "(writes models/model.pt and its plan models/model.json) and pass --ckpt_path models/model.pt",
-    "qa": "train the QA network with `python -m monai.bundle run training --config_file "
+    "qa": "the bundle ships models/qa.pt (with models/qa.json; docs/model_card.md); or train the QA network with `python -m monai.bundle run training --config_file "
     "\"['configs/common.yaml','configs/qa_baseline.yaml']\"` (writes models/qa_baseline.pt), or put a trained state "
     "dict there or pass --qa_ckpt <file>; --run_qa false runs LA detection only",
 }
@@ -85,3 +85,27 @@ def detector_plan(ckpt_path: str) -> dict:
         return load_plan(ckpt_path, "detector")
     except PlanError as e:
         raise SystemExit(f"ERROR weights: {e}") from None
+
+
+def qa_plan(ckpt_path: str) -> dict:
+    """The QA checkpoint's settings (:func:`bundle.networks.load_qa_plan`), with one clear line for a bad plan.
+
+    Raises:
+        SystemExit: ``ERROR weights: ...`` when the plan beside the checkpoint is unreadable or of another kind.
+    """
+    from bundle.networks.plan import PlanError, load_qa_plan
+
+    try:
+        return load_qa_plan(ckpt_path)
+    except PlanError as e:
+        raise SystemExit(f"ERROR weights: {e}") from None
+
+
+def qa_network(plan: dict, qa_config, bundle_root: str | None = None) -> torch.nn.Module:
+    """The QA network without weights: the plan's ``network_def`` when it has one, else ``qa_config``'s
+    ``network_def`` (a QA training workflow's files, relative to ``bundle_root``)."""
+    from bundle.networks import build_from_plan, build_network
+
+    if plan.get("network_def"):
+        return build_from_plan(plan)
+    return build_network(qa_config, "network_def", root=bundle_root)

@@ -23,6 +23,7 @@ from bundle.inference.selection import LABounds, implausible_la, la_mask, la_sli
 from bundle.inference.stage1 import ResizedSliceInferer
 from bundle.inference.stage2 import QA_OUTPUTS, QAStage
 from bundle.io.dicom import MIN_SLICES, DicomVolumeError, NotAVolume
+from bundle.transforms.region import region_to_slice
 from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
 
 __all__ = ["TwoStageStep", "VolumeDataset", "describe_error", "detect_la_volume", "volume_problem"]
@@ -228,11 +229,20 @@ class TwoStageStep:
         if self.qa_stage is None:
             result.status, result.message = "ok", "stage 2 (QA) not run: LA detection only"
         else:
-            slices = s1.slices
-            if getattr(inferer, "resized_to", None) != self.qa_stage.spatial_size:
-                # the QA network's own input size: cut again from the volume, as its training slices were
-                slices = ExtractSlices(spatial_size=self.qa_stage.spatial_size)(volume, slice_axis=s1.axis)
-            self._stage2(slices[torch.as_tensor(selected)], selected, result)
+            if self.qa_stage.region is not None:  # the LA region around the detected LA, as the network was trained
+                qa_input = self.qa_stage.cut(volume, la["mask"], s1.axis, selected)
+            else:
+                slices = s1.slices
+                if getattr(inferer, "resized_to", None) != self.qa_stage.spatial_size:
+                    # the QA network's own input size: cut again from the volume, as its training slices were
+                    slices = ExtractSlices(spatial_size=self.qa_stage.spatial_size)(volume, slice_axis=s1.axis)
+                qa_input = slices[torch.as_tensor(selected)]
+            self._stage2(qa_input, selected, result)
+            if self.qa_stage.region is not None and "cams" in result.visuals:  # window maps onto the whole slices
+                r = self.qa_stage.region
+                result.visuals["cams"] = region_to_slice(
+                    result.visuals["cams"].astype(np.float32), la["mask"].cpu(), s1.axis, images.shape[1:],
+                    in_plane_spacing(volume, s1.axis), r["pixel_mm"], r["size"]).astype(np.float16)  # fmt: skip
         if la["reasons"]:
             result.status, result.refer = "implausible_la", 1
             result.detail["qa_reliable"] = False
@@ -255,13 +265,13 @@ class TwoStageStep:
             s.update(fibrosis_spread=float(v["slice_spread"][j]), vote=int(v["slice_votes"][j]))
         votes = int(v["slice_votes"].sum())
         result.detail.update(
-            verdict={"diagnostic_mode": v["diagnostic"], "diagnostic_mean": v["diagnostic_mean"],
+            verdict={"rule": v["rule"], "diagnostic_mode": v["diagnostic"], "diagnostic_mean": v["diagnostic_mean"],
                      "tta_p": v["tta_p"], "tta_verdicts": v["tta_verdicts"], "refer_reasons": v["refer_reasons"]},
             slice_votes=[votes, len(selected) - votes],
             cam_slices=[int(selected[i]) for i in qa.cam_slices],
         )
         if qa.cams is not None:
             cams, size = torch.as_tensor(qa.cams[:, None]), result.visuals["images"].shape[1:]
-            if tuple(cams.shape[2:]) != tuple(size):  # QA and detector slice sizes differ: maps onto the pictures
+            if tuple(cams.shape[2:]) != tuple(size) and self.qa_stage.region is None:  # other slice sizes: resize
                 cams = torch.nn.functional.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
             result.visuals["cams"] = cams[:, 0].numpy().astype(np.float16)

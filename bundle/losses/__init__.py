@@ -1,2 +1,2 @@
-from bundle.losses.qa import MultiTaskLoss, QALoss, balanced_pos_weight, resolve_pos_weight
+from bundle.losses.qa import MultiTaskLoss, OrdinalBCE, QALoss, balanced_pos_weight, resolve_pos_weight
 from bundle.losses.supcon import MultiLabelSupConLoss, SupConLoss

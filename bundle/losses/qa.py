@@ -12,7 +12,7 @@ from monai.losses import DiceLoss
 
 from bundle.networks.qa import LABELS, qa_logits
 
-__all__ = ["MultiTaskLoss", "QALoss", "balanced_pos_weight", "resolve_pos_weight"]
+__all__ = ["MultiTaskLoss", "OrdinalBCE", "QALoss", "balanced_pos_weight", "resolve_pos_weight"]
 
 
 def balanced_pos_weight(targets: np.ndarray | Sequence[Sequence[float]], max_weight: float = 10.0) -> list[float]:
@@ -119,3 +119,50 @@ def resolve_pos_weight(spec: str | Sequence[float] | None, slices=None) -> list[
             raise ValueError("pos_weight 'balanced' needs the training slices")
         return balanced_pos_weight(slices.slice_targets())
     return [float(w) for w in spec]
+
+
+class OrdinalBCE(nn.Module):
+    """Cumulative-link (ordinal) binary cross-entropy on 1..5 scores with one logit per label.
+
+    For each label the logit ``z`` models ``P(score >= k) = sigmoid(z - b_k)``, ``k = 2, 3, 4, 5``; the cut-points
+    are learned and kept ordered (``b_2 = -softplus(a_2)``, ``b_3 = 0``, ``b_4 = softplus(a_4)``,
+    ``b_5 = b_4 + softplus(a_5)``), so ``z`` itself is the "diagnostic" (score >= 3, the paper's binarisation)
+    logit and nothing changes downstream. Training on the whole score instead of its binarisation tells the network
+    that a 2 is closer to diagnostic than a 1, which with a few dozen scans is much of the information there is.
+    The decision level's term carries ``pos_weight`` (class balance); the loss is the mean over levels and labels.
+
+    Args:
+        labels: outputs (4).
+        pos_weight: ``(labels,)`` weights of the positives of the score >= 3 term; None: 1.
+    """
+
+    LEVELS = (2, 3, 4, 5)
+
+    def __init__(self, labels: int = 4, pos_weight: torch.Tensor | Sequence[float] | None = None) -> None:
+        super().__init__()
+        if int(labels) < 1:
+            raise ValueError(f"labels must be >= 1, got {labels}")
+        init = torch.tensor([1.5, 1.5, 1.0]).expm1().log()  # softplus^-1 of (1.5, 1.5, 1.0)
+        self.raw = nn.Parameter(init.repeat(int(labels), 1))
+        pw = torch.ones(int(labels)) if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        if pw.shape != (int(labels),) or (pw <= 0).any():
+            raise ValueError(f"pos_weight needs {labels} positive values, got {pos_weight}")
+        self.register_buffer("pos_weight", pw)
+
+    def cutpoints(self) -> torch.Tensor:
+        """``(labels, 4)`` cut-points ``b_2 < b_3 = 0 < b_4 < b_5``."""
+        sp = nn.functional.softplus(self.raw)
+        zero = torch.zeros_like(sp[:, 0])
+        return torch.stack([-sp[:, 0], zero, sp[:, 1], sp[:, 1] + sp[:, 2]], dim=1)
+
+    def forward(self, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``logits`` ``(N, labels)``, ``scores`` ``(N, labels)`` in 1..5."""
+        if logits.shape != scores.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and scores {tuple(scores.shape)} differ")
+        b = self.cutpoints()
+        terms = []
+        for i, k in enumerate(self.LEVELS):
+            target = (scores >= k).float()
+            pw = self.pos_weight if k == 3 else None
+            terms.append(nn.functional.binary_cross_entropy_with_logits(logits - b[:, i], target, pos_weight=pw))
+        return torch.stack(terms).mean()

@@ -9,10 +9,56 @@ import torch
 
 from bundle.networks.qa import LABELS, qa_logits
 
-__all__ = ["AGGREGATIONS", "QALabelOutput", "aggregate_scans", "binary_metrics", "mode_vote", "qa_mse_output",
-           "qa_outputs", "seg_output"]  # fmt: skip
+__all__ = ["AGGREGATIONS", "VERDICT_RULES", "QALabelOutput", "aggregate_scans", "binary_metrics", "is_diagnostic",
+           "mode_vote", "qa_mse_output", "qa_outputs", "scan_verdict", "seg_output"]  # fmt: skip
 
 AGGREGATIONS = ("mode", "mean")
+VERDICT_RULES = ("mode", "mean", "mean_logit")  # how a scan's slice probabilities become its verdict
+_EPS = 1e-6
+
+
+def is_diagnostic(p: float | np.ndarray, threshold: float = 0.5) -> np.ndarray | int:
+    """The bundle's one threshold rule: a probability **at or above** ``threshold`` reads diagnostic (1)."""
+    out = np.asarray(p, dtype=np.float64) >= float(threshold)
+    return int(out) if out.ndim == 0 else out.astype(int)
+
+
+def scan_verdict(slice_probs: Sequence[float] | np.ndarray, threshold: float = 0.5, rule: str = "mode") -> tuple[float, int]:
+    """The bundle's one verdict rule: a scan's probability and verdict from the probabilities of its LA slices.
+
+    Training's validation, evaluation, inference and MONAI Label all call this (through :func:`aggregate_scans` and
+    :func:`bundle.inference.qa_verdict`), so their figures describe what the deployed model says.
+
+    - ``"mode"`` (the paper's): each slice votes by :func:`is_diagnostic`; the majority wins; **a tie gives 0**
+      (non-diagnostic: a scan whose slices split evenly gets a second look). The probability is the slices' mean.
+    - ``"mean"``: the mean slice probability, by :func:`is_diagnostic`.
+    - ``"mean_logit"``: the sigmoid of the mean slice logit (a geometric pooling that a few confident slices do not
+      swamp), by :func:`is_diagnostic`. Temperature scaling of the slice logits commutes with it.
+
+    Args:
+        slice_probs: ``(S,)`` probabilities of one output.
+        threshold: see :func:`is_diagnostic`.
+        rule: one of :data:`VERDICT_RULES`.
+
+    Returns:
+        ``(probability, verdict)``.
+
+    Raises:
+        ValueError: for an unknown rule or no slice.
+    """
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"rule must be one of {VERDICT_RULES}, got {rule!r}")
+    p = np.asarray(slice_probs, dtype=np.float64).reshape(-1)
+    if p.size == 0:
+        raise ValueError("scan_verdict needs at least one slice probability")
+    if rule == "mode":
+        return float(p.mean()), mode_vote(is_diagnostic(p, threshold))
+    if rule == "mean":
+        prob = float(p.mean())
+    else:
+        z = np.log(np.clip(p, _EPS, 1 - _EPS) / np.clip(1 - p, _EPS, 1)).mean()
+        prob = float(1.0 / (1.0 + np.exp(-z)))
+    return prob, is_diagnostic(prob, threshold)
 
 
 def qa_outputs(output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +101,7 @@ class QALabelOutput:
     def __call__(self, output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         prob, target = qa_outputs(output)
         i = self.index
-        return (prob[:, i : i + 1] > self.threshold).float(), target[:, i : i + 1]
+        return (prob[:, i : i + 1] >= self.threshold).float(), target[:, i : i + 1]  # is_diagnostic's rule
 
 
 def mode_vote(predictions: Sequence[int] | np.ndarray) -> int:
@@ -83,12 +129,12 @@ def aggregate_scans(
     Args:
         volumes: scan id of each slice ``(n,)``.
         probs: slice probabilities ``(n, labels)``.
-        threshold: slice and mean-probability threshold.
+        threshold: slice and mean-probability threshold (:func:`is_diagnostic`: at or above is diagnostic).
 
     Returns:
-        ``{"volume": (s,) scan ids (sorted), "slices": (s,) slice counts, "mode": (s, labels) binary mode of the
-        slices' predictions (ties: 0), "mean": (s, labels) mean probability, "mean_pred": (s, labels) binary mean
-        at ``threshold``, "mode_score": (s, labels) share of the slices predicted 1}``.
+        ``{"volume": (s,) scan ids (sorted), "slices": (s,) slice counts, "mode": (s, labels) verdict by
+        :func:`scan_verdict`'s ``"mode"`` (ties: 0), "mean": (s, labels) mean probability, "mean_pred": (s, labels)
+        verdict by its ``"mean"``, "mode_score": (s, labels) share of the slices voting 1}``.
     """
     volumes = np.asarray(volumes).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(len(volumes), -1)
@@ -98,12 +144,11 @@ def aggregate_scans(
         out[k] = np.zeros((len(ids), probs.shape[1]))
     for s, v in enumerate(ids):
         p = probs[volumes == v]
-        binary = (p > threshold).astype(int)
         out["slices"][s] = len(p)
-        out["mode"][s] = [mode_vote(binary[:, j]) for j in range(p.shape[1])]
-        out["mode_score"][s] = binary.mean(0)
+        out["mode"][s] = [scan_verdict(p[:, j], threshold, "mode")[1] for j in range(p.shape[1])]
+        out["mode_score"][s] = is_diagnostic(p, threshold).mean(0)
         out["mean"][s] = p.mean(0)
-    out["mean_pred"] = (out["mean"] > threshold).astype(float)
+    out["mean_pred"] = is_diagnostic(out["mean"], threshold)  # scan_verdict's "mean" rule, all scans at once
     out["mode"] = out["mode"].astype(int)
     out["mean_pred"] = out["mean_pred"].astype(int)
     return out

@@ -19,7 +19,8 @@ import torch
 
 from bundle.utils import git_commit
 
-__all__ = ["PlanError", "build_from_plan", "load_plan", "plan_path", "write_detector_plan", "write_plan"]
+__all__ = ["QA_DEFAULTS", "PlanError", "build_from_plan", "load_plan", "load_qa_plan", "plan_path", "write_detector_plan",
+           "write_plan"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ PLAN_VERSION = 1
 # the detector settings a plan records, with the values that reproduce a checkpoint trained before plans existed
 DETECTOR_KEYS = {"spatial_size": 128, "pixel_mm": None, "context_slices": 0, "context_mm": None, "slice_axis": None,
                  "la_threshold": 0.5, "min_la_area_mm2": 0.0, "keep_largest": True}  # fmt: skip
+# the QA settings a plan records, with the values of a checkpoint without a plan (a configs/qa_*.yaml training: whole
+# slices resized to spatial_size, the paper's mode verdict, no calibration; its network comes from the QA config)
+QA_DEFAULTS = {"rule": "mode", "threshold": 0.5, "temperature": None, "region": None, "spatial_size": 128,
+               "cam_layer": "encoder.layer4", "refer_uncertainty": 0.05}  # fmt: skip
 INTENSITY = {"rule": "percentiles of the non-zero voxels mapped to 0..1, clipped", "lower": 0.5, "upper": 99.5}
 
 
@@ -145,3 +150,33 @@ def build_from_plan(plan: dict) -> torch.nn.Module:
     if not plan.get("network_def"):
         raise PlanError(f"{plan.get('plan_file') or 'plan'}: no network_def to build the network from")
     return ConfigParser({"network_def": plan["network_def"]}).get_parsed_content("network_def")
+
+
+def load_qa_plan(ckpt_path: str) -> dict:
+    """The QA settings of a QA checkpoint, flat: :data:`QA_DEFAULTS`' keys, ``network_def`` and ``plan_file``.
+
+    A checkpoint with a plan beside it (kind ``qa``: the shipped LA-region network) gives its network, input
+    (``region``: pixel size, window, normalisation), verdict ``rule``, ``threshold`` and ``temperature``; one without
+    a plan (a ``configs/qa_*.yaml`` training run) gets :data:`QA_DEFAULTS` and ``network_def`` None (the inference
+    config builds it from the QA config). A missing checkpoint gets the defaults too: loading its weights then
+    fails with the one clear line of :func:`bundle.inference.load_weights`.
+
+    Raises:
+        PlanError: one line naming the file, for an unreadable plan or one of another kind.
+    """
+    path = plan_path(ckpt_path)
+    if not os.path.isfile(path):
+        return {**QA_DEFAULTS, "network_def": None, "plan_file": None}
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PlanError(f"{path}: unreadable plan ({e})") from None
+    if not isinstance(plan, dict) or plan.get("kind") != "qa" or not isinstance(plan.get("network_def"), dict):
+        raise PlanError(f"{path}: not a qa plan (needs 'kind': 'qa' and a 'network_def')")
+    pre, decision = plan.get("preprocessing", {}), plan.get("decision", {})
+    flat = {**QA_DEFAULTS, **{k: v for k, v in decision.items() if k in QA_DEFAULTS}}
+    flat["region"] = pre.get("region")
+    flat["spatial_size"] = int((pre.get("region") or {}).get("size") or pre.get("spatial_size") or flat["spatial_size"])
+    flat["cam_layer"] = plan.get("cam_layer", flat["cam_layer"])
+    return {**flat, "network_def": plan["network_def"], "plan_file": path}

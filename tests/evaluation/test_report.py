@@ -29,8 +29,8 @@ def test_score_predictions_per_slice_and_scan():
     assert (mode["precision"], mode["recall"], mode["specificity"], mode["f1"]) == (1.0, 1.0, 1.0, 1.0)
     sl = s["metrics"]["slice"]["fibrosis"]  # slices: TP 2, FN 1, FP 1, TN 1
     assert (sl["precision"], sl["recall"], sl["specificity"]) == pytest.approx((2 / 3, 2 / 3, 1 / 2))
-    mean = s["metrics"]["mean"]["fibrosis"]  # means 0.633, 0.5 -> 1, 0
-    assert mean["f1"] == 1.0 and mean["auroc"] == 1.0
+    mean = s["metrics"]["mean"]["fibrosis"]  # means 0.633, 0.5 -> 1, 1 (0.5 is at the threshold: diagnostic)
+    assert mean["precision"] == 0.5 and mean["recall"] == 1.0 and mean["specificity"] == 0.0 and mean["auroc"] == 1.0
     nulling = s["metrics"]["mode"]["nulling"]  # everything predicted diagnostic
     assert nulling["recall"] == 1.0 and nulling["specificity"] == 0.0
     flat = flatten_metrics(s["metrics"], "test")

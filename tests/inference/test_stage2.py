@@ -37,8 +37,8 @@ def probs_of(fibrosis, attributes=0.5):
         ([[0.9, 0.6, 0.1]] * 4, 1, 1, 0.0, False),
         # the mode says diagnostic (2 of 3), the mean (0.55+0.55+0.0)/3 = 0.367 says not: refer
         ([[0.55, 0.55, 0.0]] * 4, 1, 0, 0.0, True),
-        # a tie (1 of 2) goes to the mean probability: (0.8 + 0.3) / 2 = 0.55 -> diagnostic
-        ([[0.8, 0.3]] * 4, 1, 1, 0.0, False),
+        # a tie (1 of 2) is non-diagnostic, though the mean (0.8 + 0.3) / 2 = 0.55 says diagnostic: refer
+        ([[0.8, 0.3]] * 4, 0, 1, 0.0, True),
         # flips move the scan probability: per view 0.7, 0.7, 0.3, 0.3 -> std 0.2, views disagree: refer
         ([[0.7, 0.7], [0.7, 0.7], [0.3, 0.3], [0.3, 0.3]], 1, 1, 0.2, True),
         # a small spread (views 0.2, 0.24, 0.2, 0.24: std 0.02) below 0.05: no refer

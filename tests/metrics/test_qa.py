@@ -43,7 +43,7 @@ def test_aggregate_scans():
     assert out["volume"].tolist() == [1, 3, 7] and out["slices"].tolist() == [2, 3, 2]
     assert out["mode"].tolist() == [[0, 0], [1, 1], [0, 0]]
     assert np.allclose(out["mean"], [[0.45, 0.5], [0.6, 0.5], [0.355, 0.445]])
-    assert out["mean_pred"].tolist() == [[0, 0], [1, 0], [0, 0]]  # 0.5 is not above the threshold
+    assert out["mean_pred"].tolist() == [[0, 1], [1, 1], [0, 0]]  # 0.5 is at the threshold: diagnostic
     assert np.allclose(out["mode_score"], [[0.5, 0.5], [2 / 3, 2 / 3], [0.5, 0.0]])
 
 
@@ -86,6 +86,6 @@ def test_output_transforms_on_batched_and_decollated_outputs():
     assert p.shape == (8,) and float(((p - t) ** 2).mean()) == pytest.approx(float(((torch.sigmoid(logits) - target) ** 2).mean()))
     pred, tgt = QALabelOutput("fibrosis")(batched)
     assert pred.tolist() == [[1.0], [0.0]] and tgt.tolist() == [[0.0], [0.0]]
-    assert QALabelOutput(0)(batched)[0].tolist() == [[0.0], [1.0]]  # sigmoid(0) = 0.5 is not above 0.5
+    assert QALabelOutput(0)(batched)[0].tolist() == [[1.0], [1.0]]  # sigmoid(0) = 0.5 is at 0.5: diagnostic
     with pytest.raises(ValueError):
         QALabelOutput("other")

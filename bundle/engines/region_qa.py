@@ -1,0 +1,231 @@
+"""Training and prediction of the LA-region QA network on :class:`~bundle.data.region_cache.RegionScan` stacks.
+
+The recipe, sized for a few dozen scored scans and two CPU cores (docs/qa_training.md has the ablation behind it):
+
+- input: the LA region at a fixed pixel size (:func:`bundle.transforms.region.la_region_slices`), cut with a margin
+  so that training shifts the window by whole pixels; augmentation is exact (flips, transposition, whole-pixel
+  shifts): no interpolation, no intensity change, so blur, noise and contrast, the very quality cues, are untouched;
+- every epoch draws ``slices_per_scan`` slices of every training scan (scans, not slices, weigh equally);
+- loss: binary cross-entropy per label, positives weighted by the training part's negative/positive ratio
+  (class-balanced); at ``loss_level="scan"`` on the mean logit of each scan's drawn slices (multiple-instance
+  learning with mean pooling, as the scan verdict is taken), at ``"slice"`` on every slice with its scan's label;
+- AdamW with a cosine schedule and an exponential moving average of the weights (MONAI-free on purpose: torch's
+  ``AveragedModel``); the averaged network is the result, so no checkpoint is chosen on a handful of scans.
+
+The scan's logit is the mean of its slices' logits over the flips of test-time augmentation (:func:`scan_logits`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bundle.data.region_cache import RegionScan
+
+__all__ = ["ExactAugment", "build_region_network", "center_crop", "scan_logits", "slice_logits", "train_region_qa"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_region_network(**kwargs) -> torch.nn.Module:
+    """The LA-region QA network: :class:`bundle.networks.QANet` with a compact encoder unless ``kwargs`` say
+    otherwise (defaults: basic blocks ``[1, 1, 1, 1]``, widths ``[16, 32, 64, 128]``, 32 hidden units per head)."""
+    from bundle.networks.qa import QANet
+
+    args = {"layers": (1, 1, 1, 1), "block_inplanes": (16, 32, 64, 128), "head_channels": 32, "qa_channels": 16}
+    args.update(kwargs)
+    return QANet(**args)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` of ``(..., h, w)`` (for an even margin: the cut at ``size`` itself)."""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"cannot crop {size} pixels out of {h}x{w}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+class ExactAugment:
+    """Augmentation that keeps every pixel value: a random whole-pixel window of ``size`` out of a larger cut, random
+    flips of either axis and a random transposition, drawn per slice.
+
+    Args:
+        size: output width (the network's input).
+        flips: flip the two axes, each with probability 0.5.
+        transpose: transpose with probability 0.5.
+        shift: draw the window anywhere in the margin (False: always the centre).
+    """
+
+    def __init__(self, size: int, flips: bool = True, transpose: bool = True, shift: bool = True) -> None:
+        if int(size) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.size, self.flips, self.transpose, self.shift = int(size), bool(flips), bool(transpose), bool(shift)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: ``(N, C, H, W)`` with ``H, W >= size``; returns ``(N, C, size, size)``."""
+        n, _, h, w = x.shape
+        out = []
+        r = torch.rand(n, 5, generator=generator)
+        for i in range(n):
+            top = int(r[i, 0] * (h - self.size + 1)) if self.shift else (h - self.size) // 2
+            left = int(r[i, 1] * (w - self.size + 1)) if self.shift else (w - self.size) // 2
+            s = x[i, :, top : top + self.size, left : left + self.size]
+            if self.flips and r[i, 2] < 0.5:
+                s = s.flip(-2)
+            if self.flips and r[i, 3] < 0.5:
+                s = s.flip(-1)
+            if self.transpose and r[i, 4] < 0.5:
+                s = s.transpose(-2, -1)
+            out.append(s)
+        return torch.stack(out)
+
+
+def _pos_weight(scans: Sequence[RegionScan]) -> torch.Tensor:
+    """Negatives over positives per label, 1 where a class is absent, capped at 10 (as
+    :func:`bundle.losses.balanced_pos_weight`)."""
+    y = np.stack([s.target for s in scans])
+    pos, neg = y.sum(0), len(y) - y.sum(0)
+    w = np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0)
+    return torch.as_tensor(np.clip(w, 0.1, 10.0), dtype=torch.float32)
+
+
+def train_region_qa(
+    train: Sequence[RegionScan],
+    network: dict | None = None,
+    size: int = 64,
+    epochs: int = 40,
+    slices_per_scan: int = 8,
+    scans_per_batch: int = 8,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    ema_decay: float = 0.98,
+    loss_level: str = "slice",
+    ordinal: bool = True,
+    balanced: bool = True,
+    seed: int = 0,
+    init: dict | None = None,
+    on_epoch: Callable[[int, float, torch.nn.Module], None] | None = None,
+) -> torch.nn.Module:
+    """Train the LA-region QA network on ``train`` scans; returns the weight-averaged network in eval mode.
+
+    Args:
+        train: the training scans (their stacks cut wider than ``size`` give the shifts room).
+        network: :func:`build_region_network` arguments.
+        size: the network's input width.
+        epochs: passes; each draws ``slices_per_scan`` slices of every scan.
+        slices_per_scan: slices drawn per scan per epoch (with replacement where a scan has fewer).
+        scans_per_batch: scans per optimiser step (a batch holds ``scans_per_batch * slices_per_scan`` slices).
+        lr, weight_decay: AdamW; the learning rate follows a cosine from ``lr`` to 0 with a 1-epoch warm-up.
+        ema_decay: decay of the weights' exponential moving average (0: no averaging).
+        loss_level: ``"slice"`` (each slice carries its scan's label) or ``"scan"`` (the mean logit of a scan's
+            drawn slices carries it).
+        ordinal: learn from the 1..5 scores, not only their binarisation: each logit ``z`` is a cumulative-link
+            model, ``P(score >= k) = sigmoid(z - b_k)`` for ``k = 2..5`` with learned cut-points and ``b_3 = 0``, so
+            ``z`` itself stays the "diagnostic" (score >= 3) logit (:class:`bundle.losses.OrdinalBCE`).
+        balanced: weight positives by the negative/positive ratio of ``train`` per label.
+        seed: seeds the network's initialisation, the draws and the augmentation.
+        init: a state dict to start from (e.g. an artifact-pretrained encoder; non-matching entries are skipped).
+        on_epoch: called after each epoch with ``(epoch, mean loss, averaged network)``.
+
+    Raises:
+        ValueError: for unknown options or an empty training part.
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    if loss_level not in ("slice", "scan"):
+        raise ValueError(f"loss_level must be 'slice' or 'scan', got {loss_level!r}")
+    if not train:
+        raise ValueError("train_region_qa needs at least one training scan")
+    if min(int(epochs), int(slices_per_scan), int(scans_per_batch)) < 1 or not 0 <= float(ema_decay) < 1:
+        raise ValueError("epochs, slices_per_scan and scans_per_batch must be >= 1 and ema_decay in [0, 1)")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_region_network(**(network or {}))
+    if init:
+        own = model.state_dict()
+        fit = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fit, strict=False)
+        logger.info(f"region QA: {len(fit)} of {len(own)} tensors initialised from the given state")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    aug = ExactAugment(size)
+    images = [torch.from_numpy(s.images.astype(np.float32)) for s in train]
+    targets = torch.as_tensor(np.stack([s.scores if ordinal else s.target for s in train]))
+    pos_weight = _pos_weight(train) if balanced else torch.ones(targets.shape[1])
+    from bundle.losses.qa import OrdinalBCE
+
+    criterion = OrdinalBCE(targets.shape[1], pos_weight=pos_weight) if ordinal else None
+    steps_per_epoch = math.ceil(len(train) / scans_per_batch)
+    total = epochs * steps_per_epoch
+    params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
+    k = int(slices_per_scan)
+    for epoch in range(int(epochs)):
+        model.train()
+        t0, losses = time.time(), []
+        order = rng.permutation(len(train))
+        for b in range(steps_per_epoch):
+            idx = order[b * scans_per_batch : (b + 1) * scans_per_batch]
+            pick = [rng.choice(len(images[i]), size=k, replace=len(images[i]) < k) for i in idx]
+            x = torch.cat([images[i][torch.as_tensor(p)] for i, p in zip(idx, pick)])[:, None]
+            x = aug(x, gen)
+            y = targets[torch.as_tensor(idx)]
+            logits = model(x)
+            if loss_level == "scan":
+                logits, y_ = logits.view(len(idx), k, -1).mean(1), y
+            else:
+                y_ = y.repeat_interleave(k, 0)
+            if criterion is not None:
+                loss = criterion(logits, y_)
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, y_, pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            losses.append(float(loss.detach()))
+        result = ema.module if ema is not None else model
+        if on_epoch is not None:
+            on_epoch(epoch, float(np.mean(losses)), result)
+        logger.debug(f"region QA epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} ({time.time() - t0:.1f} s)")
+    out = ema.module if ema is not None else model
+    return out.eval()
+
+
+@torch.no_grad()
+def slice_logits(
+    model: torch.nn.Module, images: torch.Tensor, flips: Sequence[Sequence[int]] = ((),), batch_size: int = 128
+) -> torch.Tensor:
+    """The QA logits ``(T, S, 4)`` of slices ``(S, 1, h, w)`` under each flip (in-plane axes 0/1)."""
+    model.eval()
+    views = []
+    for f in flips:
+        dims = [int(a) + 2 for a in f]
+        views.append(images.flip(dims) if dims else images)
+    out = []
+    for v in views:
+        out.append(torch.cat([model(v[i : i + batch_size]) for i in range(0, len(v), batch_size)]))
+    return torch.stack(out)
+
+
+def scan_logits(
+    model: torch.nn.Module, scans: Sequence[RegionScan], size: int, flips: Sequence[Sequence[int]] = ((),),
+) -> np.ndarray:  # fmt: skip
+    """Each scan's logits ``(n, 4)``: the mean over its slices and the flips (the window's centre ``size``)."""
+    out = []
+    for s in scans:
+        x = center_crop(torch.from_numpy(s.images.astype(np.float32)), size)[:, None]
+        out.append(slice_logits(model, x, flips).mean((0, 1)).numpy())
+    return np.stack(out) if out else np.zeros((0, 4))
