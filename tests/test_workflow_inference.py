@@ -213,7 +213,8 @@ def test_missing_weights_name_the_remedy(weights, export, tmp_path):
                                          r"models/detector.pt .* or train the LA detector with `python -m monai.bundle "
                                          r"run training"):  # fmt: skip
         run_workflow(**{**kw, "ckpt_path": str(tmp_path / "nope.pt")})
-    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: train the QA "
+    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: the bundle "
+                                         r"ships models/qa.pt .* or train the QA "
                                          r"network with `python -m monai.bundle run training --config_file "
                                          r"\"\['configs/common.yaml','configs/qa_baseline.yaml'\]\"` .*run_qa"):
         run_workflow(**{**kw, "qa_ckpt": str(tmp_path / "nope_qa.pt")})

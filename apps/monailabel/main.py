@@ -13,7 +13,8 @@ Options (``--conf key value``), documented in docs/monailabel.md:
 - ``la_checkpoint``: the detector served, in ``models/`` (default: ``model.pt``, a site's own retrained detector,
   when it exists at start-up, else the shipped ``detector.pt``).
 - ``qa_config``, ``qa_checkpoint``: the QA network's workflow config and weights (default
-  ``configs/qa_baseline.yaml``, ``models/qa_baseline.pt``; the QA task is offered only when both exist).
+  ``configs/qa_baseline.yaml`` (the network of a checkpoint without a plan), ``models/qa.pt`` (the shipped network,
+  its plan beside it); the QA task is offered only when both exist).
 - ``patient_pattern``: regular expression whose first group is the patient id in a study's id (training split).
 - ``max_epochs``: default epochs of a retraining request (40).
 """
@@ -87,7 +88,7 @@ class LALGEQAApp(MONAILabelApp):
         else:
             logger.warning(f"{LA_MODEL} not offered: no {self.bundle_root}/models/{la_ckpt} with its plan")
         qa_config = os.path.join(self.bundle_root, self.conf.get("qa_config", "configs/qa_baseline.yaml"))
-        qa_ckpt = os.path.join(self.bundle_root, self.conf.get("qa_checkpoint", "models/qa_baseline.pt"))
+        qa_ckpt = os.path.join(self.bundle_root, self.conf.get("qa_checkpoint", "models/qa.pt"))  # shipped, with its plan
         qa_files = [self.common, qa_config, *self.overlays, *self.qa_overlays]  # the QA network's definition
         qa = QAClassification(la, qa_files, qa_ckpt)
         if qa.is_valid():

@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 QA_STRATEGIES = ("reference", "region", "artifact")
 TABLE2_METRICS = ("precision", "recall", "f1", "specificity", "balanced_accuracy", "auroc", "ece")
 TTA_FLIPS = ((), (0,), (1,), (0, 1))
-DEFAULT_RECIPE = {"pixel_mm": 1.0, "size": 64, "margin": 4, "normalise": 0.5, "epochs": 300, "slices_per_scan": 8,
+DEFAULT_RECIPE = {"pixel_mm": 1.0, "size": 64, "margin": 4, "normalise": 0.5, "epochs": 100, "slices_per_scan": 8,
                   "scans_per_batch": 8, "lr": 2e-3, "weight_decay": 1e-4, "ema_decay": 0.98, "loss_level": "slice",
-                  "network": {}, "threshold": 0.5, "pretrain_epochs": 60}  # fmt: skip
+                  "ordinal": True, "network": {"intensity_stats": True}, "threshold": 0.5,
+                  "pretrain_epochs": 60}  # fmt: skip
 
 
 def _load_scans(entries: list[dict], cache_dir: str, recipe: dict, mask_dir: str | None):
@@ -102,7 +103,8 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
         model = train_region_qa(part["train"], network=recipe["network"], size=recipe["size"], epochs=recipe["epochs"],
                                 slices_per_scan=recipe["slices_per_scan"], scans_per_batch=recipe["scans_per_batch"],
                                 lr=recipe["lr"], weight_decay=recipe["weight_decay"], ema_decay=recipe["ema_decay"],
-                                loss_level=recipe["loss_level"], seed=seed, init=init)  # fmt: skip
+                                loss_level=recipe["loss_level"], ordinal=recipe["ordinal"], seed=seed,
+                                init=init)  # fmt: skip
         torch.save(model.state_dict(), os.path.join(out, "model.pt"))
         logits = {k: scan_logits(model, part[k], recipe["size"], TTA_FLIPS) for k in ("val", "test")}
         temperature = _fit_temperatures(logits["val"], y["val"])

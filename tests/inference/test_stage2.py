@@ -124,10 +124,17 @@ def test_checkpoint_loading(tmp_path):
 
 
 def test_inference_config_builds_the_qa_training_network(tmp_path):
-    """configs/inference.yaml's stage 2 is qa_baseline.yaml's network_def (one definition), CAM on its layer4."""
+    """configs/inference.yaml's stage 2 for a checkpoint without a plan (a configs/qa_*.yaml training) is
+    qa_baseline.yaml's network_def (one definition), CAM on its layer4; the shipped checkpoint's comes from its plan."""
     parser = ConfigParser()
     parser.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "inference.yaml")])
     parser["bundle_root"] = ROOT
+    shipped = parser.get_parsed_content("qa_network_def")
+    assert type(shipped).__name__ == "Ensemble" and type(shipped.members[0]) is QANet
+    assert parser.get_parsed_content("qa_rule") == "mean_logit" and parser.get_parsed_content("qa_region")["size"] == 64
+    assert parser.get_parsed_content("qa_cam_layer") in dict(shipped.named_modules())
+    parser["qa_ckpt"] = str(tmp_path / "qa_baseline.pt")  # no plan beside it
+    parser.ref_resolver.reset()
     net = parser.get_parsed_content("qa_network_def")
     train = ConfigParser()
     train.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "qa_baseline.yaml")])
