@@ -22,7 +22,7 @@ import torch
 
 from bundle.data.datalist import SCORE_KEYS, DatalistError, entry_name, to_binary
 
-__all__ = ["RegionScan", "load_region_scans", "region_cache", "scan_name"]
+__all__ = ["RegionScan", "load_region_scans", "region_cache", "region_scans", "scan_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +135,19 @@ def load_region_scans(paths: Sequence[str], threshold: int = 3) -> list[RegionSc
                                   target=np.array([to_binary(s, threshold) if s == s else np.nan for s in scores],
                                                   np.float32)))  # fmt: skip
     return out
+
+
+def region_scans(entries: Sequence[dict], cache_dir: str, recipe: dict, mask_dir: str | None = None,
+                 require_scores: bool = True) -> list[RegionScan]:  # fmt: skip
+    """The scans of a QA recipe (``pixel_mm``, ``size`` plus a ``margin`` each side, ``normalise``): cut or found in
+    ``cache_dir`` (:func:`region_cache`), loaded, each stack scaled by
+    :func:`bundle.transforms.region.normalise_region` when ``normalise`` is set (as inference does)."""
+    from bundle.transforms.region import normalise_region
+
+    paths = region_cache(entries, cache_dir, recipe["pixel_mm"], recipe["size"] + 2 * recipe["margin"],
+                         mask_dir=mask_dir, require_scores=require_scores)  # fmt: skip
+    scans = load_region_scans(paths)
+    if recipe.get("normalise"):
+        for s in scans:
+            s.images = normalise_region(s.images.astype(np.float32), recipe["normalise"]).astype(np.float16)
+    return scans

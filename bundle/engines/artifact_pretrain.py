@@ -85,17 +85,10 @@ def simulate_artifacts(x: torch.Tensor, severity: torch.Tensor, generator: torch
 
 def clean_region_scans(entries: list[dict], cache_dir: str, recipe: dict) -> list:
     """The LA region of clean scans (a datalist's ``segmentation`` list: image and LA label, no scores), cut and
-    normalised as the QA scans are (:func:`bundle.data.region_cache.region_cache`)."""
-    from bundle.data.region_cache import load_region_scans, region_cache
-    from bundle.transforms.region import normalise_region
+    normalised as the QA scans are (:func:`bundle.data.region_cache.region_scans`)."""
+    from bundle.data.region_cache import region_scans
 
-    paths = region_cache(entries, cache_dir, recipe["pixel_mm"], recipe["size"] + 2 * recipe["margin"],
-                         require_scores=False)  # fmt: skip
-    scans = load_region_scans(paths)
-    if recipe.get("normalise"):
-        for s in scans:  # artifacts are simulated on these and the result normalised again, as inference does
-            s.images = normalise_region(s.images.astype(np.float32), recipe["normalise"]).astype(np.float16)
-    return scans
+    return region_scans(entries, cache_dir, recipe, require_scores=False)
 
 
 def pretrain_encoder(

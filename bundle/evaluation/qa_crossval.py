@@ -44,19 +44,6 @@ DEFAULT_RECIPE = {"pixel_mm": 1.0, "size": 64, "margin": 4, "normalise": 0.5, "e
                   "pretrain_epochs": 60}  # fmt: skip
 
 
-def _load_scans(entries: list[dict], cache_dir: str, recipe: dict, mask_dir: str | None):
-    from bundle.data.region_cache import load_region_scans, region_cache
-    from bundle.transforms.region import normalise_region
-
-    paths = region_cache(entries, cache_dir, recipe["pixel_mm"], recipe["size"] + 2 * recipe["margin"],
-                         mask_dir=mask_dir)  # fmt: skip
-    scans = load_region_scans(paths)
-    if recipe.get("normalise"):
-        for s in scans:
-            s.images = normalise_region(s.images.astype(np.float32), recipe["normalise"]).astype(np.float16)
-    return scans
-
-
 def score_predictions(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, dict[str, float]]:
     """Per label (:data:`bundle.data.datalist.SCORE_KEYS`) the :data:`TABLE2_METRICS` of scan probabilities
     ``(n, 4)`` against binary targets, the verdict by :func:`bundle.metrics.is_diagnostic` at ``threshold``."""
@@ -174,7 +161,9 @@ def qa_cross_validate(
     fold_list, path, root = _make_folds(output_dir, datalist, dataset_dir, folds, fold_seed, n_val, 0.15)
     lists = load_datalist(path, root, LIST_KEYS)
     validate_datalist(lists)
-    scans = _load_scans(lists["quality"], cache_dir or os.path.join(output_dir, "cache"), recipe, mask_dir)
+    from bundle.data.region_cache import region_scans
+
+    scans = region_scans(lists["quality"], cache_dir or os.path.join(output_dir, "cache"), recipe, mask_dir)
     clean = None
     if "artifact" in strategies:
         from bundle.engines.artifact_pretrain import clean_region_scans

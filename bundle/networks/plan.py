@@ -109,6 +109,18 @@ def write_detector_plan(ckpt_path: str, config_file: str, extra: dict | None = N
     return path
 
 
+def _read_plan(path: str, kind: str) -> dict:
+    """The plan JSON at ``path``, checked to be of ``kind`` with a ``network_def``; PlanError (one line) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PlanError(f"{path}: unreadable plan ({e})") from None
+    if not isinstance(plan, dict) or plan.get("kind") != kind or not isinstance(plan.get("network_def"), dict):
+        raise PlanError(f"{path}: not a {kind} plan (needs 'kind': '{kind}' and a 'network_def')")
+    return plan
+
+
 def load_plan(ckpt_path: str, kind: str = "detector", required: bool = True) -> dict:
     """Read the plan beside ``ckpt_path`` and flatten its settings for a config: ``{network_def, <setting>: ...}``.
 
@@ -127,13 +139,7 @@ def load_plan(ckpt_path: str, kind: str = "detector", required: bool = True) -> 
             raise PlanError(f"{path}: no plan beside the checkpoint {ckpt_path} (training writes it; it records "
                             "the network, preprocessing and thresholds the checkpoint needs)")  # fmt: skip
         return {**DETECTOR_KEYS, "network_def": None, "plan_file": None}
-    try:
-        with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
-    except (OSError, ValueError) as e:
-        raise PlanError(f"{path}: unreadable plan ({e})") from None
-    if not isinstance(plan, dict) or plan.get("kind") != kind or not isinstance(plan.get("network_def"), dict):
-        raise PlanError(f"{path}: not a {kind} plan (needs 'kind': '{kind}' and a 'network_def')")
+    plan = _read_plan(path, kind)
     flat = {**DETECTOR_KEYS, **plan.get("preprocessing", {}), **plan.get("postprocessing", {})}
     flat.pop("intensity", None)
     return {**flat, "network_def": plan["network_def"], "la_bounds": plan.get("la_bounds"), "plan_file": path}
@@ -167,13 +173,7 @@ def load_qa_plan(ckpt_path: str) -> dict:
     path = plan_path(ckpt_path)
     if not os.path.isfile(path):
         return {**QA_DEFAULTS, "network_def": None, "plan_file": None}
-    try:
-        with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
-    except (OSError, ValueError) as e:
-        raise PlanError(f"{path}: unreadable plan ({e})") from None
-    if not isinstance(plan, dict) or plan.get("kind") != "qa" or not isinstance(plan.get("network_def"), dict):
-        raise PlanError(f"{path}: not a qa plan (needs 'kind': 'qa' and a 'network_def')")
+    plan = _read_plan(path, "qa")
     pre, decision = plan.get("preprocessing", {}), plan.get("decision", {})
     flat = {**QA_DEFAULTS, **{k: v for k, v in decision.items() if k in QA_DEFAULTS}}
     flat["region"] = pre.get("region")
