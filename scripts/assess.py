@@ -3,14 +3,19 @@
     python scripts/assess.py <input> [<input> ...] --output_dir <dir>
 
 Runs the bundle's inference workflow (configs/common.yaml + configs/inference.yaml) with the weights in models/.
-Writes qa_report.csv, qa_report.json, and per scan <name>_la_mask.nii.gz and <name>_report.html. The exit status is
-non-zero only when nothing could be assessed (or the weights or the output folder are not usable).
+Writes qa_report.csv, qa_report.json, and per scan <name>_la_mask.nii.gz and <name>_report.html; the reports are
+rewritten after every scan, so an interrupted run keeps the rows of the scans it finished (--resume continues it).
+
+Exit status: 0 when at least one scan was assessed; 1 when nothing could be assessed (the report says why, one row
+per input); 2 when the run could not start (arguments, output folder, weights: one line, before any work);
+130 when interrupted (Ctrl-C or SIGTERM; the report holds the scans already assessed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,11 +23,22 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("input", nargs="+", help="DICOM folders, NIfTI/NRRD files, folders of those, or a datalist JSON")
     p.add_argument("--output_dir", default=None, help="where the reports go (default: <bundle>/runs/inference_<time>)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the output folder")
+    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=_bool,
+                   help="replace existing outputs in the output folder (--overwrite or --overwrite true)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into --output_dir: assess only the scans it did not finish")
     p.add_argument("--weights", default=None, help="LA detector weights, its plan beside them (default: the shipped models/detector.pt)")
     p.add_argument("--qa_weights", default=None, help="QA network weights, its plan beside them (default: the shipped models/qa.pt)")
     p.add_argument("--qa_spatial_size", type=int, default=None,
@@ -32,42 +48,146 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_html", action="store_true", help="no HTML page per scan")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--config", action="append", default=[], help="a further config overlay (repeatable)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.qa_spatial_size is not None and args.qa_spatial_size < 8:
+        p.error(f"--qa_spatial_size must be >= 8, got {args.qa_spatial_size}")
+    if args.la_threshold is not None and not 0 < args.la_threshold < 1:
+        p.error(f"--la_threshold must be in (0, 1), got {args.la_threshold}")
+    return args
+
+
+def preflight(args: argparse.Namespace, output_dir: str, inputs: list[str]) -> int | None:
+    """The checks that need no heavy library, before any is imported: output folder, weights, configs, inputs.
+
+    Returns:
+        an exit status when the run must stop here (the reason printed as one line), else None.
+    """
+    from bundle.outputs import REPORT_CSV, REPORT_JSON, OutputError, check_output_dir, check_readable, refusal_report
+
+    try:
+        check_output_dir(output_dir)
+        check_readable(args.weights or os.path.join(ROOT, "models", "detector.pt"), "LA detector weights")
+        if not args.la_only:
+            check_readable(args.qa_weights or os.path.join(ROOT, "models", "qa.pt"), "QA network weights")
+        for c in args.config:
+            check_readable(c, "config overlay")
+    except OutputError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    reports = [f for f in (REPORT_CSV, REPORT_JSON) if os.path.exists(os.path.join(output_dir, f))]
+    if reports and not (args.overwrite or args.resume):
+        print(f"ERROR output: {output_dir} already holds {', '.join(reports)}; pass --overwrite to replace them, "
+              "--resume to continue an interrupted run, or choose another --output_dir", file=sys.stderr)  # fmt: skip
+        return 2
+    missing = [i for i in inputs if not os.path.exists(i)]
+    if len(missing) == len(inputs):  # nothing to read: refuse now, with the refusals as the report
+        path = refusal_report(output_dir, [(i, f"{i}: not found") for i in missing])
+        print(f"ERROR input: nothing could be assessed ({missing[0]}: not found"
+              f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}); see {path}", file=sys.stderr)
+        return 1
+    return None
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the report is written and the run stops."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Interrupted()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from monai.bundle import ConfigWorkflow
+    inputs = [os.path.abspath(os.path.expanduser(i)) for i in args.input]
+    output_dir = os.path.abspath(os.path.expanduser(args.output_dir)) if args.output_dir else None
+    status = preflight(args, output_dir or os.path.join(ROOT, "runs"), inputs)
+    if status is not None:
+        return status
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    workflow = None
+    try:
+        from monai.bundle import ConfigWorkflow
 
-    overrides = {
-        "bundle_root": ROOT,
-        "input": [os.path.abspath(os.path.expanduser(i)) for i in args.input] if len(args.input) > 1
-        else os.path.abspath(os.path.expanduser(args.input[0])),
-        "overwrite": args.overwrite,
-        "run_qa": not args.la_only,
-        "write_html": not args.no_html,
-    }  # fmt: skip
-    if args.output_dir:
-        overrides["output_dir"] = os.path.abspath(args.output_dir)
-    if args.weights:
-        overrides["ckpt_path"] = os.path.abspath(args.weights)
-    if args.qa_weights:
-        overrides["qa_ckpt"] = os.path.abspath(args.qa_weights)
-    if args.qa_spatial_size:
-        overrides["qa_spatial_size"] = args.qa_spatial_size
-    if args.la_threshold is not None:
-        overrides["la_threshold"] = args.la_threshold
-    if args.device:
-        overrides["device"] = f"$torch.device('{args.device}')"
-    configs = [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "inference.yaml"),
-               *[os.path.abspath(c) for c in args.config]]  # fmt: skip
-    workflow = ConfigWorkflow(config_file=configs, meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                              logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="infer",
-                              **overrides)  # fmt: skip
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return 0
+        overrides = {"bundle_root": ROOT, "input": inputs if len(inputs) > 1 else inputs[0],
+                     "overwrite": bool(args.overwrite), "resume": args.resume, "run_qa": not args.la_only,
+                     "write_html": not args.no_html}  # fmt: skip
+        if output_dir:
+            overrides["output_dir"] = output_dir
+        if args.weights:
+            overrides["ckpt_path"] = os.path.abspath(args.weights)
+        if args.qa_weights:
+            overrides["qa_ckpt"] = os.path.abspath(args.qa_weights)
+        if args.qa_spatial_size:
+            overrides["qa_spatial_size"] = args.qa_spatial_size
+        if args.la_threshold is not None:
+            overrides["la_threshold"] = args.la_threshold
+        if args.device:
+            overrides["device"] = f"$torch.device('{args.device}')"
+        configs = [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "inference.yaml"),
+                   *[os.path.abspath(c) for c in args.config]]  # fmt: skip
+        workflow = ConfigWorkflow(config_file=configs, meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+                                  logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="infer",
+                                  **overrides)  # fmt: skip
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        return 0
+    except KeyboardInterrupt:
+        return _interrupted(workflow)
+    except SystemExit as e:  # the library's one-line refusals (ERROR weights/output/input: ...)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1 if e.code.startswith("ERROR input") else 2
+        return e.code if isinstance(e.code, int) else 1
+    except Exception as e:  # anything else: one line here, the traceback in the output folder when it can be written
+        from bundle.inference.workflow import describe_error
+
+        print(f"ERROR: {describe_error(e)}{_save_traceback(workflow)}", file=sys.stderr)
+        return 2
+    finally:
+        from bundle.outputs import release_output_dir
+
+        release_output_dir()
+
+
+def _report(workflow):
+    """The run's ReportWriter, if the evaluator was built (else None)."""
+    if workflow is None:
+        return None
+    return workflow.parser.ref_resolver.resolved_content.get("report")
+
+
+def _interrupted(workflow) -> int:
+    report = _report(workflow)
+    if report is None:
+        print("interrupted before any scan was assessed; nothing written", file=sys.stderr)
+        return 130
+    report.interrupted = True
+    try:
+        csv_path, _ = report.write()
+    except Exception as e:  # noqa: BLE001 - interrupted while writing: the previous report is still whole
+        print(f"interrupted; the report could not be rewritten ({type(e).__name__}); the last complete one stays",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"interrupted: {report.n_assessed} of {len(report.discovery.volumes)} scan(s) assessed, kept in {csv_path};"
+          f" continue with the same command and --resume", file=sys.stderr)  # fmt: skip
+    return 130
+
+
+def _save_traceback(workflow) -> str:
+    import traceback
+
+    report = _report(workflow)
+    folder = getattr(report, "output_dir", None)
+    if not folder or not os.path.isdir(folder):
+        return ""
+    path = os.path.join(folder, "assess_error.log")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+    except OSError:
+        return ""
+    return f" (traceback in {path})"
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ as one line that names the datalist entry (``dataset.json: quality[3] (patient p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +28,7 @@ __all__ = [
     "ATTRIBUTES",
     "SCORE_KEYS",
     "DatalistError",
+    "content_hash",
     "entry_name",
     "load_datalist",
     "validate_datalist",
@@ -122,7 +125,8 @@ def _check_entry(entry: dict, list_name: str) -> str | None:
         lo, hi = SCORE_RANGE
         for k in SCORE_KEYS:
             v = entry.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v) or not lo <= v <= hi:
+            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)  # NaN, Infinity
+            if bad or float(v) != int(v) or not lo <= v <= hi:
                 return f"{name}: score '{k}' must be an integer in {lo}..{hi}, got {v!r}"
     return None
 
@@ -142,14 +146,90 @@ def _check_geometry(entry: dict) -> str | None:
     return None
 
 
-def validate_datalist(lists: dict[str, list[dict]], check_geometry: bool = True) -> None:
-    """Check every entry: files exist, scores are integers in 1..5, masks share their image's geometry.
+def content_hash(path: str) -> str:
+    """A hash of an image's content: the voxel array of a NIfTI file (so a copy with another header matches), the
+    bytes of any other file, the sorted file hashes of a folder (a DICOM series)."""
+    h = hashlib.sha1()
+    if os.path.isdir(path):
+        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+        for f in sorted(content_hash(f) for f in files):
+            h.update(f.encode())
+        return h.hexdigest()
+    if path.lower().endswith((".nii", ".nii.gz")):
+        try:
+            import nibabel as nib
+            import numpy as np
+
+            arr = np.ascontiguousarray(np.asanyarray(nib.load(path).dataobj))
+            h.update(f"{arr.shape}{arr.dtype}".encode())
+            h.update(arr.tobytes())
+            return h.hexdigest()
+        except Exception:  # unreadable here: the loader reports it; the bytes still identify the file
+            h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _entry_key(entry: dict) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in entry.items() if not k.startswith("_")))
+
+
+def _check_leakage(lists: dict[str, list[dict]], check_content: bool) -> list[str]:
+    """Images shared by two patients (by path, or by content), and exact duplicate entries (dropped, with a warning).
+
+    A split by patient keeps one patient's scans on one side; an image listed under two patients could sit in the
+    training and the test part at once and inflate every figure, so it is an error naming both entries.
+    """
+    problems: list[str] = []
+    for list_name, entries in lists.items():
+        seen: dict[tuple, dict] = {}
+        kept = []
+        for e in entries:
+            key = _entry_key(e)
+            if key in seen:
+                logger.warning(f"{entry_name(e)}: the same entry as {entry_name(seen[key])}; counted once")
+                continue
+            seen[key] = e
+            kept.append(e)
+        entries[:] = kept
+    owners: dict[str, dict] = {}  # image (path, then content) -> first entry holding it
+    hashes: dict[str, str] = {}
+    for entries in lists.values():
+        for e in entries:
+            image = e.get("image")
+            if not image or not os.path.exists(image):
+                continue
+            keys = [os.path.realpath(image)]
+            if check_content:
+                if keys[0] not in hashes:
+                    hashes[keys[0]] = "content:" + content_hash(keys[0])
+                keys.append(hashes[keys[0]])
+            for key in keys:
+                first = owners.setdefault(key, e)
+                if str(first.get("patient")) != str(e.get("patient")):
+                    how = "the same image file" if key == keys[0] else "an image with the same voxels"
+                    problems.append(f"{entry_name(e)}: {how} as {entry_name(first)}: one image under two patients "
+                                    "would sit on both sides of the split")  # fmt: skip
+                    break
+    return problems
+
+
+def validate_datalist(
+    lists: dict[str, list[dict]], check_geometry: bool = True, check_content: bool = True,
+    require: Sequence[str] = (),
+) -> None:  # fmt: skip
+    """Check every entry: files exist, scores are integers in 1..5, masks share their image's geometry, no image
+    under two patients; drop exact duplicate entries (one warning each, counted once).
 
     All entries are checked; each problem is logged, and the first one is raised.
 
     Args:
-        lists: output of :func:`load_datalist`.
+        lists: output of :func:`load_datalist`; exact duplicate entries are removed from it in place.
         check_geometry: also compare each mask's shape and affine with its image (headers only for NIfTI).
+        check_content: also compare images by content (:func:`content_hash`), not only by path.
+        require: lists that must hold at least one entry (those the workflow trains on).
 
     Raises:
         DatalistError: one line naming the first bad entry (and how many more problems there are).
@@ -167,8 +247,15 @@ def validate_datalist(lists: dict[str, list[dict]], check_geometry: bool = True)
             if problem:
                 logger.error(problem)
                 problems.append(problem)
+    for problem in _check_leakage(lists, check_content):
+        logger.error(problem)
+        problems.append(problem)
     if not any(lists.values()):
         problems.append("datalist: no entries")
+    for name in require:
+        if not lists.get(name):
+            datalist = next((e["_datalist"] for v in lists.values() for e in v), "datalist")
+            problems.append(f"{os.path.basename(datalist)}: the '{name}' list is empty; this workflow trains on it")
     if problems:
         more = f" (and {len(problems) - 1} more problems, logged above)" if len(problems) > 1 else ""
         raise DatalistError(problems[0] + more)

@@ -135,8 +135,13 @@ def cached_slices(data: DataSplit, list_name: str, part: str, **kwargs) -> Slice
     Raises:
         SystemExit: with one line naming the entry whose volume cannot be read or sliced.
     """
+    entries = data.entries(list_name, part)
+    if not entries:
+        n = len(data.split.get(part, []))
+        raise SystemExit(f"ERROR data: {os.path.basename(data.datalist)}: no '{list_name}' entries for the {part} "
+                         f"part ({n} patients); the workflow needs at least one (add entries or change the split)")
     try:
         with rank0_first():  # rank 0 fills the on-disk cache, the other ranks then read it
-            return SliceCache(data.entries(list_name, part), **kwargs)
+            return SliceCache(entries, **kwargs)
     except DatalistError as e:
         raise SystemExit(f"ERROR data: {e}") from None

@@ -1,12 +1,12 @@
 """What inference leaves in the output folder: ``qa_report.csv``, ``qa_report.json``, a mask and an HTML page per scan.
 
-Nothing existing is replaced unless asked (:func:`prepare_outputs` refuses before any work is done).
+Nothing existing is replaced unless asked (:func:`prepare_outputs` refuses before any work is done). Every file is
+written atomically (:func:`bundle.outputs.atomic_write`) and both reports are rewritten after each scan, so an
+interrupted run leaves complete files holding the rows of the scans already assessed; ``resume`` continues it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -20,18 +20,28 @@ import torch
 from ignite.engine import Engine, Events
 
 from bundle.io.discover import Discovery, Source
+from bundle.outputs import (
+    CSV_COLUMNS,
+    REPORT_CSV,
+    REPORT_JSON,
+    STATUSES,
+    OutputError,
+    atomic_write,
+    check_output_dir,
+    lock_output_dir,
+    write_report_files,
+)
 from bundle.utils import as_bool
 
-__all__ = ["CSV_COLUMNS", "STATUSES", "ReportWriter", "ScanResult", "exit_status", "planned_outputs", "prepare_outputs"]
+__all__ = ["CSV_COLUMNS", "STATUSES", "ReportWriter", "ScanResult", "exit_status", "pending_volumes", "planned_outputs",
+           "prepare_outputs", "previous_results"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("input", "series_uid", "n_slices", "n_la_slices", "p_nulling", "p_sharpness", "p_enhancement",
-               "p_fibrosis", "diagnostic", "uncertainty", "refer", "status", "message")  # fmt: skip
-STATUSES = ("ok", "implausible_la", "no_left_atrium", "skipped", "error")
 ASSESSED = ("ok", "implausible_la", "no_left_atrium")
-REPORT_CSV, REPORT_JSON = "qa_report.csv", "qa_report.json"
 MASK_SUFFIX, HTML_SUFFIX = "_la_mask.nii.gz", "_report.html"
+PENDING = "not assessed yet: the run is in progress or was stopped (rerun with --resume to continue it)"
+INTERRUPTED = "not assessed: the run was interrupted (rerun with --resume to continue it)"
 
 
 @dataclass
@@ -69,6 +79,16 @@ class ScanResult:
         return cls(input=src.input, series_uid=src.series_uid, n_slices=src.n_slices, status=src.status,
                    message=src.message, name=src.name, detail={k: v for k, v in src.info.items() if v})  # fmt: skip
 
+    @classmethod
+    def from_dict(cls, record: dict) -> ScanResult:
+        """A result back from its JSON record (:meth:`to_dict`), as a resumed run reads it."""
+        fields = {c: record.get(c) for c in CSV_COLUMNS}
+        fields["status"] = fields["status"] if fields["status"] in STATUSES else "error"
+        fields["message"] = fields["message"] or ""
+        fields["series_uid"] = fields["series_uid"] or ""
+        detail = {k: v for k, v in record.items() if k not in CSV_COLUMNS and k != "name"}
+        return cls(**fields, name=record.get("name") or "", detail=detail)
+
     def row(self) -> dict:
         """The CSV row: numbers rounded, missing values empty."""
 
@@ -97,7 +117,7 @@ def _jsonable(x):
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return _jsonable(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x).tolist())
     if isinstance(x, (np.floating, float)):
-        return None if math.isnan(float(x)) else round(float(x), 6)
+        return round(float(x), 6) if math.isfinite(float(x)) else None
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.bool_):
@@ -116,37 +136,75 @@ def planned_outputs(discovery: Discovery, output_dir: str, html: bool = True) ->
     return [os.path.join(output_dir, f) for f in files]
 
 
-def prepare_outputs(discovery: Discovery, output_dir: str, overwrite: bool = False, html: bool = True) -> list[str]:
-    """Create ``output_dir`` and refuse, before any work, to replace existing outputs unless ``overwrite``.
+def previous_results(output_dir: str, discovery: Discovery, html: bool = True) -> dict[str, ScanResult]:
+    """The scans an earlier (interrupted) run into ``output_dir`` finished: assessed, with their files in place.
+
+    Read from its ``qa_report.json``; a scan counts as finished when its row is assessed (``ok``, ``implausible_la``,
+    ``no_left_atrium``), it is a source of ``discovery`` again (same output name and input), and its mask (and page,
+    with ``html``) exist.
+
+    Returns:
+        ``{name: result}``; empty when there is no readable report.
+    """
+    path = os.path.join(output_dir, REPORT_JSON)
+    try:
+        with open(path, encoding="utf-8") as f:
+            scans = json.load(f).get("scans", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    sources = {s.name: s for s in discovery.sources if s.status == "ready"}
+    done = {}
+    for record in scans if isinstance(scans, list) else []:
+        if not isinstance(record, dict) or record.get("status") not in ASSESSED:
+            continue
+        src = sources.get(record.get("name"))
+        outputs = record.get("outputs") or {}
+        if src is None or src.input != record.get("input") or not outputs.get("mask"):
+            continue
+        wanted = [outputs["mask"]] + ([outputs.get("html") or src.name + HTML_SUFFIX] if html else [])
+        if all(os.path.isfile(os.path.join(output_dir, os.path.basename(str(f)))) for f in wanted):
+            done[src.name] = ScanResult.from_dict(record)
+    return done
+
+
+def pending_volumes(discovery: Discovery, output_dir: str, resume: bool = False, html: bool = True) -> list[dict]:
+    """The dataset items still to assess: every volume, or with ``resume`` those an earlier run did not finish."""
+    done = previous_results(output_dir, discovery, as_bool(html)) if as_bool(resume) else {}
+    if done:
+        logger.info(f"resuming: {len(done)} scan(s) already assessed in {output_dir}, "
+                    f"{len(discovery.volumes) - len(done)} to go")  # fmt: skip
+    return [v for v in discovery.volumes if v["name"] not in done]
+
+
+def prepare_outputs(
+    discovery: Discovery, output_dir: str, overwrite: bool = False, html: bool = True, resume: bool = False
+) -> list[str]:
+    """Check, before any work, that ``output_dir`` can be written; create and hold it (a lock against a second run);
+    refuse to replace existing outputs unless ``overwrite`` (or ``resume``: an interrupted run is continued).
 
     Returns:
         the planned output files.
 
     Raises:
-        SystemExit: ``ERROR output: ...`` naming the existing files when ``overwrite`` is False.
+        SystemExit: ``ERROR output: ...`` naming the folder, or the existing files.
     """
     files = planned_outputs(discovery, output_dir, as_bool(html))
     existing = [f for f in files if os.path.exists(f)]
-    if existing and not as_bool(overwrite):
+    if existing and not (as_bool(overwrite) or as_bool(resume)):
         names = ", ".join(os.path.basename(f) for f in existing[:3])
         if len(existing) > 3:
             names += f" and {len(existing) - 3} more"
-        raise SystemExit(f"ERROR output: {output_dir} already holds {names}; pass --overwrite true to replace them "
-                         "or choose another --output_dir")  # fmt: skip
-    os.makedirs(output_dir, exist_ok=True)
-    return files
-
-
-def _replace(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then move it in place (no half-written outputs)."""
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp" + (".nii.gz" if base.endswith(".nii.gz") else ""))
+        raise SystemExit(f"ERROR output: {output_dir} already holds {names}; pass --overwrite to replace them, "
+                         "--resume to continue an interrupted run, or choose another --output_dir")  # fmt: skip
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        check_output_dir(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        lock_output_dir(output_dir)
+    except OutputError as e:
+        raise SystemExit(f"ERROR output: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"ERROR output: {output_dir}: cannot write there ({e.strerror or e})") from None
+    return files
 
 
 def write_mask(path: str, mask: torch.Tensor | np.ndarray, affine: np.ndarray) -> None:
@@ -155,14 +213,17 @@ def write_mask(path: str, mask: torch.Tensor | np.ndarray, affine: np.ndarray) -
     img = nib.Nifti1Image((arr > 0.5).astype(np.uint8), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    _replace(path, lambda p: nib.save(img, p))
+    atomic_write(path, lambda p: nib.save(img, p))
 
 
 class ReportWriter:
-    """Ignite handler writing each scan's mask and HTML page as it is assessed, and both reports at the end.
+    """Ignite handler writing each scan's mask and HTML page as it is assessed, and both reports after each scan.
 
     The CSV and JSON reports list every source of the discovery in its order: the assessed scans with their
-    results, the skipped and failed inputs with their reasons.
+    results, the skipped and failed inputs with their reasons, and (while the run goes on, or after it was stopped)
+    the scans not assessed yet. The reports are rewritten atomically after every scan, so the rows of finished
+    scans survive an interrupt or a crash; :meth:`write` at the end (or :func:`exit_status` when no scan was
+    read at all) writes the final ones.
 
     Args:
         output_dir: the output folder.
@@ -170,19 +231,27 @@ class ReportWriter:
         overwrite: replace existing outputs.
         html: write an HTML page per assessed scan.
         settings: the settings recorded in the JSON report and on each HTML page.
+        resume: continue an earlier, interrupted run into ``output_dir``: its finished scans
+            (:func:`previous_results`) keep their rows and files and are not assessed again.
     """
 
     def __init__(
         self, output_dir: str, discovery: Discovery, overwrite: bool = False, html: bool = True,
-        settings: dict | None = None,
+        settings: dict | None = None, resume: bool = False,
     ) -> None:  # fmt: skip
         self.output_dir = output_dir
         self.discovery = discovery
-        self.overwrite = as_bool(overwrite)
         self.html = as_bool(html)
+        self.resume = as_bool(resume)
+        self.overwrite = as_bool(overwrite) or self.resume  # resumed: a scan assessed again replaces its own files
         self.settings = dict(settings or {})
-        self.results: dict[str, ScanResult] = {}
+        self.results: dict[str, ScanResult] = previous_results(output_dir, discovery, self.html) if self.resume else {}
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.written = False  # the final reports
+        self.interrupted = False
+        # reports of another run are kept unless overwrite/resume (prepare_outputs refuses such a folder up front)
+        self._keep_reports = not self.overwrite and any(
+            os.path.exists(os.path.join(output_dir, f)) for f in (REPORT_CSV, REPORT_JSON))
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
@@ -193,6 +262,7 @@ class ReportWriter:
         outputs = outputs if isinstance(outputs, list) else [outputs]
         for result, out in zip(engine.state.scan_results, outputs):
             self.add(result, out.get("pred"))
+        self.write(final=False)
 
     def completed(self, engine: Engine) -> None:
         self.write()
@@ -218,7 +288,12 @@ class ReportWriter:
             path = os.path.join(self.output_dir, result.name + HTML_SUFFIX)
             if self._free(path):
                 page = render_report(result, self.settings)
-                _replace(path, lambda p: open(p, "w", encoding="utf-8").write(page))
+
+                def write_page(p: str) -> None:
+                    with open(p, "w", encoding="utf-8") as f:
+                        f.write(page)
+
+                atomic_write(path, write_page)
                 outputs["html"] = os.path.basename(path)
         result.detail["outputs"] = outputs
         result.visuals = {}  # pictures are written; free the memory
@@ -228,8 +303,15 @@ class ReportWriter:
         note = (" refer" if result.refer else "") + (f" - {result.message}" if result.message else "")
         logger.info(f"{result.input}{series}: {result.status}{verdict}{note}")
 
-    def rows(self) -> list[ScanResult]:
-        """All rows, in discovery order."""
+    def rows(self, final: bool = True) -> list[ScanResult]:
+        """All rows, in discovery order; a scan without a result reads as not assessed yet (``final`` False), as
+        interrupted, or as not processed."""
+        if not final:
+            missing = PENDING
+        elif self.interrupted:
+            missing = INTERRUPTED
+        else:
+            missing = "not processed"
         out = []
         for src in self.discovery.sources:
             if src.status != "ready":
@@ -238,26 +320,29 @@ class ReportWriter:
                 res = self.results.get(src.name)
                 out.append(res if res is not None else ScanResult(input=src.input, series_uid=src.series_uid,
                                                                   name=src.name, status="error",
-                                                                  message=f"{src.input}: not processed"))  # fmt: skip
+                                                                  message=f"{src.input}: {missing}"))  # fmt: skip
         return out
 
-    def write(self) -> tuple[str, str]:
-        """Write ``qa_report.csv`` and ``qa_report.json``; returns their paths."""
-        rows = self.rows()
-        csv_path, json_path = os.path.join(self.output_dir, REPORT_CSV), os.path.join(self.output_dir, REPORT_JSON)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(r.row() for r in rows)
-        report = {"created": self.started, "settings": self.settings,
-                  "counts": {s: sum(r.status == s for r in rows) for s in STATUSES},
+    def write(self, final: bool = True) -> tuple[str, str]:
+        """Write ``qa_report.csv`` and ``qa_report.json`` (atomically); returns their paths.
+
+        Args:
+            final: the run is over (``False``: a snapshot during the run; the JSON says ``"complete": false``).
+        """
+        rows = self.rows(final)
+        report = {"created": self.started, "complete": bool(final and not self.interrupted),
+                  "settings": self.settings, "counts": {s: sum(r.status == s for r in rows) for s in STATUSES},
                   "ignored_files": self.discovery.ignored, "scans": [r.to_dict() for r in rows]}  # fmt: skip
-        if self._free(csv_path):
-            _replace(csv_path, lambda p: open(p, "w", encoding="utf-8", newline="").write(buf.getvalue()))
-        if self._free(json_path):
-            _replace(json_path, lambda p: open(p, "w", encoding="utf-8").write(json.dumps(_jsonable(report), indent=1)))
-        counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
-        logger.info(f"report: {csv_path} ({counts or 'nothing found'})")
+        csv_path, json_path = os.path.join(self.output_dir, REPORT_CSV), os.path.join(self.output_dir, REPORT_JSON)
+        if self._keep_reports:
+            if final:
+                logger.error(f"{csv_path} exists; not overwritten")
+        else:  # this run's own reports: each snapshot replaces the previous one
+            write_report_files(self.output_dir, [r.row() for r in rows], _jsonable(report))
+        if final:
+            self.written = True
+            counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
+            logger.info(f"report: {csv_path} ({counts or 'nothing found'})")
         return csv_path, json_path
 
     @property
@@ -266,11 +351,15 @@ class ReportWriter:
 
 
 def exit_status(report: ReportWriter) -> int:
-    """0 when at least one scan was assessed (``ok`` or ``no_left_atrium``).
+    """0 when at least one scan was assessed (``ok``, ``implausible_la`` or ``no_left_atrium``).
+
+    Writes the final reports first when the evaluator did not (no volume to read: every input refused).
 
     Raises:
         SystemExit: (non-zero) naming the report when nothing could be assessed.
     """
+    if not report.written and os.path.isdir(report.output_dir):  # (prepare_outputs made it)
+        report.write()
     rows = report.rows()
     print(f"assessed {report.n_assessed} of {len(rows)} input volume(s)/series; report: "
           f"{os.path.join(report.output_dir, REPORT_CSV)}")  # fmt: skip

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["WEIGHT_HINTS", "detector_plan", "load_weights", "qa_network", "qa_plan"]
+__all__ = ["WEIGHT_HINTS", "check_qa_input", "detector_plan", "load_weights", "qa_network", "qa_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise SystemExit(f"ERROR weights: {name} checkpoint {path} is unreadable ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None  # fmt: skip
+        raise SystemExit(f"ERROR weights: {name} checkpoint {path} is unreadable: {_load_problem(path, e)}") from None
     for key in ("model", "state_dict"):
         wrapped = isinstance(state, dict) and isinstance(state.get(key), dict)
         if wrapped and not any(torch.is_tensor(v) for v in state.values()):
@@ -69,6 +68,40 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
                          "was it trained with other network settings?") from None  # fmt: skip
     logger.info(f"{name}: weights from {path}")
     return network.eval()
+
+
+def _load_problem(path: str, e: Exception) -> str:
+    """What is wrong with a file ``torch.load`` refused, in a few words (PyTorch's own message runs to paragraphs)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not magic:
+        return "an empty file"
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip archive (or, legacy, a pickle)
+        return "not a PyTorch checkpoint (neither the zip archive nor the pickle torch.save writes)"
+    text = str(e)
+    if "Weights only load failed" in text:
+        return ("it holds Python objects, not only tensors (a whole pickled model?); save the weights with "
+                "torch.save(model.state_dict(), path)")  # fmt: skip
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+
+
+def check_qa_input(plan: dict, spatial_size: int) -> None:
+    """Refuse a QA input size other than the one its plan was trained at (a verdict at another size is not its own).
+
+    Args:
+        plan: :func:`qa_plan` of the checkpoint.
+        spatial_size: the size the run would give the network (``qa_spatial_size``).
+
+    Raises:
+        SystemExit: ``ERROR weights: ...`` when the checkpoint has a plan and ``spatial_size`` differs from it.
+    """
+    if plan.get("plan_file") and int(spatial_size) != int(plan["spatial_size"]):
+        raise SystemExit(f"ERROR weights: qa_spatial_size {spatial_size} differs from the {plan['spatial_size']} that "
+                         f"{plan['plan_file']} was trained at; leave qa_spatial_size unset to use the plan's")
 
 
 def detector_plan(ckpt_path: str) -> dict:

@@ -22,7 +22,7 @@ from bundle.inference.report import ScanResult
 from bundle.inference.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.inference.stage1 import ResizedSliceInferer
 from bundle.inference.stage2 import QA_OUTPUTS, QAStage
-from bundle.io.dicom import MIN_SLICES, DicomVolumeError, NotAVolume
+from bundle.io.dicom import MIN_SLICES, NotAVolume, VolumeError
 from bundle.transforms.region import region_to_slice
 from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
 
@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 
 def describe_error(e: BaseException, where: str = "") -> str:
     """One line for an exception: its root cause (MONAI wraps transform errors), starting with ``where``."""
-    while e.__cause__ is not None:
+    own = (VolumeError, NotAVolume)  # the bundle's own errors name the file and read as sentences already
+    while e.__cause__ is not None and not isinstance(e, own):
         e = e.__cause__
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     text = lines[0] if lines else type(e).__name__
-    if not isinstance(e, (DicomVolumeError, NotAVolume)):  # the bundle's own errors read as sentences already
+    if not isinstance(e, own):
         text = f"{type(e).__name__}: {text}"
     return text if not where or text.startswith(where) else f"{where}: {text}"
 
@@ -169,6 +170,10 @@ class TwoStageStep:
             except Exception as e:  # an unexpected failure on one scan must not stop the others
                 logger.exception(f"{result.input}: assessment failed")
                 result.status, result.message = "error", describe_error(e, result.input)
+        dropped = getattr(image[0], "meta", {}).get("dropped_files") if not get("error") else None
+        if dropped:  # files of a DICOM series left out at its ends (unreadable): the rest was assessed
+            dropped = dropped[0] if isinstance(dropped, (list, tuple)) else dropped
+            result.message = "; ".join(m for m in (result.message, f"left out unreadable file(s): {dropped}") if m)
         if pred is None:
             pred = MetaTensor(torch.zeros((1, 0, 0, 0)))
         # the result rides on the engine state: MONAI decollates the output dict, which holds tensors only

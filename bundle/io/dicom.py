@@ -31,6 +31,8 @@ __all__ = [
     "DicomSeriesReader",
     "DicomVolume",
     "DicomVolumeError",
+    "VolumeError",
+    "pixel_data_problem",
     "Frame",
     "NotAVolume",
     "frames_from_dataset",
@@ -47,7 +49,11 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 VOLUME_SUFFIXES = ("nii", "nii.gz", "nrrd", "nhdr", "mha", "mhd")  # read by MONAI's NIfTI/ITK readers instead
 
 
-class DicomVolumeError(ValueError):
+class VolumeError(ValueError):
+    """An image that should be a volume but cannot be used; the message is one line naming the file."""
+
+
+class DicomVolumeError(VolumeError):
     """A DICOM series that should be a volume but cannot be read; the message is one line naming the file."""
 
 
@@ -260,6 +266,7 @@ class DicomVolume:
     frames: list[Frame]
     affine: np.ndarray
     datasets: dict[str, Dataset] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # files of the series left out: file -> why
 
     @property
     def first(self) -> Dataset:
@@ -319,16 +326,23 @@ class DicomSeriesReader(ImageReader):
         if len(names) == 1 and os.path.isdir(names[0]):
             names = self._pick_series(names[0])
         datasets: dict[str, Dataset] = {}
+        bad: dict[str, str] = {}
         for name in names:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    datasets[name] = pydicom.dcmread(name)
+                    ds = pydicom.dcmread(name)
             except Exception as e:
-                raise DicomVolumeError(f"{name}: unreadable DICOM file ({_one_line(e)})") from e
-        for name, ds in datasets.items():
-            if "PixelData" not in ds:  # pydicom drops a pixel data element cut short by the end of the file
-                raise DicomVolumeError(f"{name}: truncated or missing pixel data")
+                bad[name] = f"unreadable DICOM file ({_one_line(e)})"
+                continue
+            problem = pixel_data_problem(ds)
+            if problem:
+                bad[name] = problem
+            else:
+                datasets[name] = ds
+        if bad and (len(names) == 1 or not datasets):
+            name = next(iter(bad))
+            raise DicomVolumeError(f"{name}: {bad[name]}")
         uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets.values()}
         if len(uids) > 1:
             raise DicomVolumeError(f"{names[0]}: the files hold {len(uids)} series, pass the files of one")
@@ -336,8 +350,15 @@ class DicomSeriesReader(ImageReader):
         try:
             ordered, affine = volume_geometry(frames, self.min_slices, self.spacing_tolerance)
         except NotAVolume as e:
+            if bad:  # the series is a volume only with the files that cannot be read: name the first of them
+                name = next(iter(bad))
+                more = f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else ""
+                raise DicomVolumeError(f"{name}: {bad[name]}{more}; the series is not a volume without it ({e})") from None
             raise NotAVolume(f"{names[0]}: {e}") from None
-        return DicomVolume(ordered, affine, datasets)
+        if bad:  # at an end of the series: the others still form a volume, assessed without them
+            logger.warning(f"{os.path.dirname(names[0])}: left out {len(bad)} unreadable file(s): "
+                           + "; ".join(f"{os.path.basename(f)} ({why})" for f, why in bad.items()))  # fmt: skip
+        return DicomVolume(ordered, affine, datasets, bad)
 
     def _pick_series(self, folder: str) -> list[str]:
         groups: dict[str, list[str]] = {}
@@ -384,7 +405,25 @@ class DicomSeriesReader(ImageReader):
             "modality": str(ds.get("Modality", "")),
             "series_description": str(ds.get("SeriesDescription", "")),
         }
+        if img.dropped:  # one line, so that it survives collation: the report appends it to the scan's message
+            meta["dropped_files"] = "; ".join(f"{os.path.basename(f)} ({why})" for f, why in img.dropped.items())
         return out, meta
+
+
+def pixel_data_problem(ds: Dataset) -> str | None:
+    """Why a file's pixel data cannot be decoded, when the header alone tells (missing, or shorter than its size)."""
+    if "PixelData" not in ds:  # pydicom drops a pixel data element cut short by the end of the file
+        return "truncated or missing pixel data"
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_compressed:
+        return None
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+                    * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8)  # fmt: skip
+    except (AttributeError, TypeError, ValueError):
+        return None  # decoding will say what is wrong
+    have = len(ds.PixelData)
+    return f"truncated pixel data ({have} of {expected} bytes)" if have < expected else None
 
 
 def _decode(ds: Dataset, path: str) -> np.ndarray:

@@ -145,6 +145,7 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
         uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{f}"
         series.setdefault(uid, []).append((f, ds))
     for uid, items in series.items():
+        items, dupes = _unique_instances(items)
         files_ = [f for f, _ in items]
         first = items[0][1]
         folder = os.path.commonpath([os.path.dirname(f) for f in files_])
@@ -154,6 +155,10 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
         info["sop_class"] = getattr(first.get("SOPClassUID"), "name", str(first.get("SOPClassUID", "")))
         src = Source(input=folder, image=files_ if len(files_) > 1 else files_[0],
                      series_uid="" if uid.startswith("no-series-uid:") else uid, info=info)  # fmt: skip
+        if dupes:  # the same instance twice (a copied file, the series exported twice): each counted once
+            info["duplicate_files"] = len(dupes)
+            logger.warning(f"{folder}: {len(dupes)} duplicate instance(s) of series {uid} (same SOPInstanceUID) "
+                           f"counted once, e.g. {dupes[0]}")  # fmt: skip
         number, text = info["series_number"], info["series_description"]
         desc = " ".join(v for v in (f"series {number}" if number else "", repr(text) if text else "") if v)
         parts = (info["patient_id"] or os.path.basename(folder), f"s{number}" if number else "", text)
@@ -174,6 +179,20 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
             src.status, src.message, src.image = "skipped", f"{desc + ': ' if desc else ''}{e}", None
         rows.append(src)
     return rows
+
+
+def _unique_instances(items: list) -> tuple[list, list[str]]:
+    """The ``(file, header)`` items of a series with each SOPInstanceUID once (the first file), and the others."""
+    seen: set[str] = set()
+    kept, dupes = [], []
+    for f, ds in items:
+        sop = str(ds.get("SOPInstanceUID", ""))
+        if sop and sop in seen:
+            dupes.append(f)
+            continue
+        seen.add(sop)
+        kept.append((f, ds))
+    return kept, dupes
 
 
 def _datalist_images(path: str, dataset_dir: str | None) -> list[str]:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import os
+
 import numpy as np
+import torch
 
 from monai.config import DtypeLike, KeysCollection
 from monai.transforms import LoadImage, LoadImaged
 from monai.utils import ensure_tuple
 
-from bundle.io.dicom import MIN_SLICES, DicomSeriesReader
+from bundle.io.dicom import MIN_SLICES, DicomSeriesReader, VolumeError
 
-__all__ = ["LoadVolume", "LoadVolumed"]
+__all__ = ["LoadVolume", "LoadVolumed", "check_finite"]
 
 
 class LoadVolume(LoadImage):
@@ -48,9 +51,27 @@ class LoadVolume(LoadImage):
 
     def __call__(self, filename: Sequence[str] | str, reader=None):
         """Load ``filename`` (a path, or the list of files of one DICOM series)."""
-        if reader is None and self.dicom_reader.verify_suffix([str(f) for f in ensure_tuple(filename)]):
+        names = [str(f) for f in ensure_tuple(filename)]
+        if reader is None and self.dicom_reader.verify_suffix(names):
             reader = self.dicom_reader
-        return super().__call__(filename, reader)
+        out = super().__call__(filename, reader)
+        check_finite(out[0] if isinstance(out, (tuple, list)) else out, names[0] if len(names) == 1 else
+                     os.path.dirname(names[0]))  # fmt: skip
+        return out
+
+
+def check_finite(image, name: str) -> None:
+    """Refuse an image holding NaN or infinite voxels (a corrupt or wrongly converted file), naming it.
+
+    Raises:
+        VolumeError: ``<name>: <n> of <N> voxels are NaN or infinite ...``.
+    """
+    arr = torch.as_tensor(image)
+    if arr.is_floating_point():
+        bad = int((~torch.isfinite(arr)).sum())
+        if bad:
+            raise VolumeError(f"{name}: {bad} of {arr.numel()} voxels are NaN or infinite (a corrupt or wrongly "
+                              "converted image)")  # fmt: skip
 
 
 class LoadVolumed(LoadImaged):
