@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Sequence
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from monai.handlers import MLFlowHandler
 
@@ -16,6 +18,20 @@ from bundle.utils import provenance_tags
 __all__ = ["MLflowTracker"]
 
 logger = logging.getLogger(__name__)
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _sigterm_as_interrupt() -> None:
+    """Make SIGTERM (a scheduler's stop, ``kill``) end a run as Ctrl-C does, so its MLflow run is marked killed.
+
+    Only in the main thread and only where SIGTERM still has the system's default action (a program's own handler
+    is kept).
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 class MLflowTracker(MLFlowHandler):
@@ -70,12 +86,40 @@ class MLflowTracker(MLFlowHandler):
         if not log_state_params:
             self.default_tracking_params = []
 
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        # ignite calls only the first EXCEPTION_RAISED handler (each re-raises): this one goes before StatsHandler's
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+        handlers = engine._event_handlers[Events.EXCEPTION_RAISED]
+        handlers.insert(0, handlers.pop())
+
+    def failed(self, engine: Engine, e: BaseException) -> None:
+        """End the run as ``KILLED`` (Ctrl-C, SIGTERM) or ``FAILED`` (an error), not left ``RUNNING``.
+
+        Raises:
+            SystemExit: one line for an interrupt (no traceback), saying what was kept.
+            BaseException: any other exception ``e``, unchanged.
+        """
+        run_id, status = self.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        if self.cur_run:
+            try:
+                self.client.set_terminated(run_id, status)
+            finally:
+                self.cur_run = None
+                self._dispose_sqlite_store()
+        if isinstance(e, KeyboardInterrupt):
+            epoch = getattr(engine.state, "epoch", 0)
+            raise SystemExit(f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; the best checkpoint "
+                             "so far is kept (a cross-validation reruns only its unfinished folds)") from None
+        raise e
+
     @property
     def run_id(self) -> str | None:
         """Id of the MLflow run, once started."""
         return self.cur_run.info.run_id if self.cur_run else None
 
     def start(self, engine: Engine) -> None:
+        _sigterm_as_interrupt()
         if self.resume_run_id and not self.cur_run:
             self.cur_run = self.client.get_run(self.resume_run_id)
             if self.cur_run.info.status != "RUNNING":

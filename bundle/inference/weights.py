@@ -60,7 +60,13 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
     except RuntimeError as e:
         expected = network.state_dict().keys()
         missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-        detail = str(e).splitlines()[-1].strip()
+        detail = str(e).splitlines()[-1].strip()[:120]
+        own = network.state_dict()
+        shapes = [k for k in expected & state.keys() if tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
+        if shapes:
+            k = sorted(shapes)[0]
+            detail = (f"{len(shapes)} tensors of other shapes, e.g. {k}: {tuple(state[k].shape)} in the file, "
+                      f"{tuple(own[k].shape)} in the network")  # fmt: skip
         if missing or unexpected:
             detail = (f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
                       f"(e.g. {unexpected[:2]})")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import gzip
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from monai.utils import ensure_tuple
 
 from bundle.io.dicom import MIN_SLICES, DicomSeriesReader, VolumeError
 
-__all__ = ["LoadVolume", "LoadVolumed", "check_finite"]
+__all__ = ["LoadVolume", "LoadVolumed", "check_finite", "check_geometry"]
 
 
 class LoadVolume(LoadImage):
@@ -55,9 +56,51 @@ class LoadVolume(LoadImage):
         if reader is None and self.dicom_reader.verify_suffix(names):
             reader = self.dicom_reader
         out = super().__call__(filename, reader)
-        check_finite(out[0] if isinstance(out, (tuple, list)) else out, names[0] if len(names) == 1 else
-                     os.path.dirname(names[0]))  # fmt: skip
+        image = out[0] if isinstance(out, (tuple, list)) else out
+        name = names[0] if len(names) == 1 else os.path.dirname(names[0])
+        check_finite(image, name)
+        check_geometry(image, name)
         return out
+
+
+def _nifti_voxel_size(path: str) -> np.ndarray | None:
+    """``pixdim[1:4]`` as written in a NIfTI-1 header (nibabel silently turns zeros into 1), or None if not NIfTI-1."""
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        opener = gzip.open if path.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            header = f.read(348)
+    except OSError:
+        return None  # unreadable: the reader says why
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        if np.frombuffer(header[:4], f"{order}i4")[0] == 348:
+            return np.frombuffer(header[80:92], f"{order}f4").astype(np.float64)
+    return None
+
+
+def check_geometry(image, name: str) -> None:
+    """Refuse an image without a usable voxel geometry (an affine with a zero or non-finite voxel size), naming it.
+
+    Sizes in mm, volumes in ml and the detector's physical resampling all rest on the affine.
+
+    Raises:
+        VolumeError: ``<name>: no usable geometry ...``.
+    """
+    written = _nifti_voxel_size(name)
+    if written is not None and (not np.all(np.isfinite(written)) or np.any(written <= 0)):
+        raise VolumeError(f"{name}: no usable geometry: the header's voxel size (pixdim) is "
+                          f"{tuple(float(v) for v in written)} mm")  # fmt: skip
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return
+    a = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    spacing = np.sqrt((a[:3, :3] ** 2).sum(0))
+    if not np.all(np.isfinite(a)) or np.any(spacing < 1e-6) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise VolumeError(f"{name}: no usable geometry (voxel size {tuple(round(float(v), 4) for v in spacing)} mm "
+                          "from its affine): the header's qform/sform or pixel spacing is missing or zero")
 
 
 def check_finite(image, name: str) -> None:
