@@ -7,6 +7,7 @@ evaluation (``bundle.evaluation.crossval``) all call these, so they cannot disag
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
@@ -15,9 +16,10 @@ import torch
 
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import KeepLargestConnectedComponent, MapTransform, Transform
+from monai.transforms import MapTransform, Transform
 
-__all__ = ["LABounds", "LAMask", "LAMaskd", "implausible_la", "la_mask", "la_slices", "voxel_volume_mm3"]
+__all__ = ["LABounds", "LAMask", "LAMaskd", "implausible_la", "la_mask", "la_slices", "largest_component",
+           "voxel_volume_mm3"]
 
 
 def voxel_volume_mm3(img: torch.Tensor) -> float:
@@ -47,15 +49,40 @@ def la_mask(logits: torch.Tensor, threshold: float = 0.5, keep_largest: bool = T
     """
     if not 0 < float(threshold) < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    raw = torch.sigmoid(logits.float()) >= float(threshold)
-    n_raw = int(raw.sum())
-    mask = raw.to(torch.uint8)
+    plain = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
+    # sigmoid(x) >= t  <=>  x >= logit(t): no probability volume in memory (a 576x576x88 scan: 117 MB saved)
+    mask = (plain >= math.log(float(threshold) / (1.0 - float(threshold)))).to(torch.uint8)
+    n_raw = int(mask.sum())
     if keep_largest and n_raw:
-        mask = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(mask).to(torch.uint8)
+        mask = largest_component(mask)
     kept = float(mask.sum()) / n_raw if n_raw else 1.0
-    if isinstance(logits, MetaTensor) and not isinstance(mask, MetaTensor):
+    if isinstance(logits, MetaTensor):
         mask = MetaTensor(mask, meta=logits.meta)
     return mask, kept
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """The largest 3D connected component (face, edge and corner neighbours) of a binary ``(1, X, Y, Z)`` mask.
+
+    The same result as MONAI's ``KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)`` (ties: the
+    component met first in C order), labelled with ``scipy.ndimage.label`` into 32-bit labels where MONAI's
+    scikit-image path holds 64-bit ones: half the memory on a whole-chest scan.
+    """
+    from scipy import ndimage
+
+    arr = mask.detach().cpu().numpy()[0].astype(bool, copy=False)
+    box = ndimage.find_objects(arr.view(np.uint8) if arr.dtype == bool else arr)  # labelled inside the mask's box
+    if not box or box[0] is None:
+        return mask.to(torch.uint8)
+    inner = arr[box[0]]
+    labels, n = ndimage.label(inner, structure=np.ones((3, 3, 3), bool), output=np.int32)
+    if n <= 1:
+        return mask.to(torch.uint8)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    out = np.zeros((1, *arr.shape), dtype=np.uint8)
+    out[0][box[0]] = labels == int(np.argmax(counts))
+    return torch.from_numpy(out).to(mask.device)
 
 
 def la_slices(

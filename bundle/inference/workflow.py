@@ -3,8 +3,9 @@
 ``SupervisedEvaluator(..., iteration_update=TwoStageStep(...))`` runs, per volume: stage 1 (the evaluator's
 ``network`` through its ``inferer``, a :class:`~bundle.inference.stage1.ResizedSliceInferer`), LA-slice selection at
 ``la_threshold``, stage 2 (:class:`~bundle.inference.stage2.QAStage`) on the selected slices; its output ``pred`` is
-the detector's logit map in the input's grid, which the evaluator's ``postprocessing`` turns into the LA mask and the
-:class:`~bundle.inference.report.ReportWriter` handler writes with the per-scan result.
+the LA decision in the input's grid as saturated int8 logits (+/-20: the mask already thresholded and filtered, a
+quarter of a float logit map's memory), which the evaluator's ``postprocessing`` turns back into exactly that LA mask
+and the :class:`~bundle.inference.report.ReportWriter` handler writes with the per-scan result.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from bundle.io.dicom import MIN_SLICES, NotAVolume, VolumeError
 from bundle.transforms.region import region_to_slice
 from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
 
-__all__ = ["TwoStageStep", "VolumeDataset", "describe_error", "detect_la_volume", "volume_problem"]
+__all__ = ["TwoStageStep", "VolumeDataset", "decision_logits", "describe_error", "detect_la_volume",
+           "volume_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +105,22 @@ def detect_la_volume(
     mask, kept = la_mask(logits, la_threshold, keep_largest)
     sp = in_plane_spacing(volume, axis)
     areas, selected = la_slices(mask, axis, sp[0] * sp[1], min_la_area_mm2)
-    probs = torch.sigmoid(logits.float().as_tensor() if isinstance(logits, MetaTensor) else logits.float())
-    la_prob = probs[0].movedim(axis, 0).flatten(1).amax(1).cpu().numpy()
+    plain = logits.as_tensor() if isinstance(logits, MetaTensor) else logits
+    # per-slice highest probability = sigmoid of the per-slice highest logit (no probability volume in memory)
+    other = tuple(d for d in range(3) if d != axis)
+    la_prob = torch.sigmoid(plain[0].amax(dim=other).float()).cpu().numpy()
     volume_ml = float(mask.sum()) * voxel_volume_mm3(volume) / 1000.0
     extent = float(selected[-1] - selected[0] + 1) * slice_spacing(volume, axis) if len(selected) else 0.0
     reasons = implausible_la(volume_ml, extent, kept, bounds) if len(selected) else []
     return {"mask": mask, "la_prob": la_prob, "areas": areas, "selected": selected, "la_volume_ml": volume_ml,
             "la_extent_mm": extent, "la_kept": kept, "reasons": reasons}  # fmt: skip
+
+
+def decision_logits(mask: torch.Tensor) -> torch.Tensor:
+    """A decided LA mask as int8 logits, +20 inside and -20 outside: any threshold in (2e-9, 1 - 2e-9) and the
+    largest-component filter give back exactly ``mask`` (:func:`~bundle.inference.selection.la_mask`)."""
+    out = mask.to(torch.int8) * 40 - 20
+    return out if isinstance(out, MetaTensor) or not isinstance(mask, MetaTensor) else MetaTensor(out, meta=mask.meta)
 
 
 class TwoStageStep:
@@ -191,7 +202,7 @@ class TwoStageStep:
     def assess_volume(
         self, volume: torch.Tensor, network: torch.nn.Module, inferer: ResizedSliceInferer, result: ScanResult
     ) -> MetaTensor | None:
-        """Both stages on one channel-first volume; fills ``result``; returns the LA logits in the volume's grid.
+        """Both stages on one channel-first volume; fills ``result``; returns the LA decision in the volume's grid.
 
         Args:
             volume: ``(1, X, Y, Z)``, preprocessed, on the detector's device.
@@ -200,7 +211,8 @@ class TwoStageStep:
             result: the scan's row, filled here (status, counts, probabilities, per-slice detail, pictures).
 
         Returns:
-            the detector's logits ``(1, X, Y, Z)`` with the volume's metadata; None when it is not a volume to assess.
+            the LA mask as saturated logits ``(1, X, Y, Z)`` (:func:`decision_logits`) with the volume's metadata;
+            None when it is not a volume to assess.
         """
         problem = volume_problem(volume, self.min_slices, getattr(inferer, "slice_axis", None))
         if problem:
@@ -208,9 +220,13 @@ class TwoStageStep:
             return None
         s1 = inferer.predict_slices(volume, network)
         logits = inferer.to_volume(s1.logits, volume, s1.axis)
+        # the network-resolution outputs are not needed any more (nor its slices, for an LA-region QA network)
+        keep_slices = self.qa_stage is not None and self.qa_stage.region is None
+        s1 = s1._replace(logits=None, slices=s1.slices if keep_slices else None)
         logits = logits if isinstance(logits, MetaTensor) else MetaTensor(logits, meta=volume.meta)
         la = detect_la_volume(logits, volume, s1.axis, self.la_threshold, self.keep_largest, self.min_la_area_mm2,
                               self.la_bounds)  # fmt: skip
+        logits = decision_logits(la["mask"])  # the float logit map is freed here
         la_prob, selected, t = la["la_prob"], la["selected"], self.la_threshold
         result.n_slices, result.n_la_slices = len(la_prob), len(selected)
         result.detail["slice_axis"] = s1.axis

@@ -96,8 +96,8 @@ class ScaleForegroundPercentiles(Transform):
         if hi <= lo:  # a constant foreground (e.g. a binary phantom): map the whole range up to it instead
             lo = float(values.min()) if values.numel() else 0.0
         scale = float(hi - lo) if hi > lo else 1.0
-        out = ((t.float() - float(lo)) / scale).clamp(0.0, 1.0)
-        return out
+        out = t.float() - float(lo)  # one new volume, scaled and clipped in place
+        return out.div_(scale).clamp_(0.0, 1.0)
 
 
 class ScaleForegroundPercentilesd(MapTransform):

@@ -32,13 +32,21 @@ class RestoreSlices(Transform):
         mode: interpolation mode of ``torch.nn.functional.interpolate``: "bilinear" for probabilities, "nearest"
             for masks.
         dtype: output dtype; None keeps the interpolated float32.
+        chunk: voxels resized at a time: the slices are written into the output a few at a time, so a whole-chest
+            scan never holds a second full-size copy.
     """
 
     backend = [torch.Tensor]
 
-    def __init__(self, slice_axis: int | None = None, mode: str = "bilinear", dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, slice_axis: int | None = None, mode: str = "bilinear", dtype: torch.dtype | None = None,
+        chunk: int = 8_000_000,
+    ) -> None:  # fmt: skip
         if slice_axis is not None and not -3 <= int(slice_axis) <= 2:
             raise ValueError(f"slice_axis must be in [-3, 2] or None, got {slice_axis}")
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.chunk = int(chunk)
         self.slice_axis = slice_axis
         self.mode = look_up_option(mode, _MODES)
         self.dtype = dtype
@@ -68,13 +76,19 @@ class RestoreSlices(Transform):
         in_plane = tuple(s for i, s in enumerate(spatial) if i != axis)
         t = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img))
         s, c, h, w = t.shape
-        if (h, w) != in_plane:
-            flat = t.reshape(s * c, h, w).float()
-            resized = Resize(spatial_size=in_plane, mode=self.mode)(flat)
-            t = torch.as_tensor(resized.as_tensor() if isinstance(resized, MetaTensor) else resized)
-            t = t.reshape(s, c, *in_plane)
-        out = t.movedim(0, 1 + axis).contiguous()  # undo ExtractSlices' movedim(1 + axis, 0)
-        out = out.to(self.dtype) if self.dtype is not None else (out if out.is_floating_point() else out.float())
+        resize = Resize(spatial_size=in_plane, mode=self.mode) if (h, w) != in_plane else None
+        dtype = self.dtype or (t.dtype if t.is_floating_point() and resize is None else torch.float32)
+        out = torch.empty((c, *spatial), dtype=dtype, device=t.device)
+        target = out.movedim(1 + axis, 0)  # a view (S, C, a, b): undoes ExtractSlices' movedim(1 + axis, 0)
+        step = max(1, self.chunk // max(1, c * in_plane[0] * in_plane[1]))  # slices per resize: bounded memory
+        for i in range(0, s, step):
+            part = t[i : i + step]
+            if resize is not None:
+                n = part.shape[0]
+                resized = resize(part.reshape(n * c, h, w).float())
+                part = torch.as_tensor(resized.as_tensor() if isinstance(resized, MetaTensor) else resized)
+                part = part.reshape(n, c, *in_plane)
+            target[i : i + step] = part
         if isinstance(ref, MetaTensor):
             return MetaTensor(out, affine=ref.affine.clone(), meta={k: v for k, v in ref.meta.items() if k != "affine"})
         return out

@@ -119,3 +119,18 @@ def test_an_implausible_la_is_referred_not_ok():
     assert result.status == "implausible_la" and result.refer == 1
     assert result.message.startswith("implausible LA: LA volume 0.1 ml outside 15-250 ml")
     assert result.n_la_slices == 4 and result.detail["qa_reliable"] is False
+
+
+def test_largest_component_is_monai_s():
+    """The bounded-memory largest component equals MONAI's KeepLargestConnectedComponent (connectivity 3)."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    from bundle.inference.selection import largest_component
+
+    rng = np.random.default_rng(0)
+    for density in (0.05, 0.2, 0.35):
+        for _ in range(5):
+            m = torch.as_tensor(rng.random((1, 30, 28, 20)) < density, dtype=torch.uint8)
+            expected = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(m).to(torch.uint8)
+            assert torch.equal(torch.as_tensor(expected), largest_component(m))
+    assert int(largest_component(torch.zeros((1, 4, 4, 4), dtype=torch.uint8)).sum()) == 0
