@@ -136,6 +136,24 @@ def planned_outputs(discovery: Discovery, output_dir: str, html: bool = True) ->
     return [os.path.join(output_dir, f) for f in files]
 
 
+def release_memory() -> None:
+    """Give the memory freed by a finished scan back to the system (glibc keeps large freed blocks on its heap
+    otherwise, and the process grows from scan to scan); nothing where ``malloc_trim`` is not available."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def previous_results(output_dir: str, discovery: Discovery, html: bool = True) -> dict[str, ScanResult]:
     """The scans an earlier (interrupted) run into ``output_dir`` finished: assessed, with their files in place.
 
@@ -248,6 +266,7 @@ class ReportWriter:
         self.results: dict[str, ScanResult] = previous_results(output_dir, discovery, self.html) if self.resume else {}
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
         self.written = False  # the final reports
+        self._tick = time.monotonic()  # per-scan time in the log: since the previous scan was written
         self.interrupted = False
         # reports of another run are kept unless overwrite/resume (prepare_outputs refuses such a folder up front)
         self._keep_reports = not self.overwrite and any(
@@ -263,6 +282,10 @@ class ReportWriter:
         for result, out in zip(engine.state.scan_results, outputs):
             self.add(result, out.get("pred"))
         self.write(final=False)
+        # the scan is written: let its volume and mask go now, not when the next scan has been read (flat memory)
+        engine.state.batch = engine.state.output = None
+        engine.state.scan_results = []
+        release_memory()
 
     def completed(self, engine: Engine) -> None:
         self.write()
@@ -301,7 +324,10 @@ class ReportWriter:
         series = f" [{result.series_uid}]" if result.series_uid else ""
         verdict = f" diagnostic={result.diagnostic}" if result.diagnostic is not None else ""
         note = (" refer" if result.refer else "") + (f" - {result.message}" if result.message else "")
-        logger.info(f"{result.input}{series}: {result.status}{verdict}{note}")
+        now, total = time.monotonic(), len(self.discovery.volumes)
+        progress = f"[{sum(n in self.results for n in (v['name'] for v in self.discovery.volumes))}/{total}] "
+        logger.info(f"{progress}{result.input}{series}: {result.status}{verdict}{note} ({now - self._tick:.1f} s)")
+        self._tick = now
 
     def rows(self, final: bool = True) -> list[ScanResult]:
         """All rows, in discovery order; a scan without a result reads as not assessed yet (``final`` False), as
