@@ -108,9 +108,10 @@ class MLflowTracker(MLFlowHandler):
                 self.cur_run = None
                 self._dispose_sqlite_store()
         if isinstance(e, KeyboardInterrupt):
-            epoch = getattr(engine.state, "epoch", 0)
-            raise SystemExit(f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; the best checkpoint "
-                             "so far is kept (a cross-validation reruns only its unfinished folds)") from None
+            epoch, last = getattr(engine.state, "epoch", 0), getattr(engine.state, "last_checkpoint", None)
+            how = (f"continue with --resume_from {last}" if last else "no epoch finished yet")
+            raise SystemExit(f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; {how} (a "
+                             "cross-validation reruns only its unfinished folds)") from None
         raise e
 
     @property

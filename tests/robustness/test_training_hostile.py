@@ -112,18 +112,29 @@ def test_training_on_a_nan_score_stops_in_one_line(tiny_demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_training_marks_its_mlflow_run_killed(tiny_demo, tmp_path):
+def test_interrupted_training_is_killed_in_mlflow_and_resumes(tiny_demo, tmp_path):
     overlay = tmp_path / "stop.json"
-    overlay.write_text(json.dumps({"+train#handlers": [{"_target_": "tests.robustness.helpers.InterruptAfter", "n": 2,
-                                                        "signal_name": "SIGTERM"}]}))  # fmt: skip
+    overlay.write_text(json.dumps({"+train#handlers": [{"_target_": "tests.robustness.helpers.InterruptAfter", "n": 1,
+                                                        "signal_name": "SIGTERM", "event": "EPOCH_COMPLETED"}]}))
     out = tmp_path / "runs"
+    common = ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"), *TINY]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps([*TRAIN, str(overlay)]),
-           "--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"), *TINY]
+           *common]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("interrupted in epoch 1: MLflow run ") and "marked KILLED" in last
+    assert last.startswith("interrupted in epoch 1: MLflow run ") and "marked KILLED" in last, last
+    checkpoint = last.split("--resume_from ")[1].split(" ")[0]
+    assert os.path.isfile(checkpoint) and checkpoint.endswith("last.pt")
     client = mlflow.MlflowClient(f"sqlite:///{out}/mlruns.db")
-    runs = client.search_runs([client.get_experiment_by_name("la_lge_qa").experiment_id])
-    assert [r.info.status for r in runs] == ["KILLED"]
+    experiment = client.get_experiment_by_name("la_lge_qa").experiment_id
+    assert [r.info.status for r in client.search_runs([experiment])] == ["KILLED"]
+    # the hint works when copied: the run continues after epoch 1 and trains epochs 2 and 3 only
+    res = _bundle_run(*common, "--resume_from", checkpoint)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    assert f"resumed from {checkpoint}: continuing after epoch 1" in log
+    trained = [line for line in log.splitlines() if "SupervisedTrainer - INFO - Epoch[" in line]
+    assert [line.split("Epoch[")[1][0] for line in trained] == ["2", "3"], trained
+    assert sorted(r.info.status for r in client.search_runs([experiment])) == ["FINISHED", "KILLED"]
     shutil.rmtree(out / "cache", ignore_errors=True)
