@@ -105,6 +105,25 @@ def refusal_report(output_dir: str, refusals: list[tuple[str, str]], settings: d
     return write_report_files(output_dir, rows, report)[0]
 
 
+def report_outputs(output_dir: str, kinds: Iterable[str] = ("seg", "sr")) -> list[str]:
+    """The files of ``kinds`` (``mask``, ``html``, ``seg``, ``sr``) that the report in ``output_dir`` lists for its
+    scans, in report order; those missing on disk are left out."""
+    try:
+        with open(os.path.join(output_dir, REPORT_JSON), encoding="utf-8") as f:
+            scans = json.load(f).get("scans", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    files = []
+    for record in scans if isinstance(scans, list) else []:
+        outputs = record.get("outputs") if isinstance(record, dict) else None
+        for k in kinds:
+            name = (outputs or {}).get(k)
+            path = os.path.join(output_dir, os.path.basename(str(name))) if name else None
+            if path and os.path.isfile(path):
+                files.append(path)
+    return files
+
+
 def check_output_dir(output_dir: str) -> None:
     """Refuse, before any work, an output folder that cannot be created or written.
 

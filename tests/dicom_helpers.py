@@ -28,6 +28,7 @@ def _base(sop_class, rows: int, cols: int, series_uid: str, study_uid: str, moda
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
     ds.PatientID, ds.PatientName = patient_id, "Test^Patient"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "frame of reference"])  # one per series
     ds.Modality, ds.SeriesDescription, ds.SeriesNumber = modality, description, series_number
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -232,3 +232,34 @@ def test_bundle_cli(weights, export, tmp_path):
     assert "assessed 1 of 1 input volume(s)/series" in res.stdout
     assert {p.name for p in out.iterdir()} == {"qa_report.csv", "qa_report.json", "scan_la_mask.nii.gz",
                                                "scan_report.html"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_dicom_series_get_a_segmentation_and_a_structured_report(weights, export, tmp_path):
+    from bundle.io.dicom_outputs import read_seg_mask, read_sr_values
+
+    out = tmp_path / "out"
+    dicom = export["export"] / "DICOM"
+    run_workflow(**overrides(weights, [str(dicom / "S1"), str(dicom / "S4"), str(export["vols"] / "scan.nii.gz")],
+                             out, write_html=False))  # fmt: skip
+    _, rows = read_csv(out / "qa_report.csv")
+    by_uid = {r["series_uid"]: r for r in rows}
+    scans = {s["name"]: s for s in json.load(open(out / "qa_report.json", encoding="utf-8"))["scans"]}
+    for name, uid, files in (("P001_s7_LGE_main", "1.2.826.1.7", sorted(str(p) for p in (dicom / "S1" / "A").iterdir())),
+                             ("P001_s9_LGE_3D_enhanced", "1.2.826.1.4", str(dicom / "S4" / "MF0001"))):  # fmt: skip
+        outputs = scans[name]["outputs"]
+        assert outputs["seg"] == name + "_la_seg.dcm" and outputs["sr"] == name + "_qa_sr.dcm"
+        nifti = np.asarray(nib.load(out / outputs["mask"]).dataobj)
+        assert nifti.any()
+        np.testing.assert_array_equal(read_seg_mask(str(out / outputs["seg"]), files), nifti)  # voxel-exact
+        values, row = read_sr_values(str(out / outputs["sr"])), by_uid[uid]
+        for k in ("p_nulling", "p_sharpness", "p_enhancement", "p_fibrosis", "uncertainty"):
+            assert values[k] == pytest.approx(float(row[k]), abs=1e-4), k
+        assert values["diagnostic"] == int(row["diagnostic"]) and values["refer"] == int(row["refer"])
+        assert values["n_la_slices"] == int(row["n_la_slices"]) and values["segment_uid"]
+        assert values["la_volume_ml"] == pytest.approx(scans[name]["la_volume_ml"], abs=1e-6)
+    assert set(scans["scan"]["outputs"]) == {"mask"}  # a NIfTI input: no DICOM outputs
+
+    off = tmp_path / "off"
+    run_workflow(**overrides(weights, str(dicom / "S1"), off, write_html=False, dicom_outputs=False))
+    assert not list(off.glob("*.dcm")) and (off / "P001_s7_LGE_main_la_mask.nii.gz").exists()

@@ -1,4 +1,5 @@
-"""What inference leaves in the output folder: ``qa_report.csv``, ``qa_report.json``, a mask and an HTML page per scan.
+"""What inference leaves in the output folder: ``qa_report.csv``, ``qa_report.json``, a mask and an HTML page per scan,
+and for a DICOM series its DICOM Segmentation and Structured Report (:mod:`bundle.io.dicom_outputs`).
 
 Nothing existing is replaced unless asked (:func:`prepare_outputs` refuses before any work is done). Every file is
 written atomically (:func:`bundle.outputs.atomic_write`) and both reports are rewritten after each scan, so an
@@ -19,6 +20,14 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from bundle.io.dicom_outputs import (
+    DicomOutputError,
+    dicom_output_names,
+    is_dicom_series,
+    series_headers,
+    write_seg,
+    write_sr,
+)
 from bundle.io.discover import Discovery, Source
 from bundle.outputs import (
     CSV_COLUMNS,
@@ -125,14 +134,16 @@ def _jsonable(x):
     return x
 
 
-def planned_outputs(discovery: Discovery, output_dir: str, html: bool = True) -> list[str]:
-    """Every file a run on ``discovery`` writes in ``output_dir``."""
+def planned_outputs(discovery: Discovery, output_dir: str, html: bool = True, dicom: bool = True) -> list[str]:
+    """Every file a run on ``discovery`` writes in ``output_dir`` (``dicom``: the SEG and SR of DICOM series)."""
     files = [REPORT_CSV, REPORT_JSON]
     for s in discovery.sources:
         if s.status == "ready":
             files.append(s.name + MASK_SUFFIX)
             if html:
                 files.append(s.name + HTML_SUFFIX)
+            if dicom and is_dicom_series(s.image):
+                files += list(dicom_output_names(s.name))
     return [os.path.join(output_dir, f) for f in files]
 
 
@@ -180,6 +191,7 @@ def previous_results(output_dir: str, discovery: Discovery, html: bool = True) -
         if src is None or src.input != record.get("input") or not outputs.get("mask"):
             continue
         wanted = [outputs["mask"]] + ([outputs.get("html") or src.name + HTML_SUFFIX] if html else [])
+        wanted += [outputs[k] for k in ("seg", "sr") if outputs.get(k)]
         if all(os.path.isfile(os.path.join(output_dir, os.path.basename(str(f)))) for f in wanted):
             done[src.name] = ScanResult.from_dict(record)
     return done
@@ -195,8 +207,9 @@ def pending_volumes(discovery: Discovery, output_dir: str, resume: bool = False,
 
 
 def prepare_outputs(
-    discovery: Discovery, output_dir: str, overwrite: bool = False, html: bool = True, resume: bool = False
-) -> list[str]:
+    discovery: Discovery, output_dir: str, overwrite: bool = False, html: bool = True, resume: bool = False,
+    dicom: bool = True,
+) -> list[str]:  # fmt: skip
     """Check, before any work, that ``output_dir`` can be written; create and hold it (a lock against a second run);
     refuse to replace existing outputs unless ``overwrite`` (or ``resume``: an interrupted run is continued).
 
@@ -206,7 +219,7 @@ def prepare_outputs(
     Raises:
         SystemExit: ``ERROR output: ...`` naming the folder, or the existing files.
     """
-    files = planned_outputs(discovery, output_dir, as_bool(html))
+    files = planned_outputs(discovery, output_dir, as_bool(html), as_bool(dicom))
     existing = [f for f in files if os.path.exists(f)]
     if existing and not (as_bool(overwrite) or as_bool(resume)):
         names = ", ".join(os.path.basename(f) for f in existing[:3])
@@ -251,15 +264,19 @@ class ReportWriter:
         settings: the settings recorded in the JSON report and on each HTML page.
         resume: continue an earlier, interrupted run into ``output_dir``: its finished scans
             (:func:`previous_results`) keep their rows and files and are not assessed again.
+        dicom: for a DICOM series, also write its LA mask as a DICOM Segmentation (``<name>_la_seg.dcm``, when the
+            mask is not empty) and its result as a DICOM Structured Report (``<name>_qa_sr.dcm``).
     """
 
     def __init__(
         self, output_dir: str, discovery: Discovery, overwrite: bool = False, html: bool = True,
-        settings: dict | None = None, resume: bool = False,
+        settings: dict | None = None, resume: bool = False, dicom: bool = True,
     ) -> None:  # fmt: skip
         self.output_dir = output_dir
         self.discovery = discovery
         self.html = as_bool(html)
+        self.dicom = as_bool(dicom)
+        self._images = {s.name: s.image for s in discovery.sources if s.status == "ready"}
         self.resume = as_bool(resume)
         self.overwrite = as_bool(overwrite) or self.resume  # resumed: a scan assessed again replaces its own files
         self.settings = dict(settings or {})
@@ -318,6 +335,8 @@ class ReportWriter:
 
                 atomic_write(path, write_page)
                 outputs["html"] = os.path.basename(path)
+        if self.dicom and result.status in ASSESSED and result.name and is_dicom_series(self._images.get(result.name)):
+            outputs.update(self._write_dicom(result, pred))
         result.detail["outputs"] = outputs
         result.visuals = {}  # pictures are written; free the memory
         self.results[result.name or result.input] = result
@@ -328,6 +347,33 @@ class ReportWriter:
         progress = f"[{sum(n in self.results for n in (v['name'] for v in self.discovery.volumes))}/{total}] "
         logger.info(f"{progress}{result.input}{series}: {result.status}{verdict}{note} ({now - self._tick:.1f} s)")
         self._tick = now
+
+    def _write_dicom(self, result: ScanResult, pred: torch.Tensor | None) -> dict:
+        """The scan's DICOM Segmentation (a non-empty mask) and Structured Report; a failure is logged as one line,
+        recorded in the JSON report (``dicom_outputs_error``) and does not stop the run."""
+        import bundle
+
+        files = self._images[result.name]
+        seg_name, sr_name = dicom_output_names(result.name)
+        written = {}
+        try:
+            headers = series_headers(files)
+            seg = None
+            if pred is not None and pred.numel() and bool((pred[0] > 0).any()):
+                path = os.path.join(self.output_dir, seg_name)
+                if self._free(path):
+                    affine = pred.affine if hasattr(pred, "affine") else np.eye(4)
+                    affine = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine)
+                    seg = write_seg(path, np.asarray(pred[0].cpu()), affine, files, bundle.__version__, headers)
+                    written["seg"] = seg_name
+            path = os.path.join(self.output_dir, sr_name)
+            if self._free(path):
+                write_sr(path, result.to_dict(), files, bundle.__version__, seg, headers)
+                written["sr"] = sr_name
+        except (DicomOutputError, OSError) as e:
+            logger.error(f"DICOM outputs of {result.input}: {e}")
+            result.detail["dicom_outputs_error"] = str(e)
+        return written
 
     def rows(self, final: bool = True) -> list[ScanResult]:
         """All rows, in discovery order; a scan without a result reads as not assessed yet (``final`` False), as
