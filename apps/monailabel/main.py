@@ -1,6 +1,7 @@
 """MONAI Label app of the LA LGE-MRI QA bundle: LA segmentation and scan quality served to 3D Slicer, and retraining.
 
-    monailabel start_server --app apps/monailabel --studies <folder of NIfTI volumes / DICOM series folders> \
+    monailabel start_server --app apps/monailabel --studies <folder of NIfTI volumes / DICOM series folders, or a
+        DICOMweb URL such as http://127.0.0.1:8042/dicom-web> \
         [--conf bundle_root <bundle>] [--conf overlays a.yaml,b.yaml] ...
 
 Everything comes from the bundle on disk (by default the repository this app lives in); nothing is downloaded.
@@ -17,6 +18,9 @@ Options (``--conf key value``), documented in docs/monailabel.md:
   its plan beside it); the QA task is offered only when both exist).
 - ``patient_pattern``: regular expression whose first group is the patient id in a study's id (training split).
 - ``max_epochs``: default epochs of a retraining request (40).
+- ``dicomweb_search``: with ``--studies http://.../dicom-web``, the QIDO-RS filter of the series offered, as JSON
+  (default ``{"Modality": "MR"}``; MONAI Label's ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` is used when set to
+  anything but its default, ``{"Modality": "CT"}``).
 """
 
 from __future__ import annotations
@@ -75,6 +79,36 @@ class LALGEQAApp(MONAILabelApp):
         if not self.studies.startswith(("http://", "https://")):
             convert_series_folders(self.studies)  # DICOM series folders -> <folder>.nii.gz, once
         return super().init_datastore()
+
+    def _download_dcmqi_tools(self) -> None:
+        """Nothing to download: DICOM SEG labels are written by pydicom-seg (lib/dicomweb.py), not dcmqi."""
+
+    def _init_dicomweb_datastore(self) -> Datastore:
+        """MONAI Label's DICOMweb datastore, built as MONAI Label builds it (client, credentials, URL prefixes,
+        cache, search filter from its settings), saving final labels as the bundle's LA SEG (lib/dicomweb.py)."""
+        from dicomweb_client.session_utils import create_session_from_user_pass
+        from lib.dicomweb import LADICOMWebDatastore
+        from monailabel.config import settings
+        from monailabel.datastore.dicom import DICOMwebClientX
+
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)  # fmt: skip
+        client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)  # fmt: skip
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+        # the series offered: MR (LGE-MRI) where MONAI Label's setting is its default, CT; a site's own filter stays
+        search = dict(settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER or {})
+        if search == {"Modality": "CT"}:
+            search = {"Modality": "MR"}
+        if self.conf.get("dicomweb_search"):
+            search = json.loads(self.conf["dicomweb_search"])
+        logger.info(f"DICOMweb datastore: {self.studies} (DICOM SEG labels written by pydicom-seg)")
+        return LADICOMWebDatastore(client=client, search_filter=search,
+                                   cache_path=cache, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+                                   convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI)  # fmt: skip
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}

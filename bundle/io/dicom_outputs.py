@@ -289,7 +289,9 @@ def write_sr(
 
 
 def read_seg_mask(path: str, files: str | Sequence[str]) -> np.ndarray:
-    """The mask of a Segmentation written by :func:`write_seg`, back in the series' voxel grid ``(X, Y, Z)``.
+    """The mask of segment 1 of a binary Segmentation of a series (written by :func:`write_seg`, or by another tool
+    that references the source images, as MONAI Label's pydicom-seg writer does), in the series' voxel grid
+    ``(X, Y, Z)``.
 
     Args:
         path: the Segmentation file.
@@ -308,11 +310,13 @@ def read_seg_mask(path: str, files: str | Sequence[str]) -> np.ndarray:
         src = next(iter(by_path.values()))
         pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid=str(src.SOPInstanceUID),
                                                 source_frame_numbers=[fr.index + 1 for fr in frames],
-                                                segment_numbers=[1], assert_missing_frames_are_empty=True)  # fmt: skip
+                                                segment_numbers=[1], assert_missing_frames_are_empty=True,
+                                                ignore_spatial_locations=True)  # fmt: skip
     else:
         uids = [str(by_path[fr.path].SOPInstanceUID) for fr in frames]
         pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1],
-                                                   assert_missing_frames_are_empty=True)  # fmt: skip
+                                                   assert_missing_frames_are_empty=True,
+                                                   ignore_spatial_locations=True)  # fmt: skip
     for k in range(len(frames)):
         out[:, :, k] = pixels[k, :, :, 0].T
     return out

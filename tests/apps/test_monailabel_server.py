@@ -11,6 +11,7 @@ the plumbing, the value ranges and the agreement with the command-line inference
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import email.parser
 import glob
@@ -158,6 +159,15 @@ def server(tmp_path_factory, request):
     qa_net = build_network([*qa_files, str(bundle_root / "qa_small.yaml")])
     torch.save(qa_net.state_dict(), bundle_root / "models" / "qa_small.pt")
 
+    with _running(exe, str(studies), bundle_root, tmp) as (url, info, tail):
+        yield {"url": url, "info": info, "studies": studies, "bundle_root": bundle_root, "tail": tail,
+               "dicom_affine": dicom_affine, "phantom": phantom}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _running(exe: str, studies: str, bundle_root, tmp, env: dict | None = None):
+    """A MONAI Label server of the app on ``studies`` (a folder or a DICOMweb URL) with the test bundle's conf;
+    yields ``(url, info, tail)`` and stops it (and the task processes it started) after."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "server.log", "w")
@@ -167,13 +177,13 @@ def server(tmp_path_factory, request):
         "formatters": {"plain": {"format": "[%(asctime)s] [%(process)s] [%(levelname)s] (%(name)s) - %(message)s"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
         "root": {"level": "INFO", "handlers": ["console"]}}))  # fmt: skip
-    cmd = [exe, "start_server", "--app", os.path.join(ROOT, "apps", "monailabel"), "--studies", str(studies),
+    cmd = [exe, "start_server", "--app", os.path.join(ROOT, "apps", "monailabel"), "--studies", studies,
            "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config),
            "--conf", "bundle_root", str(bundle_root),
            "--conf", "overlays", "site.yaml", "--conf", "la_overlays", "la_net.yaml",
            "--conf", "qa_overlays", "qa_small.yaml", "--conf", "qa_checkpoint", "models/qa_small.pt"]  # fmt: skip
     env = {**os.environ, "PATH": os.path.join(VENV, "bin") + os.pathsep + os.environ.get("PATH", ""),
-           "MONAI_LABEL_SESSIONS": "false", "PYTHONPATH": ""}  # fmt: skip
+           "MONAI_LABEL_SESSIONS": "false", "PYTHONPATH": "", **(env or {})}  # fmt: skip
     env.pop("VIRTUAL_ENV", None)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp), start_new_session=True)
 
@@ -197,8 +207,7 @@ def server(tmp_path_factory, request):
             time.sleep(1)
         if info is None:
             pytest.fail(f"no /info/ from {url} within 240 s:\n{tail()}")
-        yield {"url": url, "info": info, "studies": studies, "bundle_root": bundle_root, "tail": tail,
-               "dicom_affine": dicom_affine, "phantom": phantom}  # fmt: skip
+        yield url, info, tail
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and the task processes it started
         try:
@@ -318,3 +327,63 @@ def test_training_through_the_server(server, tmp_path):
     # the LA task serves the new weights
     mask, _ = _infer_la(server, "oblique", tmp_path)
     assert mask.shape == server["phantom"].shape
+
+
+DW_STUDY, DW_SERIES = "1.2.826.1.990", "1.2.826.1.991"
+
+
+@pytest.fixture(scope="module")
+def dicomweb_server(server, tmp_path_factory):
+    """The same app and bundle on a real Orthanc's DICOMweb (tests/orthanc.py) holding one generated series."""
+    from tests.dicom_helpers import write_series as write_dicom
+    from tests.orthanc import Orthanc
+
+    tmp = tmp_path_factory.mktemp("monailabel_dicomweb")
+    files, affine = write_dicom(str(tmp / "series"), server["phantom"].astype(np.uint16) * 4, study_uid=DW_STUDY,
+                                series_uid=DW_SERIES, patient_id="DW01", spacing=(1.0, 1.0, 2.0))  # fmt: skip
+    orthanc = Orthanc(str(tmp / "orthanc"))
+    try:
+        orthanc.upload(files)
+        env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp / "cache")}  # not the user's ~/.cache
+        with _running(_monailabel(), orthanc.dicomweb, server["bundle_root"], tmp, env) as (url, info, tail):
+            yield {"url": url, "info": info, "tail": tail, "orthanc": orthanc, "files": files, "affine": affine}
+    finally:
+        orthanc.stop()
+
+
+def test_dicomweb_round_trip_mask_saved_back_as_dicom_seg(dicomweb_server, tmp_path):
+    from bundle.io.dicom_outputs import read_seg_mask
+    from bundle.pacs import retrieve
+
+    srv, orthanc = dicomweb_server, dicomweb_server["orthanc"]
+    status, _, body = _http("GET", f"{srv['url']}/datastore/")  # the series the server offers, by QIDO-RS
+    assert status == 200 and json.loads(body)["total"] == 1 and json.loads(body)["completed"] == 0, body[:500]
+    assert "random" in srv["info"]["strategies"], srv["info"]["strategies"]
+    status, _, body = _http("POST", f"{srv['url']}/activelearning/random", {})  # the next series to label
+    assert status == 200 and json.loads(body)["id"] == DW_SERIES, f"{body[:500]!r}\n{srv['tail']()}"
+    mask, params = _infer_la(srv, DW_SERIES, tmp_path)  # retrieved over WADO-RS, converted, segmented
+    np.testing.assert_allclose(mask.affine, srv["affine"], atol=1e-4)  # the series' own geometry
+    assert np.asarray(mask.dataobj).any() and params["la_slices"]
+
+    # the annotator accepts the mask: MONAI Label stores it on the server as a DICOM SEG (STOW-RS)
+    label = (tmp_path / f"{DW_SERIES}_mask.nii.gz").read_bytes()
+    boundary = "la-lge-qa-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="label.nii.gz"\r\n'
+            "Content-Type: application/gzip\r\n\r\n").encode() + label + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    req = urllib.request.Request(f"{srv['url']}/datastore/label?image={DW_SERIES}&tag=final", data=body, method="PUT",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert r.status == 200, srv["tail"]()
+    series = {s["modality"]: s for s in orthanc.series_of(DW_STUDY)}
+    assert set(series) == {"MR", "SEG"}, srv["tail"]()
+    retrieve(orthanc.dicomweb, DW_STUDY, str(tmp_path / "back"), series["SEG"]["uid"])
+    (seg_file,) = (tmp_path / "back" / series["SEG"]["uid"]).iterdir()
+    import pydicom
+
+    seg = pydicom.dcmread(seg_file)
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "Left atrium blood pool"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "82471001"  # SNOMED CT left atrium
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == DW_SERIES
+    np.testing.assert_array_equal(read_seg_mask(str(seg_file), srv["files"]), np.asarray(mask.dataobj))
