@@ -15,9 +15,44 @@ from monai.handlers import MLFlowHandler
 
 from bundle.utils import provenance_tags
 
-__all__ = ["MLflowTracker"]
+__all__ = ["MLflowTracker", "prepare_tracking_store"]
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_tracking_store(tracking_uri: str, experiment_name: str | None = None) -> str:
+    """Create a SQLite MLflow store's tables (and the experiment) once, under a file lock, before a run uses it.
+
+    Two runs started at once into a new SQLite store (parallel folds, two trainings sharing ``--tracking_uri``) race
+    on its schema migration (``ValueError: No such index ...``) and on creating the experiment (a UNIQUE constraint);
+    with the store ready, their writes only wait on SQLite's own lock. Other stores (an MLflow server, a folder)
+    are left alone.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        experiment_name: the experiment the run logs into, created here when missing.
+
+    Returns:
+        ``tracking_uri``.
+    """
+    uri = str(tracking_uri)
+    if not uri.startswith("sqlite:///"):
+        return uri
+    import mlflow
+
+    path = uri[len("sqlite:///"):]
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    with open(os.path.abspath(path) + ".lock", "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no POSIX locks here: best effort
+            pass
+        client = mlflow.MlflowClient(uri)
+        if client.get_experiment_by_name(experiment_name or "Default") is None and experiment_name:  # the tables
+            client.create_experiment(experiment_name)
+    return uri
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001

@@ -163,6 +163,26 @@ def release_memory() -> None:
 
 
 _malloc_trim = None
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fixed_mmap_threshold(nbytes: int = 4 << 20) -> bool:
+    """Have glibc serve every allocation of ``nbytes`` or more (a volume, a slice stack) by its own mmap, given back
+    to the system when freed, for the rest of the process.
+
+    glibc does that by default only until the first such block is freed, then raises its threshold to that block's
+    size, and the next scan's arrays come from the heap, which fragments and stays grown (+130 MB after the second
+    576 x 576 x 88 scan; bench/memory_assess.py). Setting the threshold explicitly turns that adjustment off.
+
+    Returns:
+        whether it was set (False where glibc's ``mallopt`` is not available).
+    """
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
 
 
 def previous_results(output_dir: str, discovery: Discovery, html: bool = True) -> dict[str, ScanResult]:
@@ -285,6 +305,7 @@ class ReportWriter:
         self.written = False  # the final reports
         self._tick = time.monotonic()  # per-scan time in the log: since the previous scan was written
         self.interrupted = False
+        fixed_mmap_threshold()  # large arrays in and out of the system, scan after scan (flat memory)
         # reports of another run are kept unless overwrite/resume (prepare_outputs refuses such a folder up front)
         self._keep_reports = not self.overwrite and any(
             os.path.exists(os.path.join(output_dir, f)) for f in (REPORT_CSV, REPORT_JSON))

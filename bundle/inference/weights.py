@@ -85,7 +85,7 @@ def _load_problem(path: str, e: Exception) -> str:
         return f"cannot be read ({err.strerror or err})"
     if not magic:
         return "an empty file"
-    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip archive (or, legacy, a pickle)
+    if magic[:2] not in (b"PK", b"\x80\x02"):  # torch.save writes a zip archive (or, legacy, a protocol-2 pickle)
         return "not a PyTorch checkpoint (neither the zip archive nor the pickle torch.save writes)"
     text = str(e)
     if "Weights only load failed" in text:

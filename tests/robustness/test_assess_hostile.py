@@ -106,7 +106,7 @@ def test_refused_before_any_work(detector, tmp_path):
         (tmp_path / "ro").mkdir()
         os.chmod(tmp_path / "ro", 0o555)
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(3000))
+    garbage.write_bytes(b"\x80\x05" + os.urandom(3000))  # a protocol-5 pickle start (torch.save never writes one), noise
     checks = [
         ([good, "--output_dir", unwritable, "--weights", detector, "--la_only"], 2, "cannot write there"),
         ([good, "--output_dir", tmp_path / "o1", "--weights", tmp_path / "none.pt", "--la_only"], 2,

@@ -138,3 +138,26 @@ def test_interrupted_training_is_killed_in_mlflow_and_resumes(tiny_demo, tmp_pat
     assert [line.split("Epoch[")[1][0] for line in trained] == ["2", "3"], trained
     assert sorted(r.info.status for r in client.search_runs([experiment])) == ["FINISHED", "KILLED"]
     shutil.rmtree(out / "cache", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_trainings_logging_into_one_sqlite_store_both_finish(tiny_demo, tmp_path):
+    """Parallel runs (e.g. folds started by hand) into one SQLite MLflow store, which is created by whichever
+    starts first: both finish with all their params and every epoch's metrics."""
+    (tmp_path / "store").mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlruns.db'}"
+    procs = []
+    for i in (0, 1):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(TRAIN),
+               "--datalist", tiny_demo, "--output_dir", str(tmp_path / f"runs{i}"), "--ckpt_dir",
+               str(tmp_path / f"models{i}"), "--tracking_uri", uri, "--run_name", f"parallel{i}", *TINY]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for rc, err in results:
+        assert rc == 0 and "database is locked" not in err, err[-3000:]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("la_lge_qa").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["parallel0", "parallel1"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.params["max_epochs"] == "3"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_mean_dice")] == [1, 2, 3]
