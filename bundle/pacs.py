@@ -170,7 +170,8 @@ def store(url: str, files: Sequence[str], study_uid: str, timeout: float = 60.0)
             if not found:
                 missing.append(str(ds.SOPInstanceUID))
     except requests.exceptions.RequestException as e:
-        raise DicomWebError(f"study {study_uid}: stored, but cannot check the instances: {_why(e, url, timeout)}") from None
+        why = _why(e, url, timeout)
+        raise DicomWebError(f"study {study_uid}: stored, but cannot check the instances: {why}") from None
     if missing:
         raise DicomWebError(f"study {study_uid}: {url} answered the store but did not keep instance(s) "
                             f"{', '.join(missing)} (filtered out or refused by the server)")  # fmt: skip

@@ -1,7 +1,7 @@
 """Assess the quality of LGE-MRI scans for fibrosis assessment: DICOM exports, NIfTI/NRRD files, folders, datalists.
 
     python scripts/assess.py <input> [<input> ...] --output_dir <dir>
-    python scripts/assess.py --dicomweb http://127.0.0.1:8042/dicom-web --study <uid> [--series <uid>] [--store] --output_dir <dir>
+    python scripts/assess.py --dicomweb <url> --study <uid> [--series <uid>] [--store] --output_dir <dir>
 
 Runs the bundle's inference workflow (configs/common.yaml + configs/inference.yaml) with the weights in models/.
 Writes qa_report.csv, qa_report.json, and per scan <name>_la_mask.nii.gz and <name>_report.html; the reports are
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", action="append", default=[], help="a further config overlay (repeatable)")
     web = p.add_argument_group("DICOMweb (a PACS or Orthanc)")
     web.add_argument("--dicomweb", default=None, metavar="URL",
-                     help="DICOMweb root of the server to retrieve the study from (e.g. http://127.0.0.1:8042/dicom-web)")
+                     help="DICOMweb root of the server to retrieve the study from, e.g. http://127.0.0.1:8042/dicom-web")
     web.add_argument("--study", default=None, metavar="UID", help="StudyInstanceUID to retrieve and assess")
     web.add_argument("--series", default=None, metavar="UID", help="only this SeriesInstanceUID of the study")
     web.add_argument("--store", action="store_true",

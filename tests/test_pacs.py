@@ -173,7 +173,7 @@ def test_server_that_does_not_answer_times_out(weights, tmp_path, capsys):  # no
         listener.close()
 
 
-def test_store_refused_by_the_server_keeps_local_outputs_and_changes_nothing(weights, study, tmp_path, capsys):  # noqa: F811
+def test_store_refused_by_the_server_keeps_local_outputs(weights, study, tmp_path, capsys):  # noqa: F811
     server = Orthanc(str(tmp_path / "orthanc"), lua=REJECT_SEG_SR)  # takes images, refuses SEG and SR
     try:
         server.upload(study["files"])

@@ -245,7 +245,8 @@ def test_dicom_series_get_a_segmentation_and_a_structured_report(weights, export
     _, rows = read_csv(out / "qa_report.csv")
     by_uid = {r["series_uid"]: r for r in rows}
     scans = {s["name"]: s for s in json.load(open(out / "qa_report.json", encoding="utf-8"))["scans"]}
-    for name, uid, files in (("P001_s7_LGE_main", "1.2.826.1.7", sorted(str(p) for p in (dicom / "S1" / "A").iterdir())),
+    classic = sorted(str(p) for p in (dicom / "S1" / "A").iterdir())
+    for name, uid, files in (("P001_s7_LGE_main", "1.2.826.1.7", classic),
                              ("P001_s9_LGE_3D_enhanced", "1.2.826.1.4", str(dicom / "S4" / "MF0001"))):  # fmt: skip
         outputs = scans[name]["outputs"]
         assert outputs["seg"] == name + "_la_seg.dcm" and outputs["sr"] == name + "_qa_sr.dcm"

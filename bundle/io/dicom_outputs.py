@@ -93,8 +93,8 @@ def series_headers(files: str | Sequence[str]) -> tuple[dict[str, Dataset], list
 
     Returns:
         ``(headers, frames, affine)``: ``{file: header}`` in the order of the files' first frames in the volume
-        (Type 2 attributes completed on copies), the frames as :func:`bundle.io.dicom.volume_geometry` orders them, and the
-        volume's RAS affine.
+        (Type 2 attributes completed on copies), the frames as :func:`bundle.io.dicom.volume_geometry` orders
+        them, and the volume's RAS affine.
 
     Raises:
         DicomOutputError: the files cannot be read or do not form a volume.
@@ -233,8 +233,8 @@ def write_sr(
     unit_1, slices = codes.UCUM.NoUnits, hd.sr.CodedConcept("{slices}", "UCUM", "slices")
     groups = []
     volume = _num(result.get("la_volume_ml")) or 0.0
-    la_measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=volume, unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"),
-                                         algorithm_id=algorithm)]  # fmt: skip
+    ml = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+    la_measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=volume, unit=ml, algorithm_id=algorithm)]
     if _num(result.get("n_la_slices")) is not None:
         la_measurements.append(hd.sr.Measurement(name=CODES.n_la_slices, value=float(result["n_la_slices"]),
                                                  unit=slices, algorithm_id=algorithm))  # fmt: skip

@@ -32,7 +32,7 @@ SHAPE = (40, 36, 24)
 REQUIRED = os.environ.get("LA_LGE_QA_REQUIRE_DICOM_TOOLS") == "1"
 RESULT = {"p_nulling": 0.91, "p_sharpness": 0.125, "p_enhancement": 0.3333, "p_fibrosis": 0.618034,
           "uncertainty": 0.042, "diagnostic": 1, "refer": 1, "n_la_slices": 11, "la_volume_ml": 1.7766,
-          "status": "ok", "message": "uncertain: fibrosis probability spreads 0.21 over the flipped views <b>"}  # fmt: skip
+          "status": "ok", "message": "uncertain: fibrosis probability spreads 0.21 over flipped views <b>"}  # fmt: skip
 
 
 def dciodvfy_errors(path: str) -> list[str]:
