@@ -65,18 +65,19 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--studies", type=int, default=50)
     p.add_argument("--shape", type=int, nargs=3, default=(576, 576, 88))
+    p.add_argument("--low_memory", action="store_true", help="run scripts/assess.py with --low_memory")
     p.add_argument("--output", default=os.path.join(ROOT, "runs", "bench", "memory_assess.json"))
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         studies = write_studies(os.path.join(tmp, "in"), a.studies, tuple(a.shape))
         short = write_studies(os.path.join(tmp, "short"), 1, (64, 64, 4))[0]  # refused as a localizer, after loading
-        common = ["--no_html"]
+        common = ["--no_html"] + (["--low_memory"] if a.low_memory else [])
         imports, _, _ = peak_of([short, "--output_dir", os.path.join(tmp, "o0"), *common])
         one, t_one, _ = peak_of([studies[0], "--output_dir", os.path.join(tmp, "o1"), *common])
         many, t_many, log = peak_of([os.path.join(tmp, "in"), "--output_dir", os.path.join(tmp, "o2"), *common])
         per_study = [float(x) for x in re.findall(r"\((\d+\.\d+) s\)", log)]
     out = {
-        "shape": list(a.shape), "studies": a.studies,
+        "shape": list(a.shape), "studies": a.studies, "low_memory": a.low_memory,
         "peak_mb": {"imports_and_networks": round(imports), "one_study": round(one), "all_studies": round(many)},
         "ratio_many_over_one": round(many / one, 3),
         "one_study_over_imports_mb": round(one - imports),

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dicom_outputs", nargs="?", const=True, default=True, type=_bool,
                    help="for DICOM input, also write the LA mask as DICOM SEG and the result as DICOM SR "
                         "(default true; --dicom_outputs false to switch off)")
+    p.add_argument("--low_memory", action="store_true",
+                   help="memory flat over many studies and lower per study, about 1.7x slower (docs/benchmarks.md)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--config", action="append", default=[], help="a further config overlay (repeatable)")
     web = p.add_argument_group("DICOMweb (a PACS or Orthanc)")
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {"bundle_root": ROOT, "input": inputs if len(inputs) > 1 else inputs[0],
                      "overwrite": bool(args.overwrite), "resume": args.resume, "run_qa": not args.la_only,
-                     "write_html": not args.no_html, "dicom_outputs": bool(args.dicom_outputs)}  # fmt: skip
+                     "write_html": not args.no_html, "dicom_outputs": bool(args.dicom_outputs),
+                     "low_memory": args.low_memory}  # fmt: skip
         if output_dir:
             overrides["output_dir"] = output_dir
         if args.dicomweb:
