@@ -75,6 +75,8 @@ def retrieve(url: str, study_uid: str, folder: str, series_uid: str | None = Non
     import pydicom
     import requests
 
+    from bundle.outputs import atomic_write
+
     study_uid = check_uid(study_uid, "study UID")
     series_uid = check_uid(series_uid, "series UID") if series_uid else None
     what = f"study {study_uid}" + (f" series {series_uid}" if series_uid else "")
@@ -110,8 +112,6 @@ def retrieve(url: str, study_uid: str, folder: str, series_uid: str | None = Non
                 name = f"{sop}.dcm" if UID_RE.match(sop) and len(sop) <= 64 else f"instance_{k:05d}.dcm"
                 path = os.path.join(target, name)
                 if not os.path.exists(path):
-                    from bundle.outputs import atomic_write
-
                     atomic_write(path, lambda p, ds=ds: pydicom.dcmwrite(p, ds, enforce_file_format=True))
                 written.append(path)
         except requests.exceptions.RequestException as e:

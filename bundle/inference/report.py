@@ -259,6 +259,12 @@ def prepare_outputs(
     return files
 
 
+def _affine_of(pred: torch.Tensor) -> np.ndarray:
+    """The RAS affine of a step's ``pred`` (a MetaTensor), identity for a plain tensor."""
+    affine = pred.affine if hasattr(pred, "affine") else np.eye(4)
+    return np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine)
+
+
 def write_mask(path: str, mask: torch.Tensor | np.ndarray, affine: np.ndarray) -> None:
     """Save a binary mask ``(X, Y, Z)`` as a uint8 NIfTI with ``affine`` (RAS) as both its qform and sform."""
     arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
@@ -299,7 +305,9 @@ class ReportWriter:
         self.discovery = discovery
         self.html = as_bool(html)
         self.dicom = as_bool(dicom)
-        self._images = {s.name: s.image for s in discovery.sources if s.status == "ready"}
+        # the DICOM series' files, by output name: the scans that get a SEG and an SR
+        self._dicom_files = {s.name: s.image for s in discovery.sources
+                             if s.status == "ready" and self.dicom and is_dicom_series(s.image)}  # fmt: skip
         self.resume = as_bool(resume)
         self.overwrite = as_bool(overwrite) or self.resume  # resumed: a scan assessed again replaces its own files
         self.settings = dict(settings or {})
@@ -344,8 +352,7 @@ class ReportWriter:
         if result.status in ASSESSED and pred is not None and pred.numel() and result.name:
             path = os.path.join(self.output_dir, result.name + MASK_SUFFIX)
             if self._free(path):
-                affine = pred.affine if hasattr(pred, "affine") else np.eye(4)
-                write_mask(path, pred[0], np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine))
+                write_mask(path, pred[0], _affine_of(pred))
                 outputs["mask"] = os.path.basename(path)
         if self.html and result.status in ASSESSED and result.name:
             from bundle.inference.html import render_report
@@ -360,7 +367,7 @@ class ReportWriter:
 
                 atomic_write(path, write_page)
                 outputs["html"] = os.path.basename(path)
-        if self.dicom and result.status in ASSESSED and result.name and is_dicom_series(self._images.get(result.name)):
+        if result.status in ASSESSED and result.name in self._dicom_files:
             outputs.update(self._write_dicom(result, pred))
         result.detail["outputs"] = outputs
         result.visuals = {}  # pictures are written; free the memory
@@ -378,7 +385,7 @@ class ReportWriter:
         recorded in the JSON report (``dicom_outputs_error``) and does not stop the run."""
         import bundle
 
-        files = self._images[result.name]
+        files = self._dicom_files[result.name]
         seg_name, sr_name = dicom_output_names(result.name)
         written = {}
         try:
@@ -387,9 +394,8 @@ class ReportWriter:
             if pred is not None and pred.numel() and bool((pred[0] > 0).any()):
                 path = os.path.join(self.output_dir, seg_name)
                 if self._free(path):
-                    affine = pred.affine if hasattr(pred, "affine") else np.eye(4)
-                    affine = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine)
-                    seg = write_seg(path, np.asarray(pred[0].cpu()), affine, files, bundle.__version__, headers)
+                    mask = np.asarray(pred[0].cpu())
+                    seg = write_seg(path, mask, _affine_of(pred), files, bundle.__version__, headers)
                     written["seg"] = seg_name
             path = os.path.join(self.output_dir, sr_name)
             if self._free(path):
