@@ -16,6 +16,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 
+from bundle.errors import BundleError
+
 __all__ = [
     "CSV_COLUMNS",
     "LOCK_FILE",
@@ -41,8 +43,10 @@ LOCK_FILE = ".qa_report.lock"  # held (flock) by the run writing into the folder
 _held_locks: dict[str, object] = {}  # output folder -> open lock file, kept for the life of the process
 
 
-class OutputError(OSError):
+class OutputError(BundleError, OSError):
     """An output folder or file that cannot be used; the message is one line naming it and what to do."""
+
+    category = "output"
 
 
 def atomic_write(path: str, write: Callable[[str], object]) -> None:

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import time
 
+from bundle.errors import BundleError
+
 __all__ = [
     "as_bool",
     "backup_existing",
@@ -229,10 +231,10 @@ def require_file(path: str, what: str = "file", hint: str = "") -> str:
         ``path``.
 
     Raises:
-        SystemExit: ``ERROR: no <what> at <path>; <hint>``.
+        BundleError: ``no <what> at <path>; <hint>`` (printed as ``ERROR: ...``).
     """
     if not os.path.isfile(path):
-        raise SystemExit(f"ERROR: no {what} at {path}" + (f"; {hint}" if hint else ""))
+        raise BundleError(f"no {what} at {path}" + (f"; {hint}" if hint else ""))
     return path
 
 

@@ -19,7 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from bundle.errors import entry_point  # noqa: E402
 
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     from bundle.data.datalist import LIST_KEYS, load_datalist
     from bundle.data.prepare import resolve_datalist

@@ -190,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         return _store(args, workflow) if args.store else 0
     except KeyboardInterrupt:
         return _interrupted(workflow)
-    except SystemExit as e:  # the library's one-line refusals (ERROR weights/output/input: ...)
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            return 1 if e.code.startswith("ERROR input") else 2
-        return e.code if isinstance(e.code, int) else 1
-    except Exception as e:  # anything else: one line here, the traceback in the output folder when it can be written
-        from bundle.inference.workflow import describe_error
+    except Exception as e:
+        from bundle.errors import error_line, exit_status, find_error
+
+        if find_error(e) is not None:  # the library's one-line refusals (ERROR weights/output/input: ...)
+            print(error_line(e), file=sys.stderr)
+            return exit_status(e)
+        from bundle.inference.workflow import describe_error  # anything else: one line, the traceback in the folder
 
         print(f"ERROR: {describe_error(e)}{_save_traceback(workflow)}", file=sys.stderr)
         return 2

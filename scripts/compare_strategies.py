@@ -23,10 +23,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bundle.errors import entry_point  # noqa: E402
 from bundle.evaluation.compare import STRATEGIES, compare_strategies, reevaluate  # noqa: E402
 from bundle.utils import parse_overrides  # noqa: E402
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

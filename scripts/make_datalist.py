@@ -16,8 +16,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bundle.data.datalist import DatalistError, load_datalist, validate_datalist  # noqa: E402
 from bundle.data.make_datalist import datalist_from_csv  # noqa: E402
+from bundle.errors import entry_point  # noqa: E402
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset_dir", required=True, help="folder every path is relative to")

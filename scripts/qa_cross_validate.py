@@ -25,9 +25,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bundle.data.datalist import DatalistError  # noqa: E402
+from bundle.errors import entry_point  # noqa: E402
 from bundle.evaluation.qa_crossval import DEFAULT_RECIPE, export_qa_ensemble, qa_cross_validate  # noqa: E402
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -30,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bundle.errors import entry_point  # noqa: E402
+
 DEFAULTS = {"qa_threshold": 0.5, "refer_uncertainty": 0.05}
 THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 19)]  # 0.10 .. 0.90
 REFER = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 1.0]
@@ -144,6 +146,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.output_dir or os.path.join(ROOT, "runs", time.strftime("tune_inference_%Y%m%d_%H%M%S"))

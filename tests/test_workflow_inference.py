@@ -31,7 +31,9 @@ from tests.dicom_helpers import (
     write_junk,
     write_series,
 )
+from bundle.errors import InputError, WeightsError
 from tests.conftest import write_known_detector
+from tests.error_helpers import raises_error
 from tests.inference.test_stage2 import SMALL_QA, small_qanet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,7 +201,7 @@ def test_outputs_are_never_overwritten_unasked(weights, export, tmp_path, capsys
 
 @pytest.mark.slow
 def test_nothing_assessable_exits_non_zero(weights, export, tmp_path):
-    with pytest.raises(SystemExit, match="ERROR input: nothing could be assessed"):
+    with raises_error(InputError, "ERROR input: nothing could be assessed"):
         run_workflow(**overrides(weights, [str(export["vols"] / "flat.nii.gz"), str(tmp_path / "missing")],
                                  tmp_path / "out"))  # fmt: skip
     _, rows = read_csv(tmp_path / "out" / "qa_report.csv")
@@ -210,11 +212,11 @@ def test_nothing_assessable_exits_non_zero(weights, export, tmp_path):
 @pytest.mark.slow
 def test_missing_weights_name_the_remedy(weights, export, tmp_path):
     kw = overrides(weights, str(export["vols"]), tmp_path / "out")
-    with pytest.raises(SystemExit, match=r"ERROR weights: LA detector checkpoint .*nope.pt not found: the bundle ships "
+    with raises_error(WeightsError, r"ERROR weights: LA detector checkpoint .*nope.pt not found: the bundle ships "
                                          r"models/detector.pt .* or train the LA detector with `python -m monai.bundle "
                                          r"run training"):  # fmt: skip
         run_workflow(**{**kw, "ckpt_path": str(tmp_path / "nope.pt")})
-    with pytest.raises(SystemExit, match=r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: the bundle "
+    with raises_error(WeightsError, r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: the bundle "
                                          r"ships models/qa.pt .* or train the QA "
                                          r"network with `python -m monai.bundle run training --config_file "
                                          r"\"\['configs/common.yaml','configs/qa_baseline.yaml'\]\"` .*run_qa"):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bundle.errors import DataError
 from bundle.evaluation.compare import (STRATEGIES, _mlflow_client, _parent_run, _run, _workflow, summarise,
                                        write_tables)
 
@@ -51,7 +52,7 @@ def compare_curation(
         ``{"dir", "parent_run_id", "results", "tables"}``.
 
     Raises:
-        SystemExit: one line, when ``curation_dir`` is not a finished curation run.
+        DataError: one line, when ``curation_dir`` is not a finished curation run.
     """
     from monai.bundle import ConfigParser
 
@@ -60,7 +61,7 @@ def compare_curation(
     split_file = os.path.join(curation_dir, "split.json")
     for f in (summary_file, split_file):
         if not os.path.isfile(f):
-            raise SystemExit(f"ERROR: {curation_dir}: no {os.path.basename(f)} (not a finished curation run)")
+            raise DataError(f"{curation_dir}: no {os.path.basename(f)} (not a finished curation run)")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
     seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]

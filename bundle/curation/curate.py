@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from bundle.data.datalist import SCORE_KEYS, to_binary
+from bundle.errors import DataError, WeightsError
 from bundle.utils import backup_existing, save_figure
 
 __all__ = [
@@ -50,17 +51,17 @@ def curation_encoder(network: torch.nn.Module, ckpt: str, device: str | torch.de
         ``network.encoder`` (pooled features ``(N, C)``), loaded, in eval mode, on ``device``.
 
     Raises:
-        SystemExit: one line naming the file, when it is missing or does not fit the encoder.
+        WeightsError: one line naming the file, when it is missing or does not fit the encoder.
     """
     from bundle.networks.qa import load_encoder_weights
 
     if not ckpt or not os.path.isfile(str(ckpt)):
-        raise SystemExit(f"ERROR: no QA checkpoint at {ckpt}; pass --qa_ckpt with a trained QA network or encoder "
+        raise WeightsError(f"no QA checkpoint at {ckpt}; pass --qa_ckpt with a trained QA network or encoder "
                          "(e.g. models/qa_baseline.pt or models/supcon_encoder.pt)")  # fmt: skip
     try:
         load_encoder_weights(network.encoder, str(ckpt))
     except ValueError as e:
-        raise SystemExit(f"ERROR: {e}; build the network as it was trained (--spatial_size, --encoder_layers, "
+        raise WeightsError(f"{e}; build the network as it was trained (--spatial_size, --encoder_layers, "
                          "--encoder_widths)") from None  # fmt: skip
     return network.encoder.to(device).eval()
 
@@ -481,7 +482,7 @@ class Curation:
 
     def complete(self, engine: Engine) -> None:
         if not self._emb:
-            raise SystemExit("ERROR curation: no training slice was embedded (no LA slice selected?)")
+            raise DataError("curation: no training slice was embedded (no LA slice selected?)")
         emb, vol, sl = np.concatenate(self._emb), np.concatenate(self._vol), np.concatenate(self._sl)
         classes = np.concatenate(self._tgt)[:, SCORE_KEYS.index(self.label)].astype(int)
         os.makedirs(self.output_dir, exist_ok=True)

@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from bundle.errors import DataError
 from bundle.io.geometry import read_geometry, same_geometry
 
 __all__ = [
@@ -43,7 +44,7 @@ LIST_KEYS = ("segmentation", "quality")
 SCORE_RANGE = (1, 5)
 
 
-class DatalistError(ValueError):
+class DatalistError(DataError):
     """A datalist, split or entry that cannot be used; the message is one line naming the entry."""
 
 

@@ -10,6 +10,7 @@ from bundle.data.datalist import LIST_KEYS, DatalistError, load_datalist, valida
 from bundle.data.demo import make_demo_dataset
 from bundle.data.slices import SliceCache
 from bundle.data.split import PARTS, assign_split, load_split, save_split, split_patients
+from bundle.errors import DataError
 from bundle.utils import is_rank0, rank0_first
 
 __all__ = ["DataSplit", "cached_slices", "prepare_data", "resolve_datalist"]
@@ -103,19 +104,17 @@ def prepare_data(
         the validated, split data.
 
     Raises:
-        SystemExit: with one line naming the bad entry, when anything is wrong with the data; nothing is
-            written outside ``output_dir``.
+        DataError: (a ``DatalistError``) one line naming the bad entry, when anything is wrong with the data;
+            nothing is written outside ``output_dir``.
     """
-    try:
-        with rank0_first():  # in a distributed run rank 0 writes the demo set, the others then read it
-            path, root = resolve_datalist(dataset_dir, datalist, os.path.join(output_dir, "demo"))
-        lists = load_datalist(path, root, LIST_KEYS)
-        validate_datalist(lists, check_geometry=check_geometry)
-        patients = {e["patient"] for v in lists.values() for e in v}
-        split = load_split(split_file) if split_file else split_patients(patients, test_size, val_fraction, seed)
-        data = DataSplit(path, root, lists, split)
-    except DatalistError as e:
-        raise SystemExit(f"ERROR data: {e}") from None
+    # a DatalistError (a DataError) propagates: one line naming the entry
+    with rank0_first():  # in a distributed run rank 0 writes the demo set, the others then read it
+        path, root = resolve_datalist(dataset_dir, datalist, os.path.join(output_dir, "demo"))
+    lists = load_datalist(path, root, LIST_KEYS)
+    validate_datalist(lists, check_geometry=check_geometry)
+    patients = {e["patient"] for v in lists.values() for e in v}
+    split = load_split(split_file) if split_file else split_patients(patients, test_size, val_fraction, seed)
+    data = DataSplit(path, root, lists, split)
     sizes = ", ".join(f"{p} {len(data.split[p])}" for p in PARTS)
     logger.info(f"datalist {path}: {sum(map(len, lists.values()))} entries; patients: {sizes}")
     if save_split_to and is_rank0():
@@ -133,15 +132,12 @@ def cached_slices(data: DataSplit, list_name: str, part: str, **kwargs) -> Slice
         kwargs: arguments of :class:`SliceCache` (``spatial_size``, ``slice_axis``, ``cache_dir``, ...).
 
     Raises:
-        SystemExit: with one line naming the entry whose volume cannot be read or sliced.
+        DataError: one line naming the entry whose volume cannot be read or sliced, or the empty part.
     """
     entries = data.entries(list_name, part)
     if not entries:
         n = len(data.split.get(part, []))
-        raise SystemExit(f"ERROR data: {os.path.basename(data.datalist)}: no '{list_name}' entries for the {part} "
+        raise DataError(f"{os.path.basename(data.datalist)}: no '{list_name}' entries for the {part} "
                          f"part ({n} patients); the workflow needs at least one (add entries or change the split)")
-    try:
-        with rank0_first():  # rank 0 fills the on-disk cache, the other ranks then read it
-            return SliceCache(entries, **kwargs)
-    except DatalistError as e:
-        raise SystemExit(f"ERROR data: {e}") from None
+    with rank0_first():  # rank 0 fills the on-disk cache, the other ranks then read it
+        return SliceCache(entries, **kwargs)  # a DatalistError is a DataError

@@ -18,6 +18,7 @@ import torch
 from bundle.data.datalist import SCORE_KEYS, entry_name, to_binary
 from bundle.data.prepare import DataSplit, cached_slices
 from bundle.data.slices import SliceCache, _fingerprint
+from bundle.errors import ConfigError, DataError, WeightsError
 
 __all__ = ["DETECTOR_HINT", "PrepareQABatch", "QASlices", "detect_la", "qa_slices"]
 
@@ -133,7 +134,7 @@ def detect_la(cache: SliceCache, detector_ckpt: str, device: str | torch.device 
         ``(selected (n,) bool per cache slice, LA masks (n, 1, h, w) uint8 at the cache's slice size)``.
 
     Raises:
-        SystemExit: one line, when the checkpoint or its plan is missing or does not fit.
+        WeightsError: one line, when the checkpoint or its plan is missing or does not fit.
     """
     from bundle.inference.detector import load_detector, load_volume, segment_la
     from bundle.inference.weights import detector_plan
@@ -148,7 +149,7 @@ def detect_la(cache: SliceCache, detector_ckpt: str, device: str | torch.device 
         rows = np.flatnonzero(cache.volume == v)
         la = segment_la(network, plan, load_volume(entry["image"]))
         if la["axis"] != cache.slice_axes[v]:
-            raise SystemExit(f"ERROR qa_slices=detector: {entry['image']}: the detector sliced along axis {la['axis']}, "
+            raise DataError(f"qa_slices=detector: {entry['image']}: the detector sliced along axis {la['axis']}, "
                              f"the QA slices along {cache.slice_axes[v]} (set slice_axis alike)")  # fmt: skip
         chosen = set(la["selected"].tolist())
         selected[rows] = [int(cache.slice[r]) in chosen for r in rows]
@@ -186,15 +187,16 @@ def qa_slices(
         device: where the detector runs.
 
     Raises:
-        SystemExit: one line, when the mode is unknown or the detector checkpoint is missing or does not fit.
+        ConfigError, WeightsError: one line, when the mode is unknown or the detector checkpoint is missing or does
+            not fit.
     """
     if mode not in SELECTION_MODES:
-        raise SystemExit(f"ERROR: qa_slices must be one of {SELECTION_MODES}, got {mode!r}")
+        raise ConfigError(f"qa_slices must be one of {SELECTION_MODES}, got {mode!r}")
     cache = cached_slices(data, "quality", part, spatial_size=spatial_size, slice_axis=slice_axis, cache_dir=cache_dir)
     if mode == "mask":
         return QASlices(cache, cache.has_la, step=step, source="mask")
     if not detector_ckpt or not os.path.isfile(detector_ckpt):
-        raise SystemExit(f"ERROR qa_slices=detector: no LA detector checkpoint at {detector_ckpt}; {DETECTOR_HINT}")
+        raise WeightsError(f"qa_slices=detector: no LA detector checkpoint at {detector_ckpt}; {DETECTOR_HINT}")
     from bundle.networks.plan import plan_path
 
     no_mask = ~cache.has_mask

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.errors import DataError
 from bundle.networks.qa import LABELS
 
 __all__ = ["STRATEGIES", "compare_strategies", "reevaluate", "summarise", "write_tables"]
@@ -343,7 +344,7 @@ def reevaluate(
     compare_dir = os.path.abspath(compare_dir)
     settings_file = os.path.join(compare_dir, "settings.json")
     if not os.path.isfile(settings_file):
-        raise SystemExit(f"ERROR: {compare_dir}: no settings.json (not a folder written by the comparison)")
+        raise DataError(f"{compare_dir}: no settings.json (not a folder written by the comparison)")
     settings = json.load(open(settings_file))
     bundle_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     output_dir = os.path.dirname(compare_dir)

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 
 from monai.handlers import MLFlowHandler
 
+from bundle.errors import TrainingInterrupted
 from bundle.utils import provenance_tags
 
 __all__ = ["MLflowTracker", "prepare_tracking_store"]
@@ -132,7 +133,7 @@ class MLflowTracker(MLFlowHandler):
         """End the run as ``KILLED`` (Ctrl-C, SIGTERM) or ``FAILED`` (an error), not left ``RUNNING``.
 
         Raises:
-            SystemExit: one line for an interrupt (no traceback), saying what was kept.
+            TrainingInterrupted: one line for an interrupt (no traceback), saying what was kept.
             BaseException: any other exception ``e``, unchanged.
         """
         run_id, status = self.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -145,7 +146,7 @@ class MLflowTracker(MLFlowHandler):
         if isinstance(e, KeyboardInterrupt):
             epoch, last = getattr(engine.state, "epoch", 0), getattr(engine.state, "last_checkpoint", None)
             how = (f"continue with --resume_from {last}" if last else "no epoch finished yet")
-            raise SystemExit(f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; {how} (a "
+            raise TrainingInterrupted(f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; {how} (a "
                              "cross-validation reruns only its unfinished folds)") from None
         raise e
 

@@ -28,6 +28,7 @@ from bundle.io.dicom_outputs import (
     write_seg,
     write_sr,
 )
+from bundle.errors import InputError
 from bundle.io.discover import Discovery, Source
 from bundle.outputs import (
     CSV_COLUMNS,
@@ -238,7 +239,7 @@ def prepare_outputs(
         the planned output files.
 
     Raises:
-        SystemExit: ``ERROR output: ...`` naming the folder, or the existing files.
+        OutputError: one line naming the folder, or the existing files.
     """
     files = planned_outputs(discovery, output_dir, as_bool(html), as_bool(dicom))
     existing = [f for f in files if os.path.exists(f)]
@@ -246,16 +247,16 @@ def prepare_outputs(
         names = ", ".join(os.path.basename(f) for f in existing[:3])
         if len(existing) > 3:
             names += f" and {len(existing) - 3} more"
-        raise SystemExit(f"ERROR output: {output_dir} already holds {names}; pass --overwrite to replace them, "
+        raise OutputError(f"{output_dir} already holds {names}; pass --overwrite to replace them, "
                          "--resume to continue an interrupted run, or choose another --output_dir")  # fmt: skip
     try:
         check_output_dir(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         lock_output_dir(output_dir)
-    except OutputError as e:
-        raise SystemExit(f"ERROR output: {e}") from None
+    except OutputError:
+        raise
     except OSError as e:
-        raise SystemExit(f"ERROR output: {output_dir}: cannot write there ({e.strerror or e})") from None
+        raise OutputError(f"{output_dir}: cannot write there ({e.strerror or e})") from None
     return files
 
 
@@ -459,7 +460,7 @@ def exit_status(report: ReportWriter) -> int:
     Writes the final reports first when the evaluator did not (no volume to read: every input refused).
 
     Raises:
-        SystemExit: (non-zero) naming the report when nothing could be assessed.
+        InputError: (exit status 1) naming the report when nothing could be assessed.
     """
     if not report.written and os.path.isdir(report.output_dir):  # (prepare_outputs made it)
         report.write()
@@ -468,6 +469,6 @@ def exit_status(report: ReportWriter) -> int:
           f"{os.path.join(report.output_dir, REPORT_CSV)}")  # fmt: skip
     if report.n_assessed == 0:
         reasons = "; ".join(r.message for r in rows[:3] if r.message)
-        raise SystemExit(f"ERROR input: nothing could be assessed ({reasons or 'no input'}); see "
+        raise InputError(f"nothing could be assessed ({reasons or 'no input'}); see "
                          f"{os.path.join(report.output_dir, REPORT_CSV)}")  # fmt: skip
     return 0

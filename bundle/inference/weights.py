@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from bundle.errors import WeightsError
+
 __all__ = ["WEIGHT_HINTS", "check_qa_input", "detector_plan", "load_weights", "qa_network", "qa_plan"]
 
 logger = logging.getLogger(__name__)
@@ -37,23 +39,23 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
         ``network``, in eval mode.
 
     Raises:
-        SystemExit: ``ERROR weights: ...``, one line saying what is missing or wrong and what to do.
+        WeightsError: one line, one line saying what is missing or wrong and what to do.
     """
     name = NAMES.get(kind, kind)
     hint = WEIGHT_HINTS.get(kind, "pass the right checkpoint")
     if not path or not os.path.isfile(path):
-        raise SystemExit(f"ERROR weights: {name} checkpoint {path} not found: {hint}")
+        raise WeightsError(f"{name} checkpoint {path} not found: {hint}")
     device = next(network.parameters()).device
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise SystemExit(f"ERROR weights: {name} checkpoint {path} is unreadable: {_load_problem(path, e)}") from None
+        raise WeightsError(f"{name} checkpoint {path} is unreadable: {_load_problem(path, e)}") from None
     for key in ("model", "state_dict"):
         wrapped = isinstance(state, dict) and isinstance(state.get(key), dict)
         if wrapped and not any(torch.is_tensor(v) for v in state.values()):
             state = state[key]
     if not isinstance(state, dict):
-        raise SystemExit(f"ERROR weights: {name} checkpoint {path} holds a {type(state).__name__}, not a state dict")
+        raise WeightsError(f"{name} checkpoint {path} holds a {type(state).__name__}, not a state dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     try:
         network.load_state_dict(state, strict=True)
@@ -70,7 +72,7 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
         if missing or unexpected:
             detail = (f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
                       f"(e.g. {unexpected[:2]})")  # fmt: skip
-        raise SystemExit(f"ERROR weights: {name} checkpoint {path} does not fit the configured network ({detail}): "
+        raise WeightsError(f"{name} checkpoint {path} does not fit the configured network ({detail}): "
                          "was it trained with other network settings?") from None  # fmt: skip
     logger.info(f"{name}: weights from {path}")
     return network.eval()
@@ -103,10 +105,10 @@ def check_qa_input(plan: dict, spatial_size: int) -> None:
         spatial_size: the size the run would give the network (``qa_spatial_size``).
 
     Raises:
-        SystemExit: ``ERROR weights: ...`` when the checkpoint has a plan and ``spatial_size`` differs from it.
+        WeightsError: one line when the checkpoint has a plan and ``spatial_size`` differs from it.
     """
     if plan.get("plan_file") and int(spatial_size) != int(plan["spatial_size"]):
-        raise SystemExit(f"ERROR weights: qa_spatial_size {spatial_size} differs from the {plan['spatial_size']} that "
+        raise WeightsError(f"qa_spatial_size {spatial_size} differs from the {plan['spatial_size']} that "
                          f"{plan['plan_file']} was trained at; leave qa_spatial_size unset to use the plan's")
 
 
@@ -114,30 +116,24 @@ def detector_plan(ckpt_path: str) -> dict:
     """The plan of a detector checkpoint (:func:`bundle.networks.load_plan`), with one clear line when it is missing.
 
     Raises:
-        SystemExit: ``ERROR weights: ...`` when the checkpoint or its plan is missing or unreadable.
+        WeightsError: one line when the checkpoint or its plan is missing or unreadable.
     """
-    from bundle.networks.plan import PlanError, load_plan
+    from bundle.networks.plan import load_plan
 
     if not ckpt_path or not os.path.isfile(ckpt_path):
-        raise SystemExit(f"ERROR weights: LA detector checkpoint {ckpt_path} not found: {WEIGHT_HINTS['detector']}")
-    try:
-        return load_plan(ckpt_path, "detector")
-    except PlanError as e:
-        raise SystemExit(f"ERROR weights: {e}") from None
+        raise WeightsError(f"LA detector checkpoint {ckpt_path} not found: {WEIGHT_HINTS['detector']}")
+    return load_plan(ckpt_path, "detector")  # a PlanError is a WeightsError
 
 
 def qa_plan(ckpt_path: str) -> dict:
     """The QA checkpoint's settings (:func:`bundle.networks.load_qa_plan`), with one clear line for a bad plan.
 
     Raises:
-        SystemExit: ``ERROR weights: ...`` when the plan beside the checkpoint is unreadable or of another kind.
+        WeightsError: one line when the plan beside the checkpoint is unreadable or of another kind.
     """
-    from bundle.networks.plan import PlanError, load_qa_plan
+    from bundle.networks.plan import load_qa_plan
 
-    try:
-        return load_qa_plan(ckpt_path)
-    except PlanError as e:
-        raise SystemExit(f"ERROR weights: {e}") from None
+    return load_qa_plan(ckpt_path)  # a PlanError is a WeightsError
 
 
 def qa_network(plan: dict, qa_config, bundle_root: str | None = None) -> torch.nn.Module:

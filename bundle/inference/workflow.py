@@ -19,6 +19,7 @@ from ignite.engine import Engine
 from monai.data import Dataset, MetaTensor, list_data_collate
 from monai.engines.utils import IterationEvents
 
+from bundle.errors import one_line
 from bundle.inference.report import ScanResult
 from bundle.inference.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.inference.stage1 import ResizedSliceInferer
@@ -38,10 +39,11 @@ def describe_error(e: BaseException, where: str = "") -> str:
     own = (VolumeError, NotAVolume)  # the bundle's own errors name the file and read as sentences already
     while e.__cause__ is not None and not isinstance(e, own):
         e = e.__cause__
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    text = lines[0] if lines else type(e).__name__
-    if not isinstance(e, own):
-        text = f"{type(e).__name__}: {text}"
+    if isinstance(e, own):
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        text = lines[0] if lines else type(e).__name__
+    else:
+        text = one_line(e)
     return text if not where or text.startswith(where) else f"{where}: {text}"
 
 

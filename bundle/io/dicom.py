@@ -26,6 +26,8 @@ from monai.data import ImageReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from bundle.errors import one_line
+
 __all__ = [
     "MIN_SLICES",
     "DicomSeriesReader",
@@ -109,15 +111,10 @@ def read_header(path: str, force: bool = False) -> Dataset:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=force)
     except Exception as e:  # pydicom raises many types for corrupt headers
-        raise DicomVolumeError(f"{path}: unreadable DICOM header ({_one_line(e)})") from e
+        raise DicomVolumeError(f"{path}: unreadable DICOM header ({one_line(e)})") from e
     if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:  # pydicom parses garbage without complaint
         raise DicomVolumeError(f"{path}: unreadable DICOM header (no SOP Class UID or Series Instance UID: corrupt)")
     return ds
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _floats(value, n: int) -> np.ndarray | None:
@@ -333,7 +330,7 @@ class DicomSeriesReader(ImageReader):
                     warnings.simplefilter("ignore")
                     ds = pydicom.dcmread(name)
             except Exception as e:
-                bad[name] = f"unreadable DICOM file ({_one_line(e)})"
+                bad[name] = f"unreadable DICOM file ({one_line(e)})"
                 continue
             problem = pixel_data_problem(ds)
             if problem:
@@ -445,7 +442,7 @@ def _decode(ds: Dataset, path: str) -> np.ndarray:
         try:
             return np.asarray(ds.pixel_array)
         except Exception as e:
-            raise DicomVolumeError(f"{path}: cannot decode pixel data ({_one_line(e)})") from e
+            raise DicomVolumeError(f"{path}: cannot decode pixel data ({one_line(e)})") from e
     try:
         import itk
 
@@ -453,7 +450,7 @@ def _decode(ds: Dataset, path: str) -> np.ndarray:
     except Exception as e:
         name = getattr(syntax, "name", syntax)
         raise DicomVolumeError(f"{path}: cannot decode pixel data ({name}: neither pydicom nor ITK could: "
-                               f"{_one_line(e)})") from e  # fmt: skip
+                               f"{one_line(e)})") from e  # fmt: skip
     first = frames_from_dataset(ds, path)[0]  # GDCM rescales with the file's (or first frame's) values
     if first.slope != 1 or first.intercept != 0:
         arr = (arr - first.intercept) / first.slope

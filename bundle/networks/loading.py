@@ -9,6 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bundle.errors import ConfigError, WeightsError
+
+
 __all__ = ["build_network", "load_network"]
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ def build_network(
         the network, as the config defines it (random weights unless the config loads some).
 
     Raises:
-        SystemExit: with one line naming the files, when one is missing or has no ``network_id``.
+        ConfigError: one line naming the files, when one is missing or has no ``network_id``.
     """
     from monai.bundle import ConfigParser
 
@@ -39,11 +42,11 @@ def build_network(
     files = [os.path.join(root, f) if root and not os.path.isabs(f) else f for f in map(str, files)]
     missing = [f for f in files if not os.path.isfile(f)]
     if not files or missing:
-        raise SystemExit(f"ERROR config: no config file {missing or files} to build '{network_id}' from")
+        raise ConfigError(f"no config file {missing or files} to build '{network_id}' from")
     parser = ConfigParser()
     parser.read_config(files)
     if network_id not in parser:
-        raise SystemExit(f"ERROR config: {files}: no '{network_id}' to build the network from")
+        raise ConfigError(f"{files}: no '{network_id}' to build the network from")
     return parser.get_parsed_content(network_id, instantiate=True)
 
 
@@ -71,10 +74,10 @@ def load_network(
         the network, weights loaded, in eval mode.
 
     Raises:
-        SystemExit: with one line naming the file, when the checkpoint is missing or does not fit.
+        WeightsError: one line naming the file, when the checkpoint is missing or does not fit.
     """
     if not os.path.isfile(ckpt_path):
-        raise SystemExit(f"ERROR: no checkpoint at {ckpt_path}" + (f"; {hint}" if hint else ""))
+        raise WeightsError(f"no checkpoint at {ckpt_path}" + (f"; {hint}" if hint else ""))
     net = build_network(config_file, network_id)
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -83,6 +86,6 @@ def load_network(
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise SystemExit(f"ERROR: {ckpt_path} does not fit '{network_id}' of {config_file} ({first})") from None
+        raise WeightsError(f"{ckpt_path} does not fit '{network_id}' of {config_file} ({first})") from None
     logger.info(f"loaded {ckpt_path} into {network_id} of {config_file}")
     return net.to(device).eval()

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from bundle.errors import WeightsError
 from bundle.utils import git_commit
 
 __all__ = ["QA_DEFAULTS", "PlanError", "build_from_plan", "load_plan", "load_qa_plan", "plan_path", "write_detector_plan",
@@ -35,7 +36,7 @@ QA_DEFAULTS = {"rule": "mode", "threshold": 0.5, "temperature": None, "region": 
 INTENSITY = {"rule": "percentiles of the non-zero voxels mapped to 0..1, clipped", "lower": 0.5, "upper": 99.5}
 
 
-class PlanError(ValueError):
+class PlanError(WeightsError):
     """A plan file that is missing, unreadable or incomplete (the message names the file)."""
 
 

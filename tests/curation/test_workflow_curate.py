@@ -14,7 +14,9 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from bundle.curation import curation_encoder
+from bundle.errors import WeightsError
 from bundle.networks import QANet
+from tests.error_helpers import raises_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [os.path.join(ROOT, "configs", n) for n in ("common.yaml", "qa_baseline.yaml", "curate.yaml")]
@@ -98,11 +100,11 @@ def test_curate_cli_with_an_encoder_checkpoint(tiny_demo, tmp_path):
 
 
 def test_curation_encoder_errors(tmp_path):
-    with pytest.raises(SystemExit, match=r"^ERROR: no QA checkpoint at .*missing.pt"):
+    with raises_error(WeightsError, r"^ERROR weights: no QA checkpoint at .*missing.pt"):
         curation_encoder(_tiny_qanet(), str(tmp_path / "missing.pt"))
     bad = tmp_path / "other.pt"
     torch.save(QANet(layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32]).state_dict(), bad)
-    with pytest.raises(SystemExit, match=r"other.pt: does not fit the QA encoder"):
+    with raises_error(WeightsError, r"other.pt: does not fit the QA encoder"):
         curation_encoder(_tiny_qanet(), str(bad))
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from bundle.data import PrepareQABatch, detect_la, prepare_data, qa_slices, to_binary
+from bundle.errors import ConfigError, WeightsError, error_line
 from tests.conftest import write_known_detector
+from tests.error_helpers import raises_error
 
 LEVEL = 0.945  # the detector below marks pixels brighter than this (about half the demo slices hold one)
 
@@ -70,7 +72,7 @@ def test_detector_selection_is_inference_selection_and_is_cached(demo_split, det
     assert (peaks[s.indices] > LEVEL - 0.05).all()
     assert [f for f in os.listdir(cache_dir) if f.startswith("la_selection_")]
     os.remove(os.path.splitext(detector)[0] + ".json")  # a cached selection is keyed by the plan too
-    with pytest.raises(SystemExit, match="no plan beside the checkpoint"):
+    with raises_error(WeightsError, "no plan beside the checkpoint"):
         qa_slices(demo_split, "train", mode="detector", spatial_size=16, cache_dir=cache_dir, detector_ckpt=detector)
 
 
@@ -95,11 +97,11 @@ def test_detector_masks_replace_missing_labels(tiny_demo, detector, tmp_path):
 
 
 def test_missing_detector_is_one_clear_line(demo_split, tmp_path):
-    with pytest.raises(SystemExit) as e:
+    with raises_error(WeightsError) as e:
         qa_slices(demo_split, "train", mode="detector", spatial_size=16, detector_ckpt=str(tmp_path / "model.pt"))
-    msg = str(e.value)
+    msg = error_line(e.value)
     assert "\n" not in msg and "no LA detector checkpoint at" in msg and "configs/train.yaml" in msg and "--qa_slices mask" in msg
-    with pytest.raises(SystemExit, match="qa_slices must be one of"):
+    with raises_error(ConfigError, "qa_slices must be one of"):
         qa_slices(demo_split, "train", mode="other")
 
 

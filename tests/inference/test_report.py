@@ -5,9 +5,12 @@ import csv
 import numpy as np
 import pytest
 
+from bundle.errors import InputError
 from bundle.inference import CSV_COLUMNS, ReportWriter, ScanResult, exit_status, prepare_outputs
 from bundle.io import discover_inputs
+from bundle.outputs import OutputError
 from tests.conftest import write_nifti
+from tests.error_helpers import raises_error
 
 
 def test_row_format():
@@ -36,9 +39,9 @@ def test_report_lists_every_source_in_order(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "out" / "qa_report.csv", encoding="utf-8")))
     assert [(r["status"], r["n_la_slices"]) for r in rows] == [("no_left_atrium", "0"), ("error", "")]
     assert exit_status(writer) == 0
-    with pytest.raises(SystemExit, match="already holds qa_report.csv, qa_report.json"):
+    with raises_error(OutputError, "already holds qa_report.csv, qa_report.json"):
         prepare_outputs(found, str(tmp_path / "out"))
     assert prepare_outputs(found, str(tmp_path / "out"), overwrite="True")  # a flag as the command line passes it
     empty = ReportWriter(str(tmp_path / "out2"), discover_inputs(str(tmp_path / "missing")), overwrite=True)
-    with pytest.raises(SystemExit, match="nothing could be assessed .*missing: not found"):
+    with raises_error(InputError, "nothing could be assessed .*missing: not found"):
         exit_status(empty)

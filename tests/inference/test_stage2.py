@@ -8,8 +8,10 @@ import torch
 
 from monai.bundle import ConfigParser
 
+from bundle.errors import ConfigError, WeightsError
 from bundle.inference import QALogits, QAStage, qa_verdict
 from bundle.networks import CAM_LAYER, QANet
+from tests.error_helpers import raises_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # the bundle's QANet, shrunk for speed (the same overrides of configs/qa_baseline.yaml as a YAML overlay)
@@ -116,10 +118,10 @@ def test_checkpoint_loading(tmp_path):
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(stage.predict(x)[0], torch.sigmoid(trained.eval()(x)).numpy(), rtol=1e-5)
-    with pytest.raises(SystemExit, match="ERROR weights: QA network checkpoint .*missing.pt not found"):
+    with raises_error(WeightsError, "ERROR weights: QA network checkpoint .*missing.pt not found"):
         QAStage(small_qanet(), checkpoint=str(tmp_path / "missing.pt"))
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(SystemExit, match="does not fit the configured network"):
+    with raises_error(WeightsError, "does not fit the configured network"):
         QAStage(small_qanet(), checkpoint=str(tmp_path / "other.pt"))
 
 
@@ -148,5 +150,5 @@ def test_inference_config_builds_the_qa_training_network(tmp_path):
     assert parser.get_parsed_content("qa_network_def").segmentation
     parser["qa_config"] = ["configs/common.yaml", "configs/nope.yaml"]
     parser.ref_resolver.reset()
-    with pytest.raises(SystemExit, match="ERROR config: no config file .*nope.yaml"):
+    with raises_error(ConfigError, "ERROR config: no config file .*nope.yaml"):
         parser.get_parsed_content("qa_network_def")

@@ -16,6 +16,8 @@ import pytest
 
 from bundle.data.datalist import DatalistError, load_datalist, validate_datalist
 from bundle.data.prepare import cached_slices, prepare_data
+from bundle.errors import DataError
+from tests.error_helpers import raises_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = ["configs/common.yaml", "configs/train.yaml"]
@@ -92,7 +94,7 @@ def test_exact_duplicates_are_counted_once(tiny_demo, tmp_path, caplog):
 def test_empty_list_is_one_line(tiny_demo, tmp_path):
     path = variant(tiny_demo, tmp_path, "noq.json", lambda d: d.update(quality=[]))
     data = prepare_data(datalist=path, output_dir=str(tmp_path), test_size=2, val_fraction=0.2)
-    with pytest.raises(SystemExit, match=r"ERROR data: noq.json: no 'quality' entries for the train part \(\d+ "
+    with raises_error(DataError, r"ERROR data: noq.json: no 'quality' entries for the train part \(\d+ "
                                          r"patients\); the workflow needs at least one"):  # fmt: skip
         cached_slices(data, "quality", "train", spatial_size=16)
 
