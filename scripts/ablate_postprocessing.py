@@ -6,6 +6,13 @@ the grid is then applied to the same logits with the bundle's own rule and score
 slice F1 over the volumes. Trains nothing.
 
     python scripts/ablate_postprocessing.py --cv_dir runs/cv_detector --dataset_dir ../shared/data/la2018
+
+``--ensemble models/detector.pt`` takes the fold models from an exported ensemble instead (member k is fold k's
+model, tested on fold k's held-out patients; the folds are drawn again as the cross-validation drew them), so the
+shipped detector's out-of-fold figures can be ablated without its cross-validation folder; ``--tta`` adds flips at
+test time (``bundle.networks.FlipTTA``: both in-plane axes).
+
+    python scripts/ablate_postprocessing.py --ensemble models/detector.pt --dataset_dir ../shared/data/la2018 --tta
 """
 
 from __future__ import annotations
@@ -26,29 +33,50 @@ from bundle.errors import entry_point  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     from bundle.data.datalist import LIST_KEYS, load_datalist
     from bundle.data.prepare import resolve_datalist
-    from bundle.evaluation.crossval import load_folds, score_settings
+    from bundle.evaluation.crossval import _make_folds, load_folds, score_settings
     from bundle.inference import load_detector
+    from bundle.networks import FlipTTA
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cv_dir", required=True)
+    p.add_argument("--cv_dir", default=None, help="a finished cross-validation (its folds.json and fold models)")
+    p.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
+    p.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
+    p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
+    p.add_argument("--tta", action="store_true", help="average the probabilities over in-plane flips")
     p.add_argument("--dataset_dir", default=None)
     p.add_argument("--datalist", default=None)
     p.add_argument("--part", default="test", choices=["test", "val"])
     p.add_argument("--thresholds", default="0.3,0.4,0.5,0.6")
     p.add_argument("--areas", default="0,20", help="minimum LA areas (mm^2)")
     args = p.parse_args(argv)
-    path, root = resolve_datalist(args.dataset_dir, args.datalist, os.path.join(args.cv_dir, "demo"))
+    if bool(args.cv_dir) == bool(args.ensemble):
+        p.error("give one of --cv_dir or --ensemble")
+    if args.ensemble:
+        import tempfile
+
+        ensemble, plan = load_detector(args.ensemble)
+        with tempfile.TemporaryDirectory() as tmp:  # the folds as the cross-validation draws them (seed 0)
+            folds, path, root = _make_folds(tmp, args.datalist, args.dataset_dir, args.folds, 0, args.n_val, 0.15)
+        if len(ensemble.members) != len(folds):
+            p.error(f"{args.ensemble} has {len(ensemble.members)} members, not one per fold ({len(folds)})")
+        models = [(m.eval(), plan) for m in ensemble.members]
+    else:
+        path, root = resolve_datalist(args.dataset_dir, args.datalist, os.path.join(args.cv_dir, "demo"))
+        folds = load_folds(os.path.join(args.cv_dir, "folds.json"))
+        models = [load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt")) for k in range(len(folds))]
     entries = load_datalist(path, root, LIST_KEYS)["segmentation"]
     settings = [{"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest} for t, a, largest in
                 itertools.product([float(t) for t in args.thresholds.split(",")],
                                   [float(a) for a in args.areas.split(",")], (True, False))]  # fmt: skip
     scores: list[list[dict]] = [[] for _ in settings]
-    for k, fold in enumerate(load_folds(os.path.join(args.cv_dir, "folds.json"))):
-        network, plan = load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt"))
+    for fold, (network, plan) in zip(folds, models):
+        network = FlipTTA(network) if args.tta else network
         held = [e for e in entries if e["patient"] in set(fold[args.part])]
         for total, rows in zip(scores, score_settings(network, plan, held, settings)):
             total.extend(rows)
-    print(f"| t | min area (mm2) | largest component | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {args.cv_dir})")
+    source = args.cv_dir or args.ensemble
+    print(f"| t | min area (mm2) | largest component | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {source}"
+          f"{', flip TTA' if args.tta else ''})")
     for s, rows in zip(settings, scores):
         d, h, f = np.nanmean(np.asarray([(m["dice"], m["hd95_mm"], m["slice_f1"]) for m in rows], float), axis=0)
         print(f"| {s['la_threshold']:g} | {s['min_la_area_mm2']:g} | {'yes' if s['keep_largest'] else 'no'} | "

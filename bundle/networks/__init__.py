@@ -1,4 +1,4 @@
-from bundle.networks.ensemble import Ensemble
+from bundle.networks.ensemble import Ensemble, FlipTTA
 from bundle.networks.loading import build_network, load_network
 from bundle.networks.prepare import AUTOCAST_DTYPES, prepare_network
 from bundle.networks.qa import CAM_LAYER, LABELS, QANet, SupConNet, load_encoder_weights, qa_logits

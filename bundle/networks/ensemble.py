@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["Ensemble"]
+__all__ = ["Ensemble", "FlipTTA"]
 
 
 class Ensemble(nn.Module):
@@ -47,3 +47,29 @@ class Ensemble(nn.Module):
             return torch.stack([m(x).float() for m in self.members]).mean(0)
         p = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
         return torch.logit(p, eps=1e-6)
+
+
+class FlipTTA(nn.Module):
+    """Test-time augmentation by flips: ``network``'s sigmoid probabilities averaged over the input flipped along
+    each of ``flips`` (spatial dimension tuples of ``(N, C, H, W)``, ``()`` the unflipped input), returned as the
+    logit of the average, as :class:`Ensemble` combines members.
+
+    Args:
+        network: a network mapping ``(N, C, H, W)`` to logits of the same spatial size.
+        flips: the flips, e.g. ``((), (2,), (3,), (2, 3))`` (both in-plane axes and both together).
+
+    Raises:
+        ValueError: for no flip or a flip of a non-spatial dimension.
+    """
+
+    def __init__(self, network: nn.Module, flips: tuple = ((), (2,), (3,), (2, 3))) -> None:
+        super().__init__()
+        self.flips = tuple(tuple(int(d) for d in f) for f in flips)
+        if not self.flips or any(d < 2 for f in self.flips for d in f):
+            raise ValueError(f"flips must be tuples of spatial dimensions (>= 2), got {flips}")
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [torch.sigmoid(self.network(x.flip(f)).float()).flip(f) if f else torch.sigmoid(self.network(x).float())
+                 for f in self.flips]  # fmt: skip
+        return torch.logit(torch.stack(probs).mean(0), eps=1e-6)
