@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bundle.data.datalist import SCORE_KEYS, DatalistError, entry_name, to_binary
+from bundle.io.dicom import VOLUME_SUFFIXES
 
 __all__ = ["RegionScan", "load_region_scans", "region_cache", "region_scans", "scan_name"]
 
@@ -45,7 +46,9 @@ class RegionScan:
 def scan_name(path: str) -> str:
     """A scan's name from its file: the base name without the volume suffix, characters outside ``[A-Za-z0-9._-]``
     replaced (it becomes a file name)."""
-    base = re.sub(r"\.(nii\.gz|nii|nrrd|mha|mhd)$", "", os.path.basename(os.path.normpath(path)), flags=re.I)
+    base = os.path.basename(os.path.normpath(path))
+    suffix = next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if base.lower().endswith(s)), "")
+    base = base[: len(base) - len(suffix)]
     return re.sub(r"[^A-Za-z0-9._-]", "_", base) or "scan"
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.data.datalist import SCORE_KEYS
 from bundle.errors import DataError
-from bundle.networks.qa import LABELS
 
 __all__ = ["STRATEGIES", "compare_strategies", "reevaluate", "summarise", "write_tables"]
 
@@ -98,7 +98,7 @@ def summarise(results: dict[str, list[dict]], level: str = "mode") -> dict[str, 
     out: dict = {}
     for strategy, runs in results.items():
         out[strategy] = {}
-        for label in LABELS:
+        for label in SCORE_KEYS:
             out[strategy][label] = {}
             for m in TABLE_METRICS:
                 v = np.array([r["metrics"][level][label][m] for r in runs], dtype=float)
@@ -155,10 +155,10 @@ def write_tables(results: dict[str, list[dict]], output_dir: str, note: str = ""
         cells = [DISPLAY.get(s, s), str(len(results[s]))] + [_fmt(*mode[s]["fibrosis"][m][:2]) for m in TABLE_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "F1 per label (verdict by mode), and QA by the mean slice probability:", ""]
-    head = ["Method", *[f"F1 {lb}" for lb in LABELS], "QA F1 (mean prob.)", "QA AUROC (mean prob.)"]
+    head = ["Method", *[f"F1 {lb}" for lb in SCORE_KEYS], "QA F1 (mean prob.)", "QA AUROC (mean prob.)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in order:
-        cells = [DISPLAY.get(s, s)] + [_fmt(*mode[s][lb]["f1"][:2]) for lb in LABELS]
+        cells = [DISPLAY.get(s, s)] + [_fmt(*mode[s][lb]["f1"][:2]) for lb in SCORE_KEYS]
         cells += [_fmt(*mean[s]["fibrosis"]["f1"][:2]), _fmt(*mean[s]["fibrosis"]["auroc"][:2])]
         lines.append("| " + " | ".join(cells) + " |")
     if note:
@@ -299,7 +299,7 @@ def compare_strategies(
             for strategy, path in embeddings.items():
                 z = np.load(path)
                 pts, used = project_embeddings(z["embeddings"], projection, seeds[0])
-                panels.append((f"{DISPLAY[strategy]} (seed {seeds[0]})", pts, z["target"][:, LABELS.index("fibrosis")]))
+                panels.append((f"{DISPLAY[strategy]} (seed {seeds[0]})", pts, z["target"][:, SCORE_KEYS.index("fibrosis")]))
             tables["embeddings"] = plot_embeddings(panels, os.path.join(out, f"embeddings_{used}.png"),
                                                    {"tsne": "t-SNE", "umap": "UMAP"}[used])  # fmt: skip
         for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json"), split_file):

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from bundle.data.datalist import SCORE_KEYS
 from bundle.metrics.qa import AGGREGATIONS, aggregate_scans, binary_metrics, qa_outputs
-from bundle.networks.qa import LABELS
 
 __all__ = ["QAReport", "flatten_metrics", "report_summary", "score_predictions", "write_report"]
 
@@ -39,7 +39,7 @@ def score_predictions(volumes: np.ndarray, probs: np.ndarray, targets: np.ndarra
     scans = aggregate_scans(volumes, probs, threshold)
     scan_targets = np.stack([targets[volumes == v][0] for v in scans["volume"]]) if len(volumes) else targets[:0]
     metrics: dict = {level: {} for level in LEVELS}
-    for j, name in enumerate(LABELS):
+    for j, name in enumerate(SCORE_KEYS):
         metrics["slice"][name] = binary_metrics(targets[:, j], probs[:, j] > threshold, probs[:, j])
         metrics["mode"][name] = binary_metrics(scan_targets[:, j], scans["mode"][:, j], scans["mode_score"][:, j])
         metrics["mean"][name] = binary_metrics(scan_targets[:, j], scans["mean_pred"][:, j], scans["mean"][:, j])
@@ -79,11 +79,11 @@ def write_report(
     scans = scored["scans"]
     names = [scan_names[int(v)] if int(v) < len(scan_names) else str(v) for v in scans["volume"]]
     sp = {"scan": [scan_names[int(v)] if int(v) < len(scan_names) else str(v) for v in volumes], "slice": np.asarray(slices)}
-    for j, name in enumerate(LABELS):
+    for j, name in enumerate(SCORE_KEYS):
         sp[f"{name}_true"], sp[f"{name}_prob"] = np.asarray(targets)[:, j].astype(int), np.asarray(probs)[:, j]
     pd.DataFrame(sp).to_csv(os.path.join(output_dir, "slice_predictions.csv"), index=False)
     sc = {"scan": names, "slices": scans["slices"]}
-    for j, name in enumerate(LABELS):
+    for j, name in enumerate(SCORE_KEYS):
         sc[f"{name}_true"] = scored["scan_targets"][:, j]
         sc[f"{name}_mode"], sc[f"{name}_mode_share"] = scans["mode"][:, j], scans["mode_score"][:, j]
         sc[f"{name}_mean_prob"], sc[f"{name}_mean"] = scans["mean"][:, j], scans["mean_pred"][:, j]
@@ -95,7 +95,7 @@ def write_report(
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     for agg, key in (("mode", "mode"), ("mean", "mean_pred")):
-        plot_confusion_matrices(scored["scan_targets"], scans[key], LABELS, os.path.join(output_dir, f"confusion_{agg}.png"),
+        plot_confusion_matrices(scored["scan_targets"], scans[key], SCORE_KEYS, os.path.join(output_dir, f"confusion_{agg}.png"),
                                 f"{title} {part} scans ({scored['n_scans']}), verdict by {agg}".strip())  # fmt: skip
     return summary
 
@@ -195,6 +195,6 @@ class QAReport:
 
                 pts, used = project_embeddings(emb, self.projection, self.seed)
                 np.save(os.path.join(self.output_dir, f"embeddings_{used}.npy"), pts.astype(np.float32))
-                panel = (f"{self.title} ({self.part})".strip(), pts, tgt[:, LABELS.index("fibrosis")])
+                panel = (f"{self.title} ({self.part})".strip(), pts, tgt[:, SCORE_KEYS.index("fibrosis")])
                 name = {"tsne": "t-SNE", "umap": "UMAP"}[used]
                 plot_embeddings([panel], os.path.join(self.output_dir, "embeddings.png"), name)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from bundle.inference.stage2 import QA_OUTPUTS
+from bundle.data.datalist import SCORE_KEYS
 
 __all__ = ["heat_overlay", "mask_outline", "png_base64", "render_report"]
 
@@ -129,7 +129,7 @@ def _verdict(result, qa_t: float) -> str:
            f"{n_views} flipped views): {result.uncertainty:.3f}.</div>{refer}</div>",
            "<h2>Image-quality attributes</h2><table><tr><th class=l>attribute</th><th>probability diagnostic</th>"
            "<th class=l>reading</th></tr>"]  # fmt: skip
-    for k in QA_OUTPUTS:
+    for k in SCORE_KEYS:
         p = getattr(result, f"p_{k}")
         reading = "diagnostic" if p >= qa_t else "non-diagnostic"
         out.append(f"<tr><td class=l>{ATTRIBUTE_LABELS[k]}</td>{_p_cell(p, qa_t)}<td class=l>{reading}</td></tr>")
@@ -179,11 +179,11 @@ def _slice_table(slices: list[dict], qa_t: float) -> str:
     rows = [s for s in slices if s.get("selected")]
     if not rows or rows[0].get("p_fibrosis") is None:
         return ""
-    head = "".join(f"<th>{k}</th>" for k in QA_OUTPUTS)
+    head = "".join(f"<th>{k}</th>" for k in SCORE_KEYS)
     out = [f"<h2>Per-slice probabilities (LA slices)</h2><table><tr><th>slice</th><th>LA</th>{head}"
            "<th>spread over flips</th><th>vote</th></tr>"]  # fmt: skip
     for s in rows:
-        cells = "".join(_p_cell(s.get(f"p_{k}"), qa_t) for k in QA_OUTPUTS)
+        cells = "".join(_p_cell(s.get(f"p_{k}"), qa_t) for k in SCORE_KEYS)
         vote = "diagnostic" if s.get("vote") else "non-diagnostic"
         out.append(f"<tr><td>{s['index']}</td><td>{s['la_prob']:.3f}</td>{cells}"
                    f"<td>{s.get('fibrosis_spread', 0):.3f}</td><td>{vote}</td></tr>")  # fmt: skip

@@ -1,7 +1,7 @@
 """Stage 2: quality assessment of the LA slices with test-time augmentation, the scan verdict, HiResCAM maps.
 
 The bundle's QA network (:class:`bundle.networks.QANet`, any of its strategies) plugs in here, as does any
-``torch.nn.Module`` that maps slices ``(N, 1, h, w)`` to logits ``(N, 4)`` ordered as :data:`QA_OUTPUTS` (or to a
+``torch.nn.Module`` that maps slices ``(N, 1, h, w)`` to logits ``(N, 4)`` ordered as :data:`SCORE_KEYS` (or to a
 dict holding them under ``output_key``, as the multi-task network does under ``"qa"``).
 """
 
@@ -15,15 +15,15 @@ import torch
 
 from monai.utils import ensure_tuple_rep
 
+from bundle.data.datalist import SCORE_KEYS
 from bundle.inference.weights import load_weights
 from bundle.metrics.qa import VERDICT_RULES, is_diagnostic, scan_verdict
-from bundle.networks.qa import CAM_LAYER, LABELS
+from bundle.networks.qa import CAM_LAYER
 from bundle.visualize.hirescam import HiResCAM
 
-__all__ = ["QA_OUTPUTS", "QALogits", "QAResult", "QAStage", "qa_verdict"]
+__all__ = ["SCORE_KEYS", "QALogits", "QAResult", "QAStage", "qa_verdict"]
 
-QA_OUTPUTS = LABELS  # the QA network's logits, in this order: nulling, sharpness, enhancement, fibrosis
-FIBROSIS = QA_OUTPUTS.index("fibrosis")
+FIBROSIS = SCORE_KEYS.index("fibrosis")
 
 
 class QALogits(torch.nn.Module):
@@ -48,8 +48,8 @@ class QALogits(torch.nn.Module):
             out = out[self.output_key]
         elif isinstance(out, (tuple, list)):
             out = out[0]
-        if out.ndim != 2 or out.shape[1] != len(QA_OUTPUTS):
-            raise ValueError(f"the QA network must return logits (N, {len(QA_OUTPUTS)}) ordered {QA_OUTPUTS}, "
+        if out.ndim != 2 or out.shape[1] != len(SCORE_KEYS):
+            raise ValueError(f"the QA network must return logits (N, {len(SCORE_KEYS)}) ordered {SCORE_KEYS}, "
                              f"got shape {tuple(out.shape)}")  # fmt: skip
         return torch.cat([out, -out], dim=1)
 
@@ -76,10 +76,10 @@ def qa_verdict(probs: np.ndarray, threshold: float = 0.5, refer_uncertainty: flo
         ``refer_reasons``.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 3 or probs.shape[1] == 0 or probs.shape[2] != len(QA_OUTPUTS):
-        raise ValueError(f"probs must be (T, S>0, {len(QA_OUTPUTS)}), got {probs.shape}")
+    if probs.ndim != 3 or probs.shape[1] == 0 or probs.shape[2] != len(SCORE_KEYS):
+        raise ValueError(f"probs must be (T, S>0, {len(SCORE_KEYS)}), got {probs.shape}")
     slice_p = probs.mean(0)
-    scan = [scan_verdict(slice_p[:, j], threshold, rule) for j in range(len(QA_OUTPUTS))]
+    scan = [scan_verdict(slice_p[:, j], threshold, rule) for j in range(len(SCORE_KEYS))]
     p = np.array([s[0] for s in scan])
     diagnostic = scan[FIBROSIS][1]
     diagnostic_mean = is_diagnostic(slice_p[:, FIBROSIS].mean(), threshold)
@@ -165,10 +165,10 @@ class QAStage:
             raise ValueError(f"batch_size must be >= 1 and cam_slices >= 0, got {batch_size}, {cam_slices}")
         if rule not in VERDICT_RULES:
             raise ValueError(f"rule must be one of {VERDICT_RULES}, got {rule!r}")
-        t = np.ones(len(QA_OUTPUTS)) if temperature is None else np.broadcast_to(
-            np.asarray(temperature, dtype=np.float64), (len(QA_OUTPUTS),)).copy()  # fmt: skip
+        t = np.ones(len(SCORE_KEYS)) if temperature is None else np.broadcast_to(
+            np.asarray(temperature, dtype=np.float64), (len(SCORE_KEYS),)).copy()  # fmt: skip
         if not (np.isfinite(t).all() and (t > 0).all()):
-            raise ValueError(f"temperature must be positive (one or {len(QA_OUTPUTS)} values), got {temperature}")
+            raise ValueError(f"temperature must be positive (one or {len(SCORE_KEYS)} values), got {temperature}")
         self.rule, self.temperature = rule, torch.as_tensor(t, dtype=torch.float32)
         self.region = None
         if region:
@@ -205,7 +205,7 @@ class QAStage:
         """Sigmoid outputs ``(T, S, 4)`` of the QA network on ``slices`` ``(S, 1, h, w)`` under each flip."""
         x = slices.to(self.device, torch.float32)
         views = torch.cat([x.flip(f) if f else x for f in self.flips])
-        logits = torch.cat([self.model(views[i : i + self.batch_size])[:, : len(QA_OUTPUTS)]
+        logits = torch.cat([self.model(views[i : i + self.batch_size])[:, : len(SCORE_KEYS)]
                             for i in range(0, len(views), self.batch_size)])  # fmt: skip
         logits = logits / self.temperature.to(logits.device)
         return torch.sigmoid(logits).view(len(self.flips), len(x), -1).cpu().numpy()
@@ -231,7 +231,7 @@ class QAStage:
             return np.zeros((0, *slices.shape[2:]), np.float32)
         if self._cam is None:  # hooks are registered once, on first use
             self._cam = HiResCAM(self.model, target_layers=f"net.{self.cam_layer}")
-        target = FIBROSIS if diagnostic else FIBROSIS + len(QA_OUTPUTS)  # evidence for, or against, "diagnostic"
+        target = FIBROSIS if diagnostic else FIBROSIS + len(SCORE_KEYS)  # evidence for, or against, "diagnostic"
         maps = self._cam(slices.to(self.device, torch.float32), class_idx=target)
         return maps[:, 0].detach().cpu().numpy().astype(np.float32)
 

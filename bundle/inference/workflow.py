@@ -19,11 +19,12 @@ from ignite.engine import Engine
 from monai.data import Dataset, MetaTensor, list_data_collate
 from monai.engines.utils import IterationEvents
 
+from bundle.data.datalist import SCORE_KEYS
 from bundle.errors import one_line
 from bundle.inference.report import ScanResult
 from bundle.inference.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.inference.stage1 import ResizedSliceInferer
-from bundle.inference.stage2 import QA_OUTPUTS, QAStage
+from bundle.inference.stage2 import QAStage
 from bundle.io.dicom import MIN_SLICES, NotAVolume, VolumeError
 from bundle.transforms.region import region_to_slice
 from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
@@ -277,14 +278,14 @@ class TwoStageStep:
         qa = self.qa_stage.assess(slices)
         v = qa.verdict
         result.visuals["tta_probs"] = qa.probs  # (T, S, 4): lets a caller re-derive the verdict at other settings
-        for k, p in zip(QA_OUTPUTS, v["p"]):
+        for k, p in zip(SCORE_KEYS, v["p"]):
             setattr(result, f"p_{k}", float(p))
         result.diagnostic, result.uncertainty = int(v["diagnostic"]), float(v["uncertainty"])
         result.refer = int(v["refer"])
         result.status, result.message = "ok", "; ".join(v["refer_reasons"])
         for j, i in enumerate(selected):
             s = result.detail["slices"][int(i)]
-            s.update({f"p_{k}": float(v["slice_p"][j, n]) for n, k in enumerate(QA_OUTPUTS)})
+            s.update({f"p_{k}": float(v["slice_p"][j, n]) for n, k in enumerate(SCORE_KEYS)})
             s.update(fibrosis_spread=float(v["slice_spread"][j]), vote=int(v["slice_votes"][j]))
         votes = int(v["slice_votes"].sum())
         result.detail.update(

@@ -30,6 +30,7 @@ from bundle.errors import one_line
 
 __all__ = [
     "MIN_SLICES",
+    "VOLUME_SUFFIXES",
     "DicomSeriesReader",
     "DicomVolume",
     "DicomVolumeError",
@@ -48,7 +49,7 @@ logging.getLogger("pydicom").setLevel(logging.ERROR)  # value warnings on every 
 
 MIN_SLICES = 10  # fewer frames: a localizer or scout, not a volume to assess
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-VOLUME_SUFFIXES = ("nii", "nii.gz", "nrrd", "nhdr", "mha", "mhd")  # read by MONAI's NIfTI/ITK readers instead
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")  # read by MONAI's NIfTI/ITK readers instead
 
 
 class VolumeError(ValueError):
@@ -308,7 +309,7 @@ class DicomSeriesReader(ImageReader):
     def verify_suffix(self, filename: Sequence[str] | str) -> bool:
         """True for DICOM files or a folder holding some; NIfTI/NRRD/MetaImage files go to MONAI's readers."""
         names = [str(f) for f in ensure_tuple(filename)]
-        if not names or is_supported_format(names, VOLUME_SUFFIXES):
+        if not names or is_supported_format(names, [s[1:] for s in VOLUME_SUFFIXES]):
             return False
         first = names[0]
         return os.path.isdir(first) or is_dicom_file(first)

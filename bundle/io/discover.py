@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from bundle.io.dicom import (
     MIN_SLICES,
+    VOLUME_SUFFIXES,
     DicomVolumeError,
     NotAVolume,
     frames_from_dataset,
@@ -28,7 +29,6 @@ __all__ = ["Discovery", "Source", "discover_inputs", "volume_name"]
 
 logger = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 NOT_DICOM_SUFFIXES = (".txt", ".xml", ".json", ".html", ".htm", ".pdf", ".csv", ".md", ".ini", ".log", ".zip",
                       ".exe", ".inf", ".js", ".css", ".raw", ".img")  # fmt: skip  (.raw/.img: MetaImage/Analyze data)

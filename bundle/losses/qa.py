@@ -10,7 +10,8 @@ from torch import nn
 
 from monai.losses import DiceLoss
 
-from bundle.networks.qa import LABELS, qa_logits
+from bundle.data.datalist import SCORE_KEYS
+from bundle.networks.qa import qa_logits
 
 __all__ = ["MultiTaskLoss", "OrdinalBCE", "QALoss", "balanced_pos_weight", "resolve_pos_weight"]
 
@@ -48,10 +49,10 @@ class QALoss(nn.Module):
     def __init__(self, pos_weight: Sequence[float] | None = None, label_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         for name, w in (("pos_weight", pos_weight), ("label_weights", label_weights)):
-            if w is not None and (len(w) != len(LABELS) or any(float(v) < 0 for v in w)):
-                raise ValueError(f"{name} needs {len(LABELS)} non-negative values, got {list(w)}")
+            if w is not None and (len(w) != len(SCORE_KEYS) or any(float(v) < 0 for v in w)):
+                raise ValueError(f"{name} needs {len(SCORE_KEYS)} non-negative values, got {list(w)}")
         pw = None if pos_weight is None else torch.as_tensor([float(v) for v in pos_weight])
-        lw = torch.ones(len(LABELS)) if label_weights is None else torch.as_tensor([float(v) for v in label_weights])
+        lw = torch.ones(len(SCORE_KEYS)) if label_weights is None else torch.as_tensor([float(v) for v in label_weights])
         self.register_buffer("pos_weight", pw)
         self.register_buffer("label_weights", lw / lw.mean())
 
@@ -114,7 +115,7 @@ def resolve_pos_weight(spec: str | Sequence[float] | None, slices=None) -> list[
         return None
     if isinstance(spec, str):
         if spec != "balanced":
-            raise ValueError(f"pos_weight must be null, 'balanced' or {len(LABELS)} numbers, got {spec!r}")
+            raise ValueError(f"pos_weight must be null, 'balanced' or {len(SCORE_KEYS)} numbers, got {spec!r}")
         if slices is None or len(slices) == 0:
             raise ValueError("pos_weight 'balanced' needs the training slices")
         return balanced_pos_weight(slices.slice_targets())

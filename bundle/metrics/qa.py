@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bundle.networks.qa import LABELS, qa_logits
+from bundle.data.datalist import SCORE_KEYS
+from bundle.networks.qa import qa_logits
 
 __all__ = ["AGGREGATIONS", "VERDICT_RULES", "QALabelOutput", "aggregate_scans", "binary_metrics", "is_diagnostic",
            "mode_vote", "qa_mse_output", "qa_outputs", "scan_verdict", "seg_output"]  # fmt: skip
@@ -88,14 +89,14 @@ class QALabelOutput:
     """Output transform for MONAI's ``ConfusionMatrix`` handler: one label's slice predictions at ``threshold``.
 
     Args:
-        label: a name of :data:`bundle.networks.LABELS` or its index.
+        label: a name of :data:`bundle.networks.SCORE_KEYS` or its index.
         threshold: probability threshold.
     """
 
     def __init__(self, label: str | int = "fibrosis", threshold: float = 0.5) -> None:
-        self.index = LABELS.index(label) if isinstance(label, str) else int(label)
-        if not 0 <= self.index < len(LABELS):
-            raise ValueError(f"label must be one of {LABELS} or an index, got {label!r}")
+        self.index = SCORE_KEYS.index(label) if isinstance(label, str) else int(label)
+        if not 0 <= self.index < len(SCORE_KEYS):
+            raise ValueError(f"label must be one of {SCORE_KEYS} or an index, got {label!r}")
         self.threshold = float(threshold)
 
     def __call__(self, output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:

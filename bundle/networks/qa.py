@@ -13,11 +13,12 @@ from torch import nn
 from monai.networks.nets import ResNet
 from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 
-__all__ = ["CAM_LAYER", "LABELS", "QANet", "SupConNet", "load_encoder_weights", "qa_logits"]
+from bundle.data.datalist import SCORE_KEYS  # the order of the network's 4 logits
+
+__all__ = ["CAM_LAYER", "QANet", "SupConNet", "load_encoder_weights", "qa_logits"]
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("nulling", "sharpness", "enhancement", "fibrosis")  # the order of the network's 4 logits
 CAM_LAYER = "encoder.layer4"  # module path, from the QA network, of the encoder's last convolutional stage
 
 
@@ -36,8 +37,8 @@ def qa_logits(output: torch.Tensor | dict) -> torch.Tensor:
     """
     if isinstance(output, dict):
         output = output.get("qa")
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] != len(LABELS):
-        raise ValueError(f"expected QA logits of shape (N, {len(LABELS)}) or a dict holding them under 'qa', "
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] != len(SCORE_KEYS):
+        raise ValueError(f"expected QA logits of shape (N, {len(SCORE_KEYS)}) or a dict holding them under 'qa', "
                          f"got {type(output).__name__} {getattr(output, 'shape', '')}")  # fmt: skip
     return output
 

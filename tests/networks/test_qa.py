@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from bundle.networks import CAM_LAYER, LABELS, QANet, SupConNet, load_encoder_weights, qa_logits
+from bundle.data.datalist import SCORE_KEYS
+from bundle.networks import CAM_LAYER, QANet, SupConNet, load_encoder_weights, qa_logits
 
 SMALL = {"layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 32, 64], "head_channels": 8, "qa_channels": 4}
 
@@ -15,7 +16,7 @@ def test_baseline_outputs_four_logits(size, qa_input):
     out = net(torch.rand(3, 1, size, size))
     assert out.shape == (3, 4) and qa_logits(out) is out
     assert net.embed(torch.rand(2, 1, size, size)).shape == (2, 64)
-    assert LABELS == ("nulling", "sharpness", "enhancement", "fibrosis")
+    assert SCORE_KEYS == ("nulling", "sharpness", "enhancement", "fibrosis")
 
 
 def test_resnet34_layout_and_cam_layer():

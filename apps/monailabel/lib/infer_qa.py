@@ -21,7 +21,8 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from bundle.inference import QA_OUTPUTS, TwoStageStep
+from bundle.data.datalist import SCORE_KEYS
+from bundle.inference import TwoStageStep
 
 from .infer_la import LASegmentation
 
@@ -62,7 +63,7 @@ class QAClassification(BasicInferTask):
                        "qa_ckpt": os.path.abspath(ckpt_path), "run_qa": True})  # fmt: skip
         self.step: TwoStageStep = parser.get_parsed_content("assess_step")  # loads the QA weights, or one-line error
         super().__init__(path=ckpt_path, network=None, type=InferType.CLASSIFICATION,
-                         labels={k: i for i, k in enumerate(QA_OUTPUTS)}, dimension=3,
+                         labels={k: i for i, k in enumerate(SCORE_KEYS)}, dimension=3,
                          description="Quality of the LGE-MRI study for fibrosis assessment (stage 2)")  # fmt: skip
         self.la_task = la_task
         self.qa_config = list(qa_config)
@@ -93,9 +94,9 @@ class QAClassification(BasicInferTask):
         data[self.output_label_key] = MetaTensor(torch.tensor(probs))
         data[self.output_json_key].update({
             "verdict": "diagnostic" if result.diagnostic else "non-diagnostic", "diagnostic": result.diagnostic,
-            "probabilities": dict(zip(QA_OUTPUTS, probs)), "uncertainty": result.uncertainty, "refer": result.refer,
+            "probabilities": dict(zip(SCORE_KEYS, probs)), "uncertainty": result.uncertainty, "refer": result.refer,
             "message": result.message, "qa_threshold": self.qa_threshold, "n_slices": result.n_slices,
-            "slice_probabilities": [[s[f"p_{k}"] for k in QA_OUTPUTS] for s in slices],
+            "slice_probabilities": [[s[f"p_{k}"] for k in SCORE_KEYS] for s in slices],
         })  # fmt: skip
         return data
 
