@@ -54,3 +54,25 @@ def test_invalid(kw):
         warmup_schedule(opt, max_epochs=5, **kw)
     with pytest.raises(ValueError):
         scaled_lr(1e-3, 8, 128, "cubic")
+
+
+def _reference(epoch, max_epochs, schedule, warmup_epochs, cycle_epochs, min_factor):
+    """The schedule as documented (and as the bundle's own LambdaLR computed it before torch's schedulers)."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    t = epoch - warmup_epochs
+    if schedule == "constant":
+        return 1.0
+    period = cycle_epochs if schedule == "cyclic" else max(1, max_epochs - warmup_epochs)
+    phase = (t % period) / period if schedule == "cyclic" else min(t, period) / period
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * phase))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "cyclic", "constant"])
+@pytest.mark.parametrize("warmup_epochs", [0, 1, 3])
+@pytest.mark.parametrize("min_factor", [0.0, 0.1])
+def test_torch_schedulers_follow_the_documented_formula(schedule, warmup_epochs, min_factor):
+    kw = {"max_epochs": 12, "schedule": schedule, "warmup_epochs": warmup_epochs, "cycle_epochs": 4,
+          "min_factor": min_factor}  # fmt: skip
+    expected = [_reference(e, **kw) for e in range(12)]
+    assert _lrs(**kw) == pytest.approx(expected, abs=1e-9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["scaled_lr", "world_size", "warmup_schedule"]
 
@@ -14,9 +14,11 @@ SCALINGS = ("linear", "sqrt", "none")
 
 
 def world_size() -> int:
-    """Processes in the distributed run (1 outside one)."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Processes in the distributed run (1 outside one), as ignite counts them (it finds a process group that
+    ``torchrun`` and :func:`bundle.utils.init_distributed` made)."""
+    import ignite.distributed as idist
+
+    return int(idist.get_world_size())
 
 
 def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 128, scaling: str = "linear") -> float:
@@ -52,7 +54,7 @@ def warmup_schedule(
     warmup_epochs: int = 0,
     cycle_epochs: int = 10,
     min_factor: float = 0.0,
-) -> LambdaLR:
+) -> LRScheduler:
     """An epoch-level learning-rate schedule: linear warm-up, then cosine annealing, cosine cycles or constant.
 
     Stepped once per epoch (MONAI's ``LrScheduleHandler`` with ``epoch_level=True``). During warm-up the rate rises
@@ -69,7 +71,8 @@ def warmup_schedule(
         min_factor: lowest rate as a fraction of the base rate.
 
     Returns:
-        a ``LambdaLR`` scheduler.
+        torch's own schedulers: ``CosineAnnealingLR``, ``CosineAnnealingWarmRestarts`` or ``ConstantLR``, after a
+        ``LinearLR`` warm-up in a ``SequentialLR`` when ``warmup_epochs`` > 0.
 
     Raises:
         ValueError: for an unknown schedule or inconsistent lengths.
@@ -80,14 +83,17 @@ def warmup_schedule(
         raise ValueError(f"invalid lengths: max_epochs={max_epochs}, warmup_epochs={warmup_epochs}, "
                          f"cycle_epochs={cycle_epochs}, min_factor={min_factor}")  # fmt: skip
 
-    def factor(epoch: int) -> float:
-        if epoch < warmup_epochs:
-            return (epoch + 1) / (warmup_epochs + 1)
-        t = epoch - warmup_epochs
-        if schedule == "constant":
-            return 1.0
-        period = cycle_epochs if schedule == "cyclic" else max(1, max_epochs - warmup_epochs)
-        phase = (t % period) / period if schedule == "cyclic" else min(t, period) / period
-        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * phase))
+    from torch.optim import lr_scheduler as lrs
 
-    return LambdaLR(optimizer, lr_lambda=factor)
+    base = [g["lr"] for g in optimizer.param_groups]
+    if schedule == "constant":
+        main = lrs.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif schedule == "cyclic":
+        main = lrs.CosineAnnealingWarmRestarts(optimizer, T_0=cycle_epochs, eta_min=min_factor * base[0])
+    else:
+        main = lrs.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs - warmup_epochs), eta_min=min_factor * base[0])
+    if not warmup_epochs:
+        return main
+    w = int(warmup_epochs)  # (epoch + 1) / (w + 1) of the base rate in epochs 0..w-1
+    warm = lrs.LinearLR(optimizer, start_factor=1 / (w + 1), end_factor=w / (w + 1), total_iters=max(1, w - 1))
+    return lrs.SequentialLR(optimizer, [warm, main], milestones=[w])
