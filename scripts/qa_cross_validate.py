@@ -4,10 +4,11 @@ Writes ``<output_dir>/table2.md`` / ``table2.csv`` (per strategy and label: prec
 balanced accuracy, AUROC, ECE; mean ± std over folds x seeds and pooled), ``oof_predictions.csv``, ``roc.png``,
 ``reliability.png`` and one MLflow parent run with a child per strategy, fold and seed. Rerun the same command to
 resume: finished folds are skipped. ``--folds_from`` reuses a stage-1 cross-validation's ``folds.json``;
-``--export models/qa.pt`` writes the LA-region fold ensemble with its plan (what the bundle ships).
+``--export models/qa.pt`` writes the LA-region fold ensemble (every seed of every fold) with its plan (what the
+bundle ships).
 
     python scripts/qa_cross_validate.py --dataset_dir ../shared/data/la2018 --output_dir runs/cv_qa \\
-        --strategies reference,region,artifact --seeds 0,1
+        --strategies reference,region,artifact --seeds 0,1,2
     python scripts/qa_cross_validate.py --dataset_dir ../shared/data/la2018 --output_dir runs/cv_qa \\
         --export models/qa.pt --overwrite
 """
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset_dir", default=None, help="folder the datalist paths are relative to")
     p.add_argument("--datalist", default=None, help="datalist JSON (default <dataset_dir>/dataset.json)")
     p.add_argument("--strategies", default="reference,region", help="comma-separated: reference, region, artifact")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2: the shipped "
+                   "model averages three seeds per fold)")
     p.add_argument("--folds", type=int, default=5, help="K (default 5)")
     p.add_argument("--run_folds", default=None, help="comma-separated folds to run now (default all)")
     p.add_argument("--n_val", type=int, default=4, help="fewest validation patients per fold (default 4)")

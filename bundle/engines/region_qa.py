@@ -7,12 +7,14 @@ The recipe, sized for a few dozen scored scans and two CPU cores (docs/qa_traini
   shifts): no interpolation, no intensity change, so blur, noise and contrast, the very quality cues, are untouched;
 - every epoch draws ``slices_per_scan`` slices of every training scan (scans, not slices, weigh equally);
 - loss: binary cross-entropy per label, positives weighted by the training part's negative/positive ratio
-  (class-balanced); at ``loss_level="scan"`` on the mean logit of each scan's drawn slices (multiple-instance
-  learning with mean pooling, as the scan verdict is taken), at ``"slice"`` on every slice with its scan's label;
+  (class-balanced); at ``loss_level="scan"`` on the scan-level logit of each scan's drawn slices as one bag
+  (multiple-instance learning: :meth:`bundle.networks.QANet.forward_bags`, the mean logit, or the network's attention
+  pooling where it has one), at ``"slice"`` on every slice with its scan's label;
 - AdamW with a cosine schedule and an exponential moving average of the weights (MONAI-free on purpose: torch's
   ``AveragedModel``); the averaged network is the result, so no checkpoint is chosen on a handful of scans.
 
-The scan's logit is the mean of its slices' logits over the flips of test-time augmentation (:func:`scan_logits`).
+The scan's logit is the mean of its slices' logits over the flips of test-time augmentation (:func:`scan_logits`;
+a network with attention pooling pools all of the scan's slices as one bag per flip).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import torch.nn.functional as F
 
 from bundle.data.region_cache import RegionScan
 
-__all__ = ["ExactAugment", "build_region_network", "center_crop", "scan_logits", "slice_logits", "train_region_qa"]
+__all__ = ["ExactAugment", "build_region_network", "center_crop", "fit_statistics_prior", "scan_input", "scan_logits",
+           "slice_logits", "train_region_qa"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,63 @@ class ExactAugment:
         return torch.stack(out)
 
 
+def scan_input(scan: RegionScan, mask_channel: bool = False) -> torch.Tensor:
+    """A scan's network input ``(S, C, h, w)`` float32: its LA-region slices, and with ``mask_channel`` its LA mask
+    as channel 1 (for :class:`bundle.networks.QANet`'s ``la_stats``)."""
+    x = torch.from_numpy(scan.images.astype(np.float32))[:, None]
+    if mask_channel:
+        x = torch.cat([x, torch.from_numpy(scan.masks.astype(np.float32))[:, None]], dim=1)
+    return x
+
+
+@torch.no_grad()
+def fit_statistics_prior(model: torch.nn.Module, scans: Sequence[RegionScan], size: int, c: float = 1.0,
+                         seed: int = 0) -> torch.nn.Module:  # fmt: skip
+    """Fit, before training, the part of a :class:`bundle.networks.QANet` that reads its statistics: their
+    normalisation (mean and standard deviation over the training slices) and the ``stats_skip`` map (a
+    class-balanced logistic regression per attribute, scikit-learn, on each scan's mean normalised statistics:
+    the scan logit is the mean of the slices', so a linear map of each slice's statistics gives the scan the
+    regression's logit), both then fixed (:meth:`~bundle.networks.QANet.fix_statistics`,
+    :meth:`~bundle.networks.QANet.fix_stats_skip`).
+
+    On a few dozen scans a linear model of intensity statistics judges nulling and enhancement better than a network
+    learns to from them (docs/qa_crossval.md); fixed, it is the network's starting point, and the encoder and heads
+    learn what it leaves out.
+
+    Args:
+        model: a QANet with statistics and ``stats_skip``.
+        scans: the training scans.
+        size: the network's input width (the window's centre is used, as at prediction).
+        c: inverse regularisation strength of the logistic regressions.
+        seed: the solver's random state.
+
+    Returns:
+        ``model``, its statistics fixed.
+
+    Raises:
+        ValueError: for a model without ``stats_skip``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if getattr(model, "stats_skip", None) is None:
+        raise ValueError("fit_statistics_prior needs a QANet with stats_skip")
+    mask_channel = bool(getattr(model, "la_stats", False))
+    raw = [model.statistics(center_crop(scan_input(s, mask_channel), size)) for s in scans]
+    every = torch.cat(raw).double()
+    model.fix_statistics(every.mean(0).float(), every.std(0).float())
+    x = torch.stack([model.stats_norm(v).mean(0) for v in raw]).numpy()  # as the fixed network normalises them
+    y = np.stack([s.target for s in scans]).astype(int)
+    weight, bias = np.zeros((3, x.shape[1])), np.zeros(3)
+    for j in range(3):
+        classes = np.unique(y[:, j])
+        if len(classes) < 2:  # one class in training: a constant logit
+            bias[j] = 10.0 if classes[0] == 1 else -10.0
+            continue
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(x, y[:, j])
+        weight[j], bias[j] = lr.coef_[0], lr.intercept_[0]
+    return model.fix_stats_skip(torch.from_numpy(weight), torch.from_numpy(bias))
+
+
 def _pos_weight(scans: Sequence[RegionScan]) -> torch.Tensor:
     """Negatives over positives per label, 1 where a class is absent, capped at 10 (as
     :func:`bundle.losses.balanced_pos_weight`)."""
@@ -109,6 +169,7 @@ def train_region_qa(
     loss_level: str = "slice",
     ordinal: bool = True,
     balanced: bool = True,
+    stats_prior: bool = False,
     seed: int = 0,
     init: dict | None = None,
     on_epoch: Callable[[int, float, torch.nn.Module], None] | None = None,
@@ -124,12 +185,14 @@ def train_region_qa(
         scans_per_batch: scans per optimiser step (a batch holds ``scans_per_batch * slices_per_scan`` slices).
         lr, weight_decay: AdamW; the learning rate follows a cosine from ``lr`` to 0 with a 1-epoch warm-up.
         ema_decay: decay of the weights' exponential moving average (0: no averaging).
-        loss_level: ``"slice"`` (each slice carries its scan's label) or ``"scan"`` (the mean logit of a scan's
+        loss_level: ``"slice"`` (each slice carries its scan's label) or ``"scan"`` (the bag logit of a scan's
             drawn slices carries it).
         ordinal: learn from the 1..5 scores, not only their binarisation: each logit ``z`` is a cumulative-link
             model, ``P(score >= k) = sigmoid(z - b_k)`` for ``k = 2..5`` with learned cut-points and ``b_3 = 0``, so
             ``z`` itself stays the "diagnostic" (score >= 3) logit (:class:`bundle.losses.OrdinalBCE`).
         balanced: weight positives by the negative/positive ratio of ``train`` per label.
+        stats_prior: fit the statistics' normalisation and a logistic regression on them into the network's
+            ``stats_skip`` before training, and keep them fixed (:func:`fit_statistics_prior`).
         seed: seeds the network's initialisation, the draws and the augmentation.
         init: a state dict to start from (e.g. an artifact-pretrained encoder; non-matching entries are skipped).
         on_epoch: called after each epoch with ``(epoch, mean loss, averaged network)``.
@@ -154,9 +217,12 @@ def train_region_qa(
         fit = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fit, strict=False)
         logger.info(f"region QA: {len(fit)} of {len(own)} tensors initialised from the given state")
+    if stats_prior:
+        fit_statistics_prior(model, train, size, seed=seed)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
     aug = ExactAugment(size)
-    images = [torch.from_numpy(s.images.astype(np.float32)) for s in train]
+    mask_channel = bool((network or {}).get("la_stats"))
+    images = [scan_input(s, mask_channel) for s in train]
     targets = torch.as_tensor(np.stack([s.scores if ordinal else s.target for s in train]))
     pos_weight = _pos_weight(train) if balanced else torch.ones(targets.shape[1])
     from bundle.losses.qa import OrdinalBCE
@@ -177,14 +243,13 @@ def train_region_qa(
         for b in range(steps_per_epoch):
             idx = order[b * scans_per_batch : (b + 1) * scans_per_batch]
             pick = [rng.choice(len(images[i]), size=k, replace=len(images[i]) < k) for i in idx]
-            x = torch.cat([images[i][torch.as_tensor(p)] for i, p in zip(idx, pick)])[:, None]
+            x = torch.cat([images[i][torch.as_tensor(p)] for i, p in zip(idx, pick)])
             x = aug(x, gen)
             y = targets[torch.as_tensor(idx)]
-            logits = model(x)
-            if loss_level == "scan":
-                logits, y_ = logits.view(len(idx), k, -1).mean(1), y
+            if loss_level == "scan":  # the scan's drawn slices as one bag: mean logit, or attention pooling
+                logits, y_ = model.forward_bags(x.view(len(idx), k, *x.shape[1:])), y
             else:
-                y_ = y.repeat_interleave(k, 0)
+                logits, y_ = model(x), y.repeat_interleave(k, 0)
             if criterion is not None:
                 loss = criterion(logits, y_)
             else:
@@ -208,7 +273,7 @@ def train_region_qa(
 def slice_logits(
     model: torch.nn.Module, images: torch.Tensor, flips: Sequence[Sequence[int]] = ((),), batch_size: int = 128
 ) -> torch.Tensor:
-    """The QA logits ``(T, S, 4)`` of slices ``(S, 1, h, w)`` under each flip (in-plane axes 0/1)."""
+    """The QA logits ``(T, S, 4)`` of slices ``(S, C, h, w)`` under each flip (in-plane axes 0/1)."""
     model.eval()
     views = []
     for f in flips:
@@ -223,9 +288,16 @@ def slice_logits(
 def scan_logits(
     model: torch.nn.Module, scans: Sequence[RegionScan], size: int, flips: Sequence[Sequence[int]] = ((),),
 ) -> np.ndarray:  # fmt: skip
-    """Each scan's logits ``(n, 4)``: the mean over its slices and the flips (the window's centre ``size``)."""
+    """Each scan's logits ``(n, 4)``: the mean over its slices and the flips (the window's centre ``size``); the LA
+    mask goes in as channel 1 where the network has ``la_stats``."""
+    mask_channel = bool(getattr(model, "la_stats", False) or getattr(getattr(model, "module", None), "la_stats", False))
     out = []
     for s in scans:
-        x = center_crop(torch.from_numpy(s.images.astype(np.float32)), size)[:, None]
+        x = center_crop(scan_input(s, mask_channel), size)
+        if getattr(model, "pool", None) is not None:  # attention pooling: the scan's slices as one bag, per flip
+            views = [x.flip([int(a) + 2 for a in f]) if len(f) else x for f in flips]
+            with torch.no_grad():
+                out.append(torch.stack([model.forward_bags(v[None])[0] for v in views]).mean(0).numpy())
+            continue
         out.append(slice_logits(model, x, flips).mean((0, 1)).numpy())
     return np.stack(out) if out else np.zeros((0, 4))

@@ -31,7 +31,8 @@ import torch
 
 from bundle.data.datalist import SCORE_KEYS
 
-__all__ = ["QA_STRATEGIES", "TABLE2_METRICS", "export_qa_ensemble", "qa_cross_validate", "score_predictions"]
+__all__ = ["QA_STRATEGIES", "TABLE2_METRICS", "export_qa_ensemble", "qa_cross_validate", "score_predictions",
+           "seed_ensembles"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ TABLE2_METRICS = ("precision", "recall", "f1", "specificity", "balanced_accuracy
 TTA_FLIPS = ((), (0,), (1,), (0, 1))
 DEFAULT_RECIPE = {"pixel_mm": 1.0, "size": 64, "margin": 4, "normalise": 0.5, "epochs": 100, "slices_per_scan": 8,
                   "scans_per_batch": 8, "lr": 2e-3, "weight_decay": 1e-4, "ema_decay": 0.98, "loss_level": "slice",
-                  "ordinal": True, "network": {"intensity_stats": True}, "threshold": 0.5,
-                  "pretrain_epochs": 60}  # fmt: skip
+                  "ordinal": True, "network": {"intensity_stats": True, "stats_skip": True}, "threshold": 0.5,
+                  "pretrain_epochs": 60, "stats_prior": True}  # fmt: skip
 
 
 def score_predictions(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, dict[str, float]]:
@@ -90,8 +91,8 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
         model = train_region_qa(part["train"], network=recipe["network"], size=recipe["size"], epochs=recipe["epochs"],
                                 slices_per_scan=recipe["slices_per_scan"], scans_per_batch=recipe["scans_per_batch"],
                                 lr=recipe["lr"], weight_decay=recipe["weight_decay"], ema_decay=recipe["ema_decay"],
-                                loss_level=recipe["loss_level"], ordinal=recipe["ordinal"], seed=seed,
-                                init=init)  # fmt: skip
+                                loss_level=recipe["loss_level"], ordinal=recipe["ordinal"],
+                                stats_prior=recipe.get("stats_prior", False), seed=seed, init=init)  # fmt: skip
         torch.save(model.state_dict(), os.path.join(out, "model.pt"))
         logits = {k: scan_logits(model, part[k], recipe["size"], TTA_FLIPS) for k in ("val", "test")}
         temperature = _fit_temperatures(logits["val"], y["val"])
@@ -238,6 +239,30 @@ def _calibrated(pred: dict) -> tuple[np.ndarray, np.ndarray]:
     return apply_temperature(logits, t), np.asarray(pred["test_targets"], dtype=np.float64).reshape(-1, 4)
 
 
+def seed_ensembles(preds: Sequence[dict]) -> list[dict]:
+    """Per fold, the ensemble of the seeds that finished it (at least two): the mean of their validation and test
+    logits, its temperatures fitted on the mean validation logits (the fold's validation patients only). Returns
+    predictions shaped as a fold's (``seed`` 0, ``seconds`` the seeds' sum, ``seeds`` the members); none where no
+    fold has two seeds."""
+    by_fold: dict[int, list[dict]] = {}
+    for p in preds:
+        by_fold.setdefault(int(p["fold"]), []).append(p)
+    out = []
+    for k, members in sorted(by_fold.items()):
+        if len(members) < 2:
+            continue
+        mean = {f"{part}_logits": np.mean([np.asarray(m[f"{part}_logits"]).reshape(-1, 4) for m in members], 0)
+                for part in ("val", "test")}  # fmt: skip
+        first = members[0]
+        temperature = _fit_temperatures(mean["val_logits"], np.asarray(first["val_targets"]).reshape(-1, 4))
+        out.append({**{key: first[key] for key in first if key.startswith(("val_", "test_"))},
+                    "strategy": f"{first['strategy']}_ensemble", "fold": k, "seed": 0,
+                    "seeds": sorted(m["seed"] for m in members), "seconds": float(sum(m["seconds"] for m in members)),
+                    "val_logits": mean["val_logits"].tolist(), "test_logits": mean["test_logits"].tolist(),
+                    "temperature": temperature})  # fmt: skip
+    return out
+
+
 def _fmt(values: list[float]) -> str:
     v = np.array([x for x in values if x == x], dtype=float)
     if not len(v):
@@ -251,6 +276,7 @@ def write_table2(output_dir: str, strategies: Sequence[str], threshold: float = 
     from bundle.metrics.qa import is_diagnostic
 
     table, rows, curves = {}, [], {}
+    runs = []
     for strategy in strategies:
         folder = os.path.join(output_dir, strategy)
         preds = []
@@ -259,6 +285,11 @@ def write_table2(output_dir: str, strategies: Sequence[str], threshold: float = 
             if os.path.isfile(p):
                 with open(p, encoding="utf-8") as f:
                     preds.append(json.load(f))
+        runs.append((strategy, preds))
+        ensemble = seed_ensembles(preds)
+        if ensemble:
+            runs.append((f"{strategy}_ensemble", ensemble))
+    for strategy, preds in runs:
         if not preds:
             continue
         per_run = []
@@ -360,16 +391,18 @@ def _pictures(output_dir: str, curves: dict) -> dict[str, str]:
 
 
 def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", overwrite: bool = False,
-                       command: str = "") -> str:  # fmt: skip
-    """The fold models (first seed) of a finished QA cross-validation as one checkpoint with its plan.
+                       command: str = "", all_seeds: bool = True) -> str:  # fmt: skip
+    """The fold models of a finished QA cross-validation (every seed, or the first) as one checkpoint with its plan.
 
     The ensemble averages the members' logits (:class:`bundle.networks.Ensemble`, ``combine="logit"``); its
-    temperature per label is fitted on the pooled validation predictions of the fold models (each on its own
-    validation patients: no test scan is used); the threshold is the recipe's.
+    temperature per label is fitted on the pooled validation predictions of the fold models (with several seeds, of
+    each fold's seed ensemble, :func:`seed_ensembles`; each on its own validation patients: no test scan is used);
+    the threshold is the recipe's.
 
     Raises:
         FileExistsError: when ``ckpt_path`` exists and not ``overwrite``.
-        ValueError: when no fold of ``strategy`` is finished.
+        ValueError: when no fold of ``strategy`` is finished, or the recipe pools slices by attention (inference
+            averages slice logits).
     """
     from bundle.networks.plan import INTENSITY, write_plan
     from bundle.utils import git_commit
@@ -379,6 +412,10 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
     with open(os.path.join(cv_dir, "recipe.json"), encoding="utf-8") as f:
         meta = json.load(f)
     recipe = meta["recipe"]
+    if recipe["network"].get("pooling", "none") != "none":
+        raise ValueError(f"{cv_dir}: a recipe with {recipe['network']['pooling']} pooling cannot be exported: "
+                         "inference takes the mean of the slice logits (bundle.metrics.scan_verdict), not a learned "
+                         "pooling")  # fmt: skip
     preds = []
     folder = os.path.join(cv_dir, strategy)
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -391,12 +428,14 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
     if not preds:
         raise ValueError(f"{folder}: no finished fold with a model to export")
     first_seed = min(p["seed"] for p in preds)
-    preds = sorted((p for p in preds if p["seed"] == first_seed), key=lambda p: p["fold"])
+    preds = sorted((p for p in preds if all_seeds or p["seed"] == first_seed), key=lambda p: (p["fold"], p["seed"]))
     states = [torch.load(os.path.join(p["dir"], "model.pt"), map_location="cpu", weights_only=True) for p in preds]
     ens = {f"members.{k}.{n}": (v.half() if v.is_floating_point() else v) for k, s in enumerate(states)
            for n, v in s.items()}  # fmt: skip
-    val_logits = np.concatenate([np.asarray(p["val_logits"]).reshape(-1, 4) for p in preds])
-    val_targets = np.concatenate([np.asarray(p["val_targets"]).reshape(-1, 4) for p in preds])
+    calibrated = seed_ensembles(preds) or preds
+    calibrated += [p for p in preds if p["fold"] not in {c["fold"] for c in calibrated}]  # folds with one seed
+    val_logits = np.concatenate([np.asarray(p["val_logits"]).reshape(-1, 4) for p in calibrated])
+    val_targets = np.concatenate([np.asarray(p["val_targets"]).reshape(-1, 4) for p in calibrated])
     temperature = _fit_temperatures(val_logits, val_targets)
     os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
     tmp = ckpt_path + ".tmp"
@@ -408,7 +447,7 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
     t2 = os.path.join(cv_dir, "table2.csv")
     if os.path.isfile(t2):
         with open(t2, encoding="utf-8") as f:
-            table = [r for r in csv.DictReader(f) if r["strategy"] == strategy]
+            table = [r for r in csv.DictReader(f) if r["strategy"] in (strategy, f"{strategy}_ensemble")]
     plan = {
         "kind": "qa",
         "network_def": {"_target_": "bundle.networks.Ensemble", "network": net, "members": len(states),
@@ -423,7 +462,7 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
         "calibration": {"method": "temperature scaling per label on the pooled validation folds",
                         "validation_scans": len(val_logits)},  # fmt: skip
         "cross_validation": {"dir": os.path.abspath(cv_dir), "strategy": strategy, "folds": [p["fold"] for p in preds],
-                             "seed": first_seed, "table2": table},  # fmt: skip
+                             "seeds": [p["seed"] for p in preds], "table2": table},  # fmt: skip
         "provenance": {"data": meta.get("datalist"), "recipe": recipe, "cv_command": meta.get("command"),
                        "export_command": command, "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
                        "torch": torch.__version__},  # fmt: skip

@@ -14,8 +14,10 @@ from monai.networks.nets import ResNet
 from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 
 from bundle.data.datalist import SCORE_KEYS  # the order of the network's 4 logits
+from bundle.networks.pooling import AttentionPooling
 
-__all__ = ["CAM_LAYER", "QANet", "SupConNet", "load_encoder_weights", "qa_logits"]
+__all__ = ["CAM_LAYER", "LA_STAT_QUANTILES", "QANet", "SupConNet", "la_statistics", "load_encoder_weights",
+           "qa_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,18 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
 STAT_QUANTILES = (0.05, 0.2, 0.5, 0.8, 0.95, 0.99)  # of slice_statistics
 
 
+def _selected_quantiles(flat: torch.Tensor, selected: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
+    """Per row of ``flat`` ``(N, P)``, the quantiles ``qs`` (nearest rank) of its ``selected`` values; ``(N, len(qs))``,
+    zeros for a row without any."""
+    srt = torch.where(selected, flat, torch.full_like(flat, -float("inf"))).sort(dim=1).values  # unselected first
+    k = selected.sum(1)
+    start = (flat.shape[1] - k).float()
+    q = torch.as_tensor(qs, dtype=torch.float32, device=flat.device)
+    pos = (start[:, None] + q[None] * (k[:, None].float() - 1).clamp_min(0)).round().long()
+    out = srt.gather(1, pos.clamp(0, flat.shape[1] - 1))
+    return torch.where((k > 0)[:, None], out, torch.zeros_like(out))
+
+
 def slice_statistics(x: torch.Tensor) -> torch.Tensor:
     """Per slice ``(N, 1, h, w)``: the :data:`STAT_QUANTILES` of its pixels above 0 (inside the scan), the mean
     absolute finite difference (gradient) and the mean absolute Laplacian, over those pixels; ``(N, 8)``.
@@ -81,11 +95,7 @@ def slice_statistics(x: torch.Tensor) -> torch.Tensor:
     flat = x.flatten(1).float()
     inside = flat > 0
     n_in = inside.sum(1)
-    srt = flat.sort(dim=1).values  # the zeros (outside) come first
-    start = (flat.shape[1] - n_in).float()
-    q = torch.as_tensor(STAT_QUANTILES, dtype=torch.float32, device=x.device)
-    pos = (start[:, None] + q[None] * (n_in[:, None].float() - 1).clamp_min(0)).round().long()
-    quantiles = srt.gather(1, pos.clamp(0, flat.shape[1] - 1))
+    quantiles = _selected_quantiles(flat, inside, STAT_QUANTILES)
     img = x[:, :1].float()
     m = (img > 0).float()
     dx, dy = (img[..., :, 1:] - img[..., :, :-1]).abs(), (img[..., 1:, :] - img[..., :-1, :]).abs()
@@ -95,6 +105,52 @@ def slice_statistics(x: torch.Tensor) -> torch.Tensor:
     n_core = m[..., 1:-1, 1:-1].flatten(1).sum(1).clamp_min(1)
     out = torch.cat([quantiles, (grad / n_core)[:, None], (lap / n_core)[:, None]], dim=1)
     return torch.where((n_in > 0)[:, None], out, torch.zeros_like(out))
+
+
+LA_STAT_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.9, 0.99)  # of la_statistics: tissue around the LA, over the blood pool
+
+
+def la_statistics(x: torch.Tensor, mask: torch.Tensor, ring: int = 3, eps: float = 1e-3) -> torch.Tensor:
+    """Per slice, statistics of the tissue around the LA relative to the LA blood pool: what a reader judges
+    myocardial nulling (dark tissue next to a bright pool), enhancement (bright structures against the pool) and
+    sharpness (the pool's border) by.
+
+    With ``B`` the median of the image inside the LA mask, the features are the :data:`LA_STAT_QUANTILES` of the
+    tissue (pixels inside the scan, above 0, outside the mask dilated by ``ring`` pixels) over ``B``; the median of
+    the ``ring``-pixel ring around the mask over ``B``; ``log B`` (the pool against the input's scale, which
+    :func:`bundle.transforms.region.normalise_region` sets by the region's median); the coefficient of variation
+    inside the mask eroded by one pixel (noise) and the mean absolute finite difference on the mask's border over
+    ``B`` (edge sharpness); ``len(LA_STAT_QUANTILES) + 4`` numbers. A slice without LA pixels gets zeros.
+
+    Args:
+        x: ``(N, 1, h, w)`` images (channel 0 is used).
+        mask: ``(N, 1, h, w)`` LA masks (> 0.5 is LA).
+        ring: width in pixels of the ring (and of the margin that keeps the ring out of the tissue).
+        eps: floor of ``B``.
+    """
+    img = x[:, :1].float()
+    m = (mask[:, :1] > 0.5).float()
+    dil = F.max_pool2d(m, 2 * ring + 1, stride=1, padding=ring)
+    ero = 1.0 - F.max_pool2d(1.0 - m, 3, stride=1, padding=1)
+    flat, mf = img.flatten(1), m.flatten(1) > 0
+    tissue = (dil.flatten(1) == 0) & (flat > 0)
+    ring_px = (dil.flatten(1) > 0) & ~mf
+
+    b = _selected_quantiles(flat, mf, (0.5,))[:, 0].clamp_min(eps)
+    feats = [_selected_quantiles(flat, tissue, LA_STAT_QUANTILES) / b[:, None],
+             _selected_quantiles(flat, ring_px, (0.5,)) / b[:, None], torch.log(b)[:, None]]  # fmt: skip
+    inner = ero.flatten(1) > 0
+    cnt = inner.sum(1).clamp_min(1).float()
+    mean = (flat * inner).sum(1) / cnt
+    var = ((flat - mean[:, None]) ** 2 * inner).sum(1) / cnt
+    feats.append((var.sqrt() / b)[:, None])
+    border = (m - ero).flatten(1) > 0
+    dx = F.pad((img[..., :, 1:] - img[..., :, :-1]).abs(), (0, 1, 0, 0)).flatten(1)
+    dy = F.pad((img[..., 1:, :] - img[..., :-1, :]).abs(), (0, 0, 0, 1)).flatten(1)
+    edge = ((dx + dy) * border).sum(1) / border.sum(1).clamp_min(1).float()
+    feats.append((edge / b)[:, None])
+    out = torch.cat(feats, dim=1)
+    return torch.where((mf.sum(1) > 0)[:, None], out, torch.zeros_like(out))
 
 
 def _mlp(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -141,6 +197,13 @@ class QANet(nn.Module):
             quantiles of the pixels inside the scan, mean gradient and Laplacian magnitude), batch-normalised: the
             cues of the hand-made reference, which a small encoder trained on a few dozen scans learns poorly from
             pixels (raised dark tissue, faded bright structures are properties of the intensity distribution).
+        stats_skip: add a linear map of the normalised statistics to the three attribute logits (a logistic
+            regression on the statistics beside the learned heads, which on a few dozen scans use them poorly).
+        pooling: ``"attention"``: :meth:`forward_bags` pools a scan's slice features with learned gated attention
+            (:class:`bundle.networks.pooling.AttentionPooling`) before the heads; ``"none"``: it averages the slices'
+            logits. ``forward`` (one slice, a bag of one) is the same either way.
+        la_stats: the input's channel 1 is the slice's LA mask (``in_channels`` >= 2); the heads also get
+            :func:`la_statistics` (tissue and border relative to the blood pool), batch-normalised.
 
     Raises:
         ValueError: for unknown options or a checkpoint that does not fit.
@@ -161,8 +224,15 @@ class QANet(nn.Module):
         pretrained_path: str | None = None,
         freeze_encoder: bool = False,
         intensity_stats: bool = False,
+        la_stats: bool = False,
+        stats_skip: bool = False,
+        pooling: str = "none",
     ) -> None:
         super().__init__()
+        if pooling not in ("none", "attention"):
+            raise ValueError(f"pooling must be 'none' or 'attention', got {pooling!r}")
+        if la_stats and in_channels < 2:
+            raise ValueError(f"la_stats needs the LA mask as input channel 1 (in_channels >= 2), got {in_channels}")
         if len(layers) != 4 or len(block_inplanes) != 4:
             raise ValueError(f"layers and block_inplanes need 4 entries, got {list(layers)}, {list(block_inplanes)}")
         if qa_input not in ("logits", "hidden"):
@@ -176,8 +246,13 @@ class QANet(nn.Module):
         self.num_features = int(block_inplanes[-1])
         self.qa_input = qa_input
         self.intensity_stats = bool(intensity_stats)
-        n_stats = len(STAT_QUANTILES) + 2 if self.intensity_stats else 0
-        self.stats_norm = nn.BatchNorm1d(n_stats) if self.intensity_stats else None
+        self.la_stats = bool(la_stats)
+        n_stats = (len(STAT_QUANTILES) + 2) * self.intensity_stats + (len(LA_STAT_QUANTILES) + 4) * self.la_stats
+        self.stats_norm = nn.BatchNorm1d(n_stats) if n_stats else None
+        if stats_skip and not n_stats:
+            raise ValueError("stats_skip needs intensity_stats or la_stats")
+        self.stats_skip = nn.Linear(n_stats, 3) if stats_skip else None
+        self.pool = AttentionPooling(self.num_features + n_stats, head_channels) if pooling == "attention" else None
         self.attribute_heads = nn.ModuleList(_mlp(self.num_features + n_stats, head_channels, dropout)
                                              for _ in range(3))  # fmt: skip
         self.qa_head = _mlp(3 if qa_input == "logits" else 3 * head_channels, qa_channels, dropout)
@@ -193,6 +268,7 @@ class QANet(nn.Module):
         if pretrained_path:
             load_encoder_weights(self.encoder, pretrained_path)
         self.encoder_frozen = False
+        self.stats_fixed = False
         if freeze_encoder:
             self.freeze_encoder()
 
@@ -209,6 +285,8 @@ class QANet(nn.Module):
         super().train(mode)
         if self.encoder_frozen:
             self.encoder.eval()
+        if self.stats_fixed:
+            self.stats_norm.eval()
         return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
@@ -232,11 +310,76 @@ class QANet(nn.Module):
         return self.encoder(x)
 
     def heads(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The four logits from pooled encoder features."""
+        """The four logits from pooled encoder features (and, with ``stats_skip``, the normalised statistics, the
+        last columns of ``embedding``)."""
         hidden = [h[:-1](embedding) for h in self.attribute_heads]
         attributes = torch.cat([h[-1](z) for h, z in zip(self.attribute_heads, hidden)], dim=1)
+        if self.stats_skip is not None:
+            attributes = attributes + self.stats_skip(embedding[:, self.num_features :])
         qa_in = attributes if self.qa_input == "logits" else torch.cat(hidden, dim=1)
         return torch.cat([attributes, self.qa_head(qa_in)], dim=1)
+
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw (not normalised) statistics of slices ``x`` that the heads see: :func:`slice_statistics` with
+        ``intensity_stats``, then :func:`la_statistics` with ``la_stats``; ``(N, 0)`` for a network without."""
+        stats = [slice_statistics(x[:, :1])] if self.intensity_stats else []
+        stats += [la_statistics(x[:, :1], x[:, 1:2])] if self.la_stats else []
+        return torch.cat(stats, dim=1) if stats else x.new_zeros((len(x), 0))
+
+    def _with_stats(self, embedding: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``embedding`` followed by the normalised statistics of ``x`` (where the network uses any)."""
+        if self.stats_norm is None:
+            return embedding
+        return torch.cat([embedding, self.stats_norm(self.statistics(x))], dim=1)
+
+    def fix_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> QANet:
+        """Fix the statistics' normalisation to ``(s - mean) / std`` (as the batch norm computes it: ``std`` floored
+        at the square root of its ``eps``); it is no longer learned nor updated by batches.
+
+        Raises:
+            ValueError: for a network without statistics.
+        """
+        if self.stats_norm is None:
+            raise ValueError("fix_statistics needs intensity_stats or la_stats")
+        bn = self.stats_norm
+        with torch.no_grad():
+            bn.running_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view(bn.num_features))
+            var = torch.as_tensor(std, dtype=torch.float32).view(bn.num_features) ** 2
+            bn.running_var.copy_((var - bn.eps).clamp_min(0.0))
+            bn.weight.fill_(1.0)
+            bn.bias.zero_()
+        bn.requires_grad_(False)
+        self.stats_fixed = True
+        return self.train(self.training)
+
+    def fix_stats_skip(self, weight: torch.Tensor, bias: torch.Tensor) -> QANet:
+        """Set the ``stats_skip`` map to ``weight`` ``(3, n)`` and ``bias`` ``(3,)`` and stop learning it: a logistic
+        regression fitted on the normalised statistics beforehand stays as it is, and the rest of the network learns
+        what it leaves (:func:`bundle.engines.region_qa.fit_statistics_prior`).
+
+        Raises:
+            ValueError: for a network without ``stats_skip``.
+        """
+        if self.stats_skip is None:
+            raise ValueError("fix_stats_skip needs stats_skip")
+        with torch.no_grad():
+            self.stats_skip.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.stats_skip.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        self.stats_skip.requires_grad_(False)
+        return self
+
+    def slice_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """What the heads see of each slice ``(N, C, H, W)``: pooled encoder features and the normalised statistics."""
+        return self._with_stats(self.encoder(x), x)
+
+    def forward_bags(self, x: torch.Tensor) -> torch.Tensor:
+        """Scan-level logits ``(B, 4)`` of ``B`` bags of ``N`` slices each, ``x`` ``(B, N, C, H, W)``: the heads on the
+        attention-pooled slice features (``pooling="attention"``), else the mean of the slices' logits."""
+        b, n = x.shape[:2]
+        emb = self.slice_embedding(x.flatten(0, 1))
+        if self.pool is None:
+            return self.heads(emb).view(b, n, -1).mean(1)
+        return self.heads(self.pool(emb.view(b, n, -1))[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         frozen = self.encoder_frozen and self.training and not self.segmentation
@@ -246,9 +389,7 @@ class QANet(nn.Module):
             else:
                 feats = self.features(x)
                 embedding = torch.flatten(self.encoder.avgpool(feats[-1]), 1)
-        if self.intensity_stats:
-            embedding = torch.cat([embedding, self.stats_norm(slice_statistics(x))], dim=1)
-        logits = self.heads(embedding)
+        logits = self.heads(self._with_stats(embedding, x))
         if not self.segmentation:
             return logits
         seg = self.seg_head(self.decoder(feats, 4))

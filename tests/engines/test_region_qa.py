@@ -9,7 +9,7 @@ import torch
 
 from bundle.data.region_cache import RegionScan
 from bundle.engines.artifact_pretrain import ARTIFACTS, pretrain_encoder, simulate_artifacts
-from bundle.engines.region_qa import ExactAugment, center_crop, scan_logits, train_region_qa
+from bundle.engines.region_qa import ExactAugment, center_crop, fit_statistics_prior, scan_logits, train_region_qa
 from bundle.evaluation.reference import REGION_FEATURES, region_features
 from bundle.losses import OrdinalBCE
 
@@ -67,6 +67,40 @@ def test_training_learns_a_known_cue(ordinal, loss_level):
     assert logits.shape == (4, 4)
     clean, noisy = logits[[0, 2]], logits[[1, 3]]
     assert (clean[:, 1].min() > noisy[:, 1].max()), logits  # sharpness/noise cue ranks every test scan right
+
+
+def test_statistics_prior_is_the_logistic_regression_and_stays_fixed():
+    from sklearn.linear_model import LogisticRegression
+
+    from bundle.engines.region_qa import build_region_network
+
+    torch.set_num_threads(1)
+    train = _scans(8)
+    small = {"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4, "intensity_stats": True,
+             "stats_skip": True}  # fmt: skip
+    model = fit_statistics_prior(build_region_network(**small), train, 16)
+    # by hand: the statistics of every training slice, standardised, averaged per scan, one regression per attribute
+    stats = [model.statistics(center_crop(torch.from_numpy(s.images.astype(np.float32))[:, None], 16)).double()
+             for s in train]  # fmt: skip
+    every = torch.cat(stats)
+    mean, std = every.mean(0), every.std(0)
+    x = np.stack([((v - mean) / std).mean(0).numpy() for v in stats])
+    y = np.stack([s.target for s in train]).astype(int)
+    lr = LogisticRegression(class_weight="balanced", max_iter=5000).fit(x, y[:, 1])
+    np.testing.assert_allclose(model.stats_skip.weight[1].numpy(), lr.coef_[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(float(model.stats_skip.bias[1]), lr.intercept_[0], rtol=1e-3, atol=1e-4)
+    # the network's own normalisation gives the same standardised statistics, in training mode too
+    model.train()
+    slice_x = center_crop(torch.from_numpy(train[0].images.astype(np.float32))[:, None], 16)
+    np.testing.assert_allclose(model.stats_norm(model.statistics(slice_x)).detach().numpy(),
+                               ((stats[0] - mean) / std).numpy(), rtol=1e-3, atol=1e-3)  # fmt: skip
+    # training keeps the fitted part as it is and learns the rest
+    trained = train_region_qa(train, network=small, size=16, epochs=3, slices_per_scan=4, scans_per_batch=4,
+                              stats_prior=True, ema_decay=0.5)  # fmt: skip
+    torch.testing.assert_close(trained.stats_skip.weight, model.stats_skip.weight)
+    torch.testing.assert_close(trained.stats_norm.running_mean, model.stats_norm.running_mean)
+    with pytest.raises(ValueError, match="stats_skip"):
+        fit_statistics_prior(build_region_network(intensity_stats=True), train, 16)
 
 
 def test_artifacts_move_their_statistics():

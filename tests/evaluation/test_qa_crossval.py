@@ -17,7 +17,8 @@ from tests.conftest import write_known_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = {"pixel_mm": 2.5, "size": 16, "margin": 2, "epochs": 1, "pretrain_epochs": 1, "slices_per_scan": 2,
-        "scans_per_batch": 4, "network": {"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4}}
+        "scans_per_batch": 4, "network": {"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4,
+                                          "intensity_stats": True, "stats_skip": True}}  # the default recipe's heads
 
 
 @pytest.mark.slow
@@ -74,3 +75,55 @@ def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     scan = report["scans"][0]
     assert scan["status"] in ("ok", "implausible_la"), scan
     assert 0.0 <= scan["p_fibrosis"] <= 1.0 and scan["diagnostic"] == int(scan["p_fibrosis"] >= 0.5)
+
+
+def test_seed_ensembles_average_the_seeds_of_each_fold():
+    import numpy as np
+
+    from bundle.evaluation.qa_crossval import seed_ensembles
+    from bundle.metrics.calibration import fit_temperature
+
+    def pred(fold, seed, val, test):
+        return {"strategy": "region", "fold": fold, "seed": seed, "seconds": 10.0 + seed,
+                "val_logits": [[v] * 4 for v in val], "test_logits": [[v] * 4 for v in test],
+                "val_targets": [[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]], "test_targets": [[1, 1, 1, 1]],
+                "val_scans": ["a", "b", "c"], "test_scans": ["t"], "val_patients": ["A", "B", "C"],
+                "test_patients": ["T"]}  # fmt: skip
+
+    preds = [pred(0, 0, [1.0, -2.0, 0.5], [3.0]), pred(0, 1, [3.0, 0.0, -0.5], [1.0]), pred(1, 0, [0, 0, 0], [0])]
+    out = seed_ensembles(preds)
+    assert len(out) == 1  # fold 1 has one seed: no ensemble
+    ens = out[0]
+    assert ens["strategy"] == "region_ensemble" and ens["fold"] == 0 and ens["seeds"] == [0, 1]
+    assert ens["test_logits"] == [[2.0] * 4] and ens["val_logits"][1] == [-1.0] * 4 and ens["seconds"] == 21.0
+    mean_val = np.array([[2.0] * 4, [-1.0] * 4, [0.0] * 4])
+    targets = np.array(preds[0]["val_targets"], float)
+    assert ens["temperature"] == [fit_temperature(mean_val[:, j], targets[:, j]) for j in range(4)]
+    assert ens["test_targets"] == [[1, 1, 1, 1]] and ens["test_scans"] == ["t"]
+    assert seed_ensembles(preds[2:]) == []
+
+
+@pytest.mark.slow
+def test_two_seeds_give_an_ensemble_row_and_the_export_takes_every_seed(tiny_demo, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "qa_cv"
+    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=("region",), seeds=(0, 1), folds=2, n_val=1,
+                            recipe=TINY)  # fmt: skip
+    assert set(res["table"]) == {"region", "region_ensemble"}
+    assert res["table"]["region"]["runs"] == 4 and res["table"]["region_ensemble"]["runs"] == 2
+    with open(out / "oof_predictions.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["strategy"] == "region_ensemble"]
+    assert len(rows) == len(json.load(open(tiny_demo))["quality"]) * 4
+    ckpt = export_qa_ensemble(str(out), str(tmp_path / "qa.pt"))
+    plan = json.load(open(tmp_path / "qa.json"))
+    assert plan["network_def"]["members"] == 4 and plan["cross_validation"]["seeds"] == [0, 1, 0, 1]
+    assert plan["network_def"]["network"]["stats_skip"] is True
+    net = qa_network(qa_plan(ckpt), None)
+    assert len(net.members) == 4
+    first = export_qa_ensemble(str(out), str(tmp_path / "first.pt"), all_seeds=False)
+    assert len(qa_network(qa_plan(first), None).members) == 2
+    meta = json.load(open(out / "recipe.json"))
+    meta["recipe"]["network"]["pooling"] = "attention"  # inference averages slice logits: no learned pooling
+    json.dump(meta, open(out / "recipe.json", "w"))
+    with pytest.raises(ValueError, match="attention pooling cannot be exported"):
+        export_qa_ensemble(str(out), str(tmp_path / "attention.pt"))

@@ -117,3 +117,52 @@ def test_supcon_net_projects_views_to_unit_vectors():
     assert sc.encoder is net.encoder  # pretraining trains the QA network's encoder in place
     with pytest.raises(ValueError, match="views"):
         sc(torch.rand(3, 1, 32, 32))
+
+
+def test_la_statistics_against_a_direct_computation():
+    import numpy as np
+    from scipy import ndimage
+
+    from bundle.networks.qa import LA_STAT_QUANTILES, la_statistics
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.2, 1.0, (2, 24, 24)).astype(np.float32)
+    img[:, :, :2] = 0  # outside the scan
+    mask = np.zeros((2, 24, 24), bool)
+    mask[0, 8:16, 9:18] = True
+    out = la_statistics(torch.from_numpy(img)[:, None], torch.from_numpy(mask.astype(np.float32))[:, None]).numpy()
+    a, m = img[0].astype(np.float64), mask[0]
+
+    def rank(values, p):  # the nearest-rank quantile that la_statistics takes
+        v = np.sort(values)
+        return v[int(round(p * (len(v) - 1)))]
+
+    b = rank(a[m], 0.5)
+    dil = ndimage.binary_dilation(m, np.ones((7, 7)))
+    q = [rank(a[~dil & (a > 0)], p) / b for p in LA_STAT_QUANTILES]
+    ero = ndimage.binary_erosion(m, np.ones((3, 3)))
+    border = m & ~ero
+    dx = np.abs(np.diff(a, axis=1, append=a[:, -1:]))
+    dy = np.abs(np.diff(a, axis=0, append=a[-1:, :]))
+    expected = [*q, rank(a[dil & ~m], 0.5) / b, np.log(b), a[ero].std() / b, (dx + dy)[border].mean() / b]
+    assert out.shape == (2, len(LA_STAT_QUANTILES) + 4)
+    np.testing.assert_allclose(out[0], expected, rtol=1e-4, atol=1e-5)
+    assert np.all(out[1] == 0)  # no LA on the second slice
+
+
+def test_stats_skip_and_attention_pooling_options():
+    net = QANet(in_channels=2, intensity_stats=True, la_stats=True, stats_skip=True, pooling="attention", **SMALL)
+    x = torch.rand(2, 3, 2, 32, 32)
+    x[:, :, 1] = (x[:, :, 1] > 0.7).float()
+    net.eval()
+    assert net(x[0]).shape == (3, 4) and net.forward_bags(x).shape == (2, 4)
+    assert net.stats_skip.out_features == 3  # the attributes; the QA module reads them
+    with pytest.raises(ValueError, match="in_channels"):
+        QANet(la_stats=True, **SMALL)
+    with pytest.raises(ValueError, match="pooling"):
+        QANet(pooling="max", **SMALL)
+    with pytest.raises(ValueError, match="stats_skip"):
+        QANet(stats_skip=True, **SMALL)
+    plain = QANet(intensity_stats=True, **SMALL).eval()
+    bags = torch.rand(2, 3, 1, 32, 32)
+    torch.testing.assert_close(plain.forward_bags(bags), plain(bags.flatten(0, 1)).view(2, 3, 4).mean(1))
