@@ -3,7 +3,7 @@
 import logging
 import warnings
 
-__version__ = "0.9.0"  # = configs/metadata.json "version" (tests/test_configs.py checks)
+__version__ = "0.10.0"  # = configs/metadata.json "version" (tests/test_configs.py checks)
 
 # MONAI registers an nvImageCodec DICOM decoder with every LoadImage; where the optional GPU codec is not
 # installed it warns on each construction. The fallback (pydicom's own decoders) is what we want on CPU.
