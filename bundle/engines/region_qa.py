@@ -221,8 +221,7 @@ def train_region_qa(
         fit_statistics_prior(model, train, size, seed=seed)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
     aug = ExactAugment(size)
-    mask_channel = bool((network or {}).get("la_stats"))
-    images = [scan_input(s, mask_channel) for s in train]
+    images = [scan_input(s, model.la_stats) for s in train]
     targets = torch.as_tensor(np.stack([s.scores if ordinal else s.target for s in train]))
     pos_weight = _pos_weight(train) if balanced else torch.ones(targets.shape[1])
     from bundle.losses.qa import OrdinalBCE
@@ -290,7 +289,7 @@ def scan_logits(
 ) -> np.ndarray:  # fmt: skip
     """Each scan's logits ``(n, 4)``: the mean over its slices and the flips (the window's centre ``size``); the LA
     mask goes in as channel 1 where the network has ``la_stats``."""
-    mask_channel = bool(getattr(model, "la_stats", False) or getattr(getattr(model, "module", None), "la_stats", False))
+    mask_channel = bool(getattr(model, "la_stats", False))
     out = []
     for s in scans:
         x = center_crop(scan_input(s, mask_channel), size)

@@ -401,8 +401,8 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
 
     Raises:
         FileExistsError: when ``ckpt_path`` exists and not ``overwrite``.
-        ValueError: when no fold of ``strategy`` is finished, or the recipe pools slices by attention (inference
-            averages slice logits).
+        ValueError: when no fold of ``strategy`` is finished, or the recipe needs what inference does not do (slices
+            pooled by attention, the LA mask as an input channel).
     """
     from bundle.networks.plan import INTENSITY, write_plan
     from bundle.utils import git_commit
@@ -416,6 +416,9 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
         raise ValueError(f"{cv_dir}: a recipe with {recipe['network']['pooling']} pooling cannot be exported: "
                          "inference takes the mean of the slice logits (bundle.metrics.scan_verdict), not a learned "
                          "pooling")  # fmt: skip
+    if recipe["network"].get("la_stats"):
+        raise ValueError(f"{cv_dir}: a recipe with la_stats cannot be exported: inference gives the QA network the "
+                         "LA region alone, not its mask as a second channel")  # fmt: skip
     preds = []
     folder = os.path.join(cv_dir, strategy)
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:

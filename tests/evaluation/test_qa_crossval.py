@@ -127,3 +127,7 @@ def test_two_seeds_give_an_ensemble_row_and_the_export_takes_every_seed(tiny_dem
     json.dump(meta, open(out / "recipe.json", "w"))
     with pytest.raises(ValueError, match="attention pooling cannot be exported"):
         export_qa_ensemble(str(out), str(tmp_path / "attention.pt"))
+    meta["recipe"]["network"] = {**TINY["network"], "la_stats": True, "in_channels": 2}
+    json.dump(meta, open(out / "recipe.json", "w"))
+    with pytest.raises(ValueError, match="la_stats cannot be exported"):
+        export_qa_ensemble(str(out), str(tmp_path / "la_stats.pt"))
