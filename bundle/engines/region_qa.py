@@ -268,18 +268,19 @@ def train_region_qa(
     return out.eval()
 
 
+def _flip_views(images: torch.Tensor, flips: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """``images`` ``(S, C, h, w)`` flipped along each entry of ``flips`` (in-plane axes 0/1; ``()``: as it is)."""
+    return [images.flip([int(a) + 2 for a in f]) if len(f) else images for f in flips]
+
+
 @torch.no_grad()
 def slice_logits(
     model: torch.nn.Module, images: torch.Tensor, flips: Sequence[Sequence[int]] = ((),), batch_size: int = 128
 ) -> torch.Tensor:
     """The QA logits ``(T, S, 4)`` of slices ``(S, C, h, w)`` under each flip (in-plane axes 0/1)."""
     model.eval()
-    views = []
-    for f in flips:
-        dims = [int(a) + 2 for a in f]
-        views.append(images.flip(dims) if dims else images)
     out = []
-    for v in views:
+    for v in _flip_views(images, flips):
         out.append(torch.cat([model(v[i : i + batch_size]) for i in range(0, len(v), batch_size)]))
     return torch.stack(out)
 
@@ -294,9 +295,9 @@ def scan_logits(
     for s in scans:
         x = center_crop(scan_input(s, mask_channel), size)
         if getattr(model, "pool", None) is not None:  # attention pooling: the scan's slices as one bag, per flip
-            views = [x.flip([int(a) + 2 for a in f]) if len(f) else x for f in flips]
             with torch.no_grad():
-                out.append(torch.stack([model.forward_bags(v[None])[0] for v in views]).mean(0).numpy())
+                bags = [model.forward_bags(v[None])[0] for v in _flip_views(x, flips)]
+            out.append(torch.stack(bags).mean(0).numpy())
             continue
         out.append(slice_logits(model, x, flips).mean((0, 1)).numpy())
     return np.stack(out) if out else np.zeros((0, 4))

@@ -435,8 +435,8 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
     states = [torch.load(os.path.join(p["dir"], "model.pt"), map_location="cpu", weights_only=True) for p in preds]
     ens = {f"members.{k}.{n}": (v.half() if v.is_floating_point() else v) for k, s in enumerate(states)
            for n, v in s.items()}  # fmt: skip
-    calibrated = seed_ensembles(preds) or preds
-    calibrated += [p for p in preds if p["fold"] not in {c["fold"] for c in calibrated}]  # folds with one seed
+    ensembled = {e["fold"]: e for e in seed_ensembles(preds)}
+    calibrated = [*ensembled.values(), *(p for p in preds if p["fold"] not in ensembled)]  # folds with one seed
     val_logits = np.concatenate([np.asarray(p["val_logits"]).reshape(-1, 4) for p in calibrated])
     val_targets = np.concatenate([np.asarray(p["val_targets"]).reshape(-1, 4) for p in calibrated])
     temperature = _fit_temperatures(val_logits, val_targets)
