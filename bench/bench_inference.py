@@ -12,8 +12,8 @@ In one process, alternating, ``--repeats`` times each:
 Then, in a fresh process, the peak resident memory of one end-to-end run (and of the imports alone).
 
 The input defaults to la2018's messy export (88 RLE slices, a localizer and a text file beside them); without it a
-synthetic 88-slice series is written. The detector is the shipped models/detector.pt (random weights when it is absent: the
-LA selection, so the QA workload, is then arbitrary); the QA network is the inference config's (the bundle's QANet,
+synthetic 88-slice series is written. The detector is the shipped models/detector.pt (random weights when it is absent:
+the LA selection, so the QA workload, is then arbitrary); the QA network is the inference config's (the bundle's QANet,
 resnet34 encoder) with the weights of ``--qa_ckpt`` (random weights when not given; the cost is the same).
 """
 
@@ -60,7 +60,6 @@ def workflow(input_path: str, out: str, qa_ckpt: str, detector: str | None, qa_s
 
 def make_qa_checkpoint(folder: str) -> str:
     import torch
-
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -84,9 +83,9 @@ def rss_mb() -> float:
 def child_memory(args) -> None:
     """One end-to-end run in this (fresh) process; prints peak RSS after the imports and after the run."""
     import torch  # noqa: F401
+    from monai.bundle import ConfigWorkflow  # noqa: F401
 
     import bundle.inference  # noqa: F401
-    from monai.bundle import ConfigWorkflow  # noqa: F401
 
     after_imports = rss_mb()
     wf = workflow(args.input, args.out, args.qa_ckpt, args.detector, args.qa_spatial_size)
@@ -172,31 +171,62 @@ def main() -> None:
         floor_det.append(f1 - f0)
         floor_qa.append(f2 - f1)
         floors.append(f2 - f0)
-        print(f"repeat {r}: end-to-end {e2e[-1]:.2f} s (run {runs[-1]:.2f} s); floor {floors[-1]:.2f} s "
-              f"(detector {f1 - f0:.2f} s, QA {f2 - f1:.2f} s)", flush=True)  # fmt: skip
+        print(
+            f"repeat {r}: end-to-end {e2e[-1]:.2f} s (run {runs[-1]:.2f} s); floor {floors[-1]:.2f} s "
+            f"(detector {f1 - f0:.2f} s, QA {f2 - f1:.2f} s)",
+            flush=True,
+        )
 
     mem_out = os.path.join(tmp, "out_mem")
-    res = subprocess.run([sys.executable, __file__, "--child_memory", "--input", input_path, "--out", mem_out,
-                          "--qa_ckpt", qa_ckpt, "--detector", detector,
-                          *(["--qa_spatial_size", str(args.qa_spatial_size)] if args.qa_spatial_size else [])],
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child_memory",
+            "--input",
+            input_path,
+            "--out",
+            mem_out,
+            "--qa_ckpt",
+            qa_ckpt,
+            "--detector",
+            detector,
+            *(["--qa_spatial_size", str(args.qa_spatial_size)] if args.qa_spatial_size else []),
+        ],
+        capture_output=True,
+        text=True,
+    )
     mem = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
     med = statistics.median
     summary = {
-        "input": os.path.abspath(input_path), "n_slices": n_slices, "n_la_slices": n_la,
-        "qa_views": len(stage.flips) * (n_la or 0), "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-        "floor_s": med(floors), "floor_detector_s": med(floor_det), "floor_qa_s": med(floor_qa),
-        "run_s": med(runs), "end_to_end_s": med(e2e),
-        "run_over_floor": med(runs) / med(floors), "end_to_end_over_floor": med(e2e) / med(floors),
-        "peak_rss_mb": mem.get("rss_peak_mb"), "rss_after_imports_mb": mem.get("rss_imports_mb"),
-        "detector": detector, "qa_ckpt": qa_ckpt, "qa_network": type(stage.model.net).__name__,
-        "qa_spatial_size": stage.spatial_size, "device": str(parser.get_parsed_content("device")),
-    }  # fmt: skip
+        "input": os.path.abspath(input_path),
+        "n_slices": n_slices,
+        "n_la_slices": n_la,
+        "qa_views": len(stage.flips) * (n_la or 0),
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "floor_s": med(floors),
+        "floor_detector_s": med(floor_det),
+        "floor_qa_s": med(floor_qa),
+        "run_s": med(runs),
+        "end_to_end_s": med(e2e),
+        "run_over_floor": med(runs) / med(floors),
+        "end_to_end_over_floor": med(e2e) / med(floors),
+        "peak_rss_mb": mem.get("rss_peak_mb"),
+        "rss_after_imports_mb": mem.get("rss_imports_mb"),
+        "detector": detector,
+        "qa_ckpt": qa_ckpt,
+        "qa_network": type(stage.model.net).__name__,
+        "qa_spatial_size": stage.spatial_size,
+        "device": str(parser.get_parsed_content("device")),
+    }
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}, indent=1))
     s = summary
-    print(f"one {n_slices}-slice series: {s['run_s']:.2f} s per scan (run), {s['end_to_end_s']:.2f} s with setup; "
-          f"floor {s['floor_s']:.2f} s -> {s['run_over_floor']:.2f}x ({s['end_to_end_over_floor']:.2f}x with setup; "
-          f"goal <= 1.5x); peak memory {s['peak_rss_mb'] or float('nan'):.0f} MiB (goal < 2048)")  # fmt: skip
+    print(
+        f"one {n_slices}-slice series: {s['run_s']:.2f} s per scan (run), {s['end_to_end_s']:.2f} s with setup; "
+        f"floor {s['floor_s']:.2f} s -> {s['run_over_floor']:.2f}x ({s['end_to_end_over_floor']:.2f}x with setup; "
+        f"goal <= 1.5x); peak memory {s['peak_rss_mb'] or float('nan'):.0f} MiB (goal < 2048)"
+    )
     if res.returncode != 0:
         print("memory run failed:", res.stderr[-2000:])
 

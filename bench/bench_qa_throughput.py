@@ -32,12 +32,22 @@ from monai.bundle import ConfigParser  # noqa: E402
 
 STEPS = {  # name: (config overlays on common.yaml, ids of network, loss, optimizer, prepare_batch), step 2 frozen
     "baseline": (["qa_baseline.yaml"], ("network", "loss", "optimizer", "train#prepare_batch"), False),
-    "multitask": (["qa_baseline.yaml", "qa_multitask.yaml"], ("network", "loss", "optimizer", "train#prepare_batch"), False),
-    "contrastive pretraining": (["qa_baseline.yaml", "qa_contrastive.yaml"],
-                                ("pretrain#network", "pretrain#loss", "pretrain#optimizer", "pretrain#prepare_batch"), False),
-    "contrastive QA (frozen encoder)": (["qa_baseline.yaml", "qa_contrastive.yaml"],
-                                        ("network", "loss", "optimizer", "train#prepare_batch"), True),
-}  # fmt: skip
+    "multitask": (
+        ["qa_baseline.yaml", "qa_multitask.yaml"],
+        ("network", "loss", "optimizer", "train#prepare_batch"),
+        False,
+    ),
+    "contrastive pretraining": (
+        ["qa_baseline.yaml", "qa_contrastive.yaml"],
+        ("pretrain#network", "pretrain#loss", "pretrain#optimizer", "pretrain#prepare_batch"),
+        False,
+    ),
+    "contrastive QA (frozen encoder)": (
+        ["qa_baseline.yaml", "qa_contrastive.yaml"],
+        ("network", "loss", "optimizer", "train#prepare_batch"),
+        True,
+    ),
+}
 
 
 def build(files: list[str], ids: tuple, frozen: bool, overrides: dict):
@@ -106,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         if n not in STEPS:
             raise SystemExit(f"ERROR: unknown strategy {n!r}; choose among {list(STEPS)}")
-    overrides = {"spatial_size": args.spatial_size, "batch_size": args.batch_size, "pretrain_batch_size": args.batch_size}
+    overrides = {
+        "spatial_size": args.spatial_size,
+        "batch_size": args.batch_size,
+        "pretrain_batch_size": args.batch_size,
+    }
     torch.manual_seed(0)
     setups = {n: build(*STEPS[n][:3], overrides) for n in names}
     batches = {n: make_batch(args.batch_size, args.spatial_size, "pretraining" in n) for n in names}
@@ -120,20 +134,38 @@ def main(argv: list[str] | None = None) -> int:
                 step(*setups[n], batches[n], device)
             times[n].append(args.steps * args.batch_size / (time.perf_counter() - t0))
             print(f"round {r + 1}: {n}: {times[n][-1]:.1f} slices/s", flush=True)
-    result = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "spatial_size": args.spatial_size, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
-              "slices_per_s": {n: statistics.median(v) for n, v in times.items()}, "all": times}  # fmt: skip
+    result = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "spatial_size": args.spatial_size,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "slices_per_s": {n: statistics.median(v) for n, v in times.items()},
+        "all": times,
+    }
     base = result["slices_per_s"].get("baseline")
     if args.loader:
-        result["loader_slices_per_s"] = time_loader({**overrides, "output_dir": os.path.join(ROOT, "runs"), "qa_slices": "mask"}, batches=8)
-    lines = [f"QA training throughput, {args.spatial_size}x{args.spatial_size} slices, batch {args.batch_size}, "
-             f"{device} ({result['threads']} threads), median of {args.rounds} rounds x {args.steps} steps", "",
-             "| strategy | slices/s | vs baseline |", "|---|---|---|"]  # fmt: skip
+        result["loader_slices_per_s"] = time_loader(
+            {**overrides, "output_dir": os.path.join(ROOT, "runs"), "qa_slices": "mask"}, batches=8
+        )
+    lines = [
+        f"QA training throughput, {args.spatial_size}x{args.spatial_size} slices, batch {args.batch_size}, "
+        f"{device} ({result['threads']} threads), median of {args.rounds} rounds x {args.steps} steps",
+        "",
+        "| strategy | slices/s | vs baseline |",
+        "|---|---|---|",
+    ]
     for n, v in result["slices_per_s"].items():
         lines.append(f"| {n} | {v:.1f} | {v / base:.2f} |" if base else f"| {n} | {v:.1f} | |")
     if args.loader:
-        lines.append(f"| data loader (augmentation, demo set) | {result['loader_slices_per_s']:.1f} | "
-                     f"{result['loader_slices_per_s'] / base:.2f} |" if base else "")  # fmt: skip
+        lines.append(
+            f"| data loader (augmentation, demo set) | {result['loader_slices_per_s']:.1f} | "
+            f"{result['loader_slices_per_s'] / base:.2f} |"
+            if base
+            else ""
+        )
     print("\n".join(lines))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:

@@ -53,9 +53,14 @@ def main() -> None:
         run(datalist, a.list, cache, dtype, mmap, a.spatial_size)  # first: builds the set file where mmap
         r = run(datalist, a.list, cache, dtype, mmap, a.spatial_size)  # measured: a later run, as training sees it
         report[f"{dtype}{'_mmap' if mmap else ''}"] = {
-            "n_slices": r["n_slices"], "KiB_per_slice": round(r["bytes_per_slice"] / 1024, 1),
-            "rss_KiB_per_slice": round(r["rss_gain_per_slice"] / 1024, 1), "open_seconds": round(r["seconds"], 2)}
-    base = report["float16"]  # the default storage, measured side by side; float32 image + mask: what a plain cache holds
+            "n_slices": r["n_slices"],
+            "KiB_per_slice": round(r["bytes_per_slice"] / 1024, 1),
+            "rss_KiB_per_slice": round(r["rss_gain_per_slice"] / 1024, 1),
+            "open_seconds": round(r["seconds"], 2),
+        }
+    base = report[
+        "float16"
+    ]  # the default storage, measured side by side; float32 image + mask: what a plain cache holds
     for r in report.values():
         r["rss_vs_float16"] = round(r["rss_KiB_per_slice"] / base["rss_KiB_per_slice"], 2)
     report["float32_reference_KiB_per_slice"] = round(a.spatial_size**2 * (4 + 4) / 1024, 1)

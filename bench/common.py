@@ -70,17 +70,32 @@ def naive_volume_records(entries: list[dict], only_la: bool = True) -> list[dict
         for k in range(n):
             if only_la and label is not None and not label[..., k].any():
                 continue
-            out.append({"image": e["image"], "label": e["label"], "slice": k,
-                        "target": torch.tensor([float(e.get(s, 3) >= 3) for s in
-                                                ("nulling", "sharpness", "enhancement", "fibrosis")])})  # fmt: skip
+            out.append(
+                {
+                    "image": e["image"],
+                    "label": e["label"],
+                    "slice": k,
+                    "target": torch.tensor(
+                        [float(e.get(s, 3) >= 3) for s in ("nulling", "sharpness", "enhancement", "fibrosis")]
+                    ),
+                }
+            )
     return out
 
 
 def naive_transform(spatial_size: int = 128, prob: float = 0.5):
     """The naive MONAI pipeline: read the whole volume for each sample, pick its slice, one RandAffined per
     augmentation (each interpolates), as a first MONAI tutorial-style attempt would."""
-    from monai.transforms import (Compose, EnsureTyped, LoadImaged, MapTransform, RandAffined, RandAxisFlipd,
-                                  Resized, ScaleIntensityRangePercentilesd)  # fmt: skip
+    from monai.transforms import (
+        Compose,
+        EnsureTyped,
+        LoadImaged,
+        MapTransform,
+        RandAffined,
+        RandAxisFlipd,
+        Resized,
+        ScaleIntensityRangePercentilesd,
+    )
 
     class SelectSliced(MapTransform):
         def __call__(self, d):
@@ -90,18 +105,20 @@ def naive_transform(spatial_size: int = 128, prob: float = 0.5):
             return d
 
     keys = ["image", "label"]
-    return Compose([
-        LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
-        ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
-        SelectSliced(keys=keys),
-        Resized(keys=keys, spatial_size=(spatial_size, spatial_size), mode=["bilinear", "nearest"]),
-        RandAxisFlipd(keys=keys, prob=prob),
-        RandAffined(keys=keys, prob=prob, rotate_range=0.26, mode=["bilinear", "nearest"]),
-        RandAffined(keys=keys, prob=prob, shear_range=(0.1, 0.1), mode=["bilinear", "nearest"]),
-        RandAffined(keys=keys, prob=prob, translate_range=(10, 10), mode=["bilinear", "nearest"]),
-        RandAffined(keys=keys, prob=prob, scale_range=(0.1, 0.1), mode=["bilinear", "nearest"]),
-        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
-    ])  # fmt: skip
+    return Compose(
+        [
+            LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+            ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+            SelectSliced(keys=keys),
+            Resized(keys=keys, spatial_size=(spatial_size, spatial_size), mode=["bilinear", "nearest"]),
+            RandAxisFlipd(keys=keys, prob=prob),
+            RandAffined(keys=keys, prob=prob, rotate_range=0.26, mode=["bilinear", "nearest"]),
+            RandAffined(keys=keys, prob=prob, shear_range=(0.1, 0.1), mode=["bilinear", "nearest"]),
+            RandAffined(keys=keys, prob=prob, translate_range=(10, 10), mode=["bilinear", "nearest"]),
+            RandAffined(keys=keys, prob=prob, scale_range=(0.1, 0.1), mode=["bilinear", "nearest"]),
+            EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
+        ]
+    )
 
 
 def qa_like_network(stem_stride: int) -> torch.nn.Module:

@@ -45,13 +45,15 @@ def write_studies(folder: str, n: int, shape: tuple[int, int, int]) -> list[str]
 
 def peak_of(args: list[str]) -> tuple[float, float, str]:
     """Peak RSS (MB) and wall time (s) of ``scripts/assess.py args`` in a child process, and its log."""
-    code = ("import resource, runpy, sys\n"
-            "sys.argv = ['assess.py'] + sys.argv[1:]\n"
-            "try:\n"
-            f"    runpy.run_path({os.path.join(ROOT, 'scripts', 'assess.py')!r}, run_name='__main__')\n"
-            "except SystemExit:\n"
-            "    pass\n"
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    code = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['assess.py'] + sys.argv[1:]\n"
+        "try:\n"
+        f"    runpy.run_path({os.path.join(ROOT, 'scripts', 'assess.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -77,13 +79,15 @@ def main(argv: list[str] | None = None) -> dict:
         many, t_many, log = peak_of([os.path.join(tmp, "in"), "--output_dir", os.path.join(tmp, "o2"), *common])
         per_study = [float(x) for x in re.findall(r"\((\d+\.\d+) s\)", log)]
     out = {
-        "shape": list(a.shape), "studies": a.studies, "low_memory": a.low_memory,
+        "shape": list(a.shape),
+        "studies": a.studies,
+        "low_memory": a.low_memory,
         "peak_mb": {"imports_and_networks": round(imports), "one_study": round(one), "all_studies": round(many)},
         "ratio_many_over_one": round(many / one, 3),
         "one_study_over_imports_mb": round(one - imports),
         "wall_s": {"one_study_run": round(t_one, 1), "all_studies_run": round(t_many, 1)},
         "per_study_s": {"first": per_study[0] if per_study else None, "last": per_study[-1] if per_study else None},
-    }  # fmt: skip
+    }
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w") as f:
         json.dump(out, f, indent=1)

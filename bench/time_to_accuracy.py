@@ -23,8 +23,16 @@ import time
 
 from common import ROOT, bench_datalist, write_report
 
-OLD = {"pixel_mm": None, "context_slices": 0, "context_mm": None, "train_crop": None, "intensity_prob": 0.0,
-       "lambda_ce": 0.0, "keep_largest": False, "min_la_area_mm2": 0.0}  # fmt: skip
+OLD = {
+    "pixel_mm": None,
+    "context_slices": 0,
+    "context_mm": None,
+    "train_crop": None,
+    "intensity_prob": 0.0,
+    "lambda_ce": 0.0,
+    "keep_largest": False,
+    "min_la_area_mm2": 0.0,
+}
 NEW: dict = {}
 TARGETS = (0.85, 0.88)
 
@@ -39,9 +47,21 @@ def train_curve(name: str, overrides: dict, datalist: str, split_file: str, work
     uri = f"sqlite:///{out}/mlruns.db"
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    _run(_workflow(ROOT, ["train.yaml"], "train", datalist=datalist, split_file=split_file, output_dir=out,
-                   ckpt_dir=os.path.join(out, "models"), run_name=name, tracking_uri=uri, max_epochs=max_epochs,
-                   **overrides))  # fmt: skip
+    _run(
+        _workflow(
+            ROOT,
+            ["train.yaml"],
+            "train",
+            datalist=datalist,
+            split_file=split_file,
+            output_dir=out,
+            ckpt_dir=os.path.join(out, "models"),
+            run_name=name,
+            tracking_uri=uri,
+            max_epochs=max_epochs,
+            **overrides,
+        )
+    )
     total = (time.time() - t0) / 60
     client = mlflow.MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("la_lge_qa").experiment_id])[0]
@@ -49,9 +69,14 @@ def train_curve(name: str, overrides: dict, datalist: str, split_file: str, work
     start = run.info.start_time
     curve = [((m.timestamp - start) / 60000, m.value) for m in hist]
     reach = {str(t): next((round(mins, 2) for mins, v in curve if v >= t), None) for t in TARGETS}
-    return {"minutes_to": reach, "best_dice": max(v for _, v in curve), "epochs": len(curve),
-            "minutes_total": round(total, 2), "minutes_per_epoch": round(total / max(1, len(curve)), 3),
-            "curve": [(round(a, 2), round(b, 4)) for a, b in curve]}  # fmt: skip
+    return {
+        "minutes_to": reach,
+        "best_dice": max(v for _, v in curve),
+        "epochs": len(curve),
+        "minutes_total": round(total, 2),
+        "minutes_per_epoch": round(total / max(1, len(curve)), 3),
+        "curve": [(round(a, 2), round(b, 4)) for a, b in curve],
+    }
 
 
 def main() -> None:

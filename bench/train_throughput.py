@@ -16,15 +16,21 @@ import tempfile
 import time
 
 import torch
-
-from common import (bench_datalist, cycle, naive_transform, naive_volume_records, qa_like_network, throughput,
-                    write_report)
+from common import (
+    bench_datalist,
+    cycle,
+    naive_transform,
+    naive_volume_records,
+    qa_like_network,
+    throughput,
+    write_report,
+)
+from monai.data import DataLoader, Dataset
+from monai.transforms import RandAxisFlipd
 
 from bundle.data import SliceCache, load_datalist
 from bundle.networks import QANet, prepare_network
 from bundle.transforms import RandSliceAffined, slice_pipeline
-from monai.data import DataLoader, Dataset
-from monai.transforms import RandAxisFlipd
 
 
 def trainer_step(net: torch.nn.Module, loader, channels_last: bool = False):
@@ -49,7 +55,9 @@ def trainer_step(net: torch.nn.Module, loader, channels_last: bool = False):
 def bundle_records(cache: SliceCache) -> list[dict]:
     recs = cache.records(cache.has_la)
     for r in recs:
-        r["target"] = torch.tensor([float(r.get(s, 3) >= 3) for s in ("nulling", "sharpness", "enhancement", "fibrosis")])
+        r["target"] = torch.tensor(
+            [float(r.get(s, 3) >= 3) for s in ("nulling", "sharpness", "enhancement", "fibrosis")]
+        )
     return recs
 
 
@@ -73,17 +81,25 @@ def main() -> None:
     t0 = time.perf_counter()
     cache = SliceCache(entries, spatial_size=a.spatial_size, cache_dir=os.path.join(work, "cache"))
     cache_seconds = time.perf_counter() - t0
-    augment = [RandAxisFlipd(keys=["image", "label"], prob=0.5),
-               RandSliceAffined(keys=["image", "label"], prob=0.5, mode=["bilinear", "nearest"])]  # fmt: skip
-    loader_kw = dict(batch_size=a.batch_size, shuffle=True, num_workers=a.num_workers, drop_last=True,
-                     persistent_workers=a.num_workers > 0)  # fmt: skip
+    augment = [
+        RandAxisFlipd(keys=["image", "label"], prob=0.5),
+        RandSliceAffined(keys=["image", "label"], prob=0.5, mode=["bilinear", "nearest"]),
+    ]
+    loader_kw = dict(
+        batch_size=a.batch_size,
+        shuffle=True,
+        num_workers=a.num_workers,
+        drop_last=True,
+        persistent_workers=a.num_workers > 0,
+    )
     bundle_loader = DataLoader(Dataset(bundle_records(cache), slice_pipeline(augment)), **loader_kw)
     naive_loader = DataLoader(Dataset(naive_volume_records(entries), naive_transform(a.spatial_size)), **loader_kw)
 
     steps = {"naive": trainer_step(qa_like_network(1), naive_loader)}
     for v in a.variants.split(","):
-        net = prepare_network(QANet(), "cpu", channels_last=v == "channels_last",
-                              autocast="bf16" if v == "bf16" else "none")  # fmt: skip
+        net = prepare_network(
+            QANet(), "cpu", channels_last=v == "channels_last", autocast="bf16" if v == "bf16" else "none"
+        )
         steps[f"bundle_{v}"] = trainer_step(net, bundle_loader, channels_last=v == "channels_last")
     rates: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(2):  # alternate, so drifts of the machine hit every pipeline alike
@@ -93,10 +109,14 @@ def main() -> None:
     report = {
         "slices_per_s": {k: round(v, 2) for k, v in result.items()},
         "speedup_vs_naive": {k: round(v / result["naive"], 2) for k, v in result.items() if k != "naive"},
-        "cache_build_s": round(cache_seconds, 1), "n_slices": int(cache.has_la.sum()), "n_volumes": len(entries),
-        "batch_size": a.batch_size, "num_workers": a.num_workers, "spatial_size": a.spatial_size,
+        "cache_build_s": round(cache_seconds, 1),
+        "n_slices": int(cache.has_la.sum()),
+        "n_volumes": len(entries),
+        "batch_size": a.batch_size,
+        "num_workers": a.num_workers,
+        "spatial_size": a.spatial_size,
         "torch_threads": torch.get_num_threads(),
-    }  # fmt: skip
+    }
     write_report(report, a.output)
 
 

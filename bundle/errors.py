@@ -14,8 +14,20 @@ import functools
 import sys
 from collections.abc import Callable
 
-__all__ = ["BundleError", "ConfigError", "DataError", "InputError", "TrainingInterrupted", "WeightsError",
-           "entry_point", "error_line", "exit_status", "find_error", "install_excepthook", "one_line"]  # fmt: skip
+__all__ = [
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "InputError",
+    "TrainingInterrupted",
+    "WeightsError",
+    "entry_point",
+    "error_line",
+    "exit_status",
+    "find_error",
+    "install_excepthook",
+    "one_line",
+]
 
 
 class BundleError(Exception):

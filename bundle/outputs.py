@@ -34,8 +34,21 @@ __all__ = [
     "write_report_files",
 ]
 
-CSV_COLUMNS = ("input", "series_uid", "n_slices", "n_la_slices", "p_nulling", "p_sharpness", "p_enhancement",
-               "p_fibrosis", "diagnostic", "uncertainty", "refer", "status", "message")  # fmt: skip
+CSV_COLUMNS = (
+    "input",
+    "series_uid",
+    "n_slices",
+    "n_la_slices",
+    "p_nulling",
+    "p_sharpness",
+    "p_enhancement",
+    "p_fibrosis",
+    "diagnostic",
+    "uncertainty",
+    "refer",
+    "status",
+    "message",
+)
 STATUSES = ("ok", "implausible_la", "no_left_atrium", "skipped", "error")
 REPORT_CSV, REPORT_JSON = "qa_report.csv", "qa_report.json"
 LOCK_FILE = ".qa_report.lock"  # held (flock) by the run writing into the folder
@@ -102,10 +115,17 @@ def refusal_report(output_dir: str, refusals: list[tuple[str, str]], settings: d
     """
     os.makedirs(output_dir, exist_ok=True)
     rows = [{**{c: "" for c in CSV_COLUMNS}, "input": i, "status": "error", "message": m} for i, m in refusals]
-    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "complete": True, "settings": settings or {},
-              "counts": {s: len(rows) if s == "error" else 0 for s in STATUSES}, "ignored_files": [],
-              "scans": [{**{c: None for c in CSV_COLUMNS}, "input": i, "status": "error", "message": m, "name": ""}
-                        for i, m in refusals]}  # fmt: skip
+    report = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "complete": True,
+        "settings": settings or {},
+        "counts": {s: len(rows) if s == "error" else 0 for s in STATUSES},
+        "ignored_files": [],
+        "scans": [
+            {**{c: None for c in CSV_COLUMNS}, "input": i, "status": "error", "message": m, "name": ""}
+            for i, m in refusals
+        ],
+    }
     return write_report_files(output_dir, rows, report)[0]
 
 
@@ -176,8 +196,10 @@ def lock_output_dir(output_dir: str) -> None:
             f.seek(0)
             owner = f.read().strip()
             f.close()
-            raise OutputError(f"{path}: in use by another assessment ({owner or 'another process'}); wait for it to "
-                              "finish or choose another --output_dir") from None  # fmt: skip
+            raise OutputError(
+                f"{path}: in use by another assessment ({owner or 'another process'}); wait for it to "
+                "finish or choose another --output_dir"
+            ) from None
         try:
             same = os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
         except FileNotFoundError:

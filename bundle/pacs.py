@@ -117,8 +117,9 @@ def retrieve(url: str, study_uid: str, folder: str, series_uid: str | None = Non
         except requests.exceptions.RequestException as e:
             raise DicomWebError(f"study {study_uid} series {uid}: {_why(e, url, timeout)}") from None
         except (ValueError, TypeError, pydicom.errors.InvalidDicomError) as e:
-            raise DicomWebError(f"study {study_uid} series {uid}: {url} sent something that is not DICOM "
-                                f"({type(e).__name__})") from None  # fmt: skip
+            raise DicomWebError(
+                f"study {study_uid} series {uid}: {url} sent something that is not DICOM ({type(e).__name__})"
+            ) from None
     return written
 
 
@@ -144,8 +145,10 @@ def store(url: str, files: Sequence[str], study_uid: str, timeout: float = 60.0)
     datasets = [pydicom.dcmread(f) for f in files]
     for f, ds in zip(files, datasets):
         if str(ds.get("StudyInstanceUID", "")) != study_uid:
-            raise DicomWebError(f"study {study_uid}: {os.path.basename(f)} belongs to study "
-                                f"{ds.get('StudyInstanceUID', '?')}, not stored on {url}")  # fmt: skip
+            raise DicomWebError(
+                f"study {study_uid}: {os.path.basename(f)} belongs to study "
+                f"{ds.get('StudyInstanceUID', '?')}, not stored on {url}"
+            )
     if not datasets:
         return []
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
@@ -153,8 +156,9 @@ def store(url: str, files: Sequence[str], study_uid: str, timeout: float = 60.0)
     try:
         answer = client.store_instances(datasets, study_instance_uid=study_uid)
     except requests.exceptions.HTTPError as e:
-        raise DicomWebError(f"study {study_uid}: storing {len(uids)} instance(s) ({', '.join(uids)}) refused: "
-                            f"{_why(e, url, timeout)}") from None  # fmt: skip
+        raise DicomWebError(
+            f"study {study_uid}: storing {len(uids)} instance(s) ({', '.join(uids)}) refused: {_why(e, url, timeout)}"
+        ) from None
     except requests.exceptions.RequestException as e:
         raise DicomWebError(f"study {study_uid}: storing {len(uids)} instance(s): {_why(e, url, timeout)}") from None
     failed = [str(item.get("ReferencedSOPInstanceUID", "?")) for item in answer.get("FailedSOPSequence", [])]
@@ -164,15 +168,19 @@ def store(url: str, files: Sequence[str], study_uid: str, timeout: float = 60.0)
     missing = []
     try:
         for ds in datasets:
-            found = client.search_for_instances(study_instance_uid=study_uid,
-                                                series_instance_uid=str(ds.SeriesInstanceUID),
-                                                search_filters={"SOPInstanceUID": str(ds.SOPInstanceUID)})  # fmt: skip
+            found = client.search_for_instances(
+                study_instance_uid=study_uid,
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                search_filters={"SOPInstanceUID": str(ds.SOPInstanceUID)},
+            )
             if not found:
                 missing.append(str(ds.SOPInstanceUID))
     except requests.exceptions.RequestException as e:
         why = _why(e, url, timeout)
         raise DicomWebError(f"study {study_uid}: stored, but cannot check the instances: {why}") from None
     if missing:
-        raise DicomWebError(f"study {study_uid}: {url} answered the store but did not keep instance(s) "
-                            f"{', '.join(missing)} (filtered out or refused by the server)")  # fmt: skip
+        raise DicomWebError(
+            f"study {study_uid}: {url} answered the store but did not keep instance(s) "
+            f"{', '.join(missing)} (filtered out or refused by the server)"
+        )
     return uids

@@ -34,8 +34,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "monai", "numpy", "pytorch-ignite", "mlflow", "nibabel", "pydicom", "itk", "scikit-image",
-            "scikit-learn")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "monai",
+    "numpy",
+    "pytorch-ignite",
+    "mlflow",
+    "nibabel",
+    "pydicom",
+    "itk",
+    "scikit-image",
+    "scikit-learn",
+)
 
 
 def as_bool(value) -> bool:
@@ -83,8 +93,13 @@ def git_commit(path: str = ".") -> str:
 def provenance_tags(bundle_root: str = ".") -> dict[str, str]:
     """Tags every run carries: package versions, python, platform and the bundle's git commit."""
     tags = {f"version.{k}": v for k, v in package_versions().items()}
-    tags.update({"version.python": platform.python_version(), "platform": platform.platform(),
-                 "git_commit": git_commit(bundle_root)})  # fmt: skip
+    tags.update(
+        {
+            "version.python": platform.python_version(),
+            "platform": platform.platform(),
+            "git_commit": git_commit(bundle_root),
+        }
+    )
     try:
         import torch
 

@@ -2,8 +2,8 @@
 
 Each fold model predicts its held-out (``--part test``) or validation (``--part val``) volumes once; every setting of
 the grid is then applied to the same logits with the bundle's own rule and scored in the scan's grid
-(``bundle.evaluation.crossval.score_settings``, which also tunes the minimum area on validation folds). Prints one row per setting: mean 3D Dice, HD95 and
-slice F1 over the volumes. Trains nothing.
+(``bundle.evaluation.crossval.score_settings``, which also tunes the minimum area on validation folds). Prints one row
+per setting: mean 3D Dice, HD95 and slice F1 over the volumes. Trains nothing.
 
     python scripts/ablate_postprocessing.py --cv_dir runs/cv_detector --dataset_dir ../shared/data/la2018
 
@@ -65,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         folds = load_folds(os.path.join(args.cv_dir, "folds.json"))
         models = [load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt")) for k in range(len(folds))]
     entries = load_datalist(path, root, LIST_KEYS)["segmentation"]
-    settings = [{"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest} for t, a, largest in
-                itertools.product([float(t) for t in args.thresholds.split(",")],
-                                  [float(a) for a in args.areas.split(",")], (True, False))]  # fmt: skip
+    settings = [
+        {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest}
+        for t, a, largest in itertools.product(
+            [float(t) for t in args.thresholds.split(",")], [float(a) for a in args.areas.split(",")], (True, False)
+        )
+    ]
     scores: list[list[dict]] = [[] for _ in settings]
     for fold, (network, plan) in zip(folds, models):
         network = FlipTTA(network) if args.tta else network
@@ -75,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         for total, rows in zip(scores, score_settings(network, plan, held, settings)):
             total.extend(rows)
     source = args.cv_dir or args.ensemble
-    print(f"| t | min area (mm2) | largest component | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {source}"
-          f"{', flip TTA' if args.tta else ''})")
+    print(
+        f"| t | min area (mm2) | largest component | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {source}"
+        f"{', flip TTA' if args.tta else ''})"
+    )
     for s, rows in zip(settings, scores):
         d, h, f = np.nanmean(np.asarray([(m["dice"], m["hd95_mm"], m["slice_f1"]) for m in rows], float), axis=0)
-        print(f"| {s['la_threshold']:g} | {s['min_la_area_mm2']:g} | {'yes' if s['keep_largest'] else 'no'} | "
-              f"{d:.3f} | {h:.2f} | {f:.3f} |")
+        print(
+            f"| {s['la_threshold']:g} | {s['min_la_area_mm2']:g} | {'yes' if s['keep_largest'] else 'no'} | "
+            f"{d:.3f} | {h:.2f} | {f:.3f} |"
+        )
     return 0
 
 

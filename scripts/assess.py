@@ -39,31 +39,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("input", nargs="*", help="DICOM folders, NIfTI/NRRD files, folders of those, or a datalist JSON")
     p.add_argument("--output_dir", default=None, help="where the reports go (default: <bundle>/runs/inference_<time>)")
-    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=_bool,
-                   help="replace existing outputs in the output folder (--overwrite or --overwrite true)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run into --output_dir: assess only the scans it did not finish")
-    p.add_argument("--weights", default=None, help="LA detector weights, its plan beside them (default: the shipped models/detector.pt)")
-    p.add_argument("--qa_weights", default=None, help="QA network weights, its plan beside them (default: the shipped models/qa.pt)")
-    p.add_argument("--qa_spatial_size", type=int, default=None,
-                   help="slice size the QA network was trained at, for a checkpoint without a plan (default 128)")
+    p.add_argument(
+        "--overwrite",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_bool,
+        help="replace existing outputs in the output folder (--overwrite or --overwrite true)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into --output_dir: assess only the scans it did not finish",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="LA detector weights, its plan beside them (default: the shipped models/detector.pt)",
+    )
+    p.add_argument(
+        "--qa_weights",
+        default=None,
+        help="QA network weights, its plan beside them (default: the shipped models/qa.pt)",
+    )
+    p.add_argument(
+        "--qa_spatial_size",
+        type=int,
+        default=None,
+        help="slice size the QA network was trained at, for a checkpoint without a plan (default 128)",
+    )
     p.add_argument("--la_only", action="store_true", help="LA detection only, no quality assessment")
     p.add_argument("--la_threshold", type=float, default=None, help="LA slice threshold t (default: the bundle's)")
     p.add_argument("--no_html", action="store_true", help="no HTML page per scan")
-    p.add_argument("--dicom_outputs", nargs="?", const=True, default=True, type=_bool,
-                   help="for DICOM input, also write the LA mask as DICOM SEG and the result as DICOM SR "
-                        "(default true; --dicom_outputs false to switch off)")
-    p.add_argument("--low_memory", action="store_true",
-                   help="memory flat over many studies and lower per study, about 1.7x slower (docs/benchmarks.md)")
+    p.add_argument(
+        "--dicom_outputs",
+        nargs="?",
+        const=True,
+        default=True,
+        type=_bool,
+        help="for DICOM input, also write the LA mask as DICOM SEG and the result as DICOM SR "
+        "(default true; --dicom_outputs false to switch off)",
+    )
+    p.add_argument(
+        "--low_memory",
+        action="store_true",
+        help="memory flat over many studies and lower per study, about 1.7x slower (docs/benchmarks.md)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--config", action="append", default=[], help="a further config overlay (repeatable)")
     web = p.add_argument_group("DICOMweb (a PACS or Orthanc)")
-    web.add_argument("--dicomweb", default=None, metavar="URL",
-                     help="DICOMweb root of the server to retrieve the study from, e.g. http://127.0.0.1:8042/dicom-web")
+    web.add_argument(
+        "--dicomweb",
+        default=None,
+        metavar="URL",
+        help="DICOMweb root of the server to retrieve the study from, e.g. http://127.0.0.1:8042/dicom-web",
+    )
     web.add_argument("--study", default=None, metavar="UID", help="StudyInstanceUID to retrieve and assess")
     web.add_argument("--series", default=None, metavar="UID", help="only this SeriesInstanceUID of the study")
-    web.add_argument("--store", action="store_true",
-                     help="send the DICOM SEG and SR back to the server (STOW-RS); without it nothing is written there")
+    web.add_argument(
+        "--store",
+        action="store_true",
+        help="send the DICOM SEG and SR back to the server (STOW-RS); without it nothing is written there",
+    )
     web.add_argument("--dicomweb_timeout", type=float, default=60.0, help="seconds to wait for each server answer")
     args = p.parse_args(argv)
     if args.dicomweb:
@@ -116,14 +153,20 @@ def preflight(args: argparse.Namespace, output_dir: str, inputs: list[str]) -> i
         return 2
     reports = [f for f in (REPORT_CSV, REPORT_JSON) if os.path.exists(os.path.join(output_dir, f))]
     if reports and not (args.overwrite or args.resume):
-        print(f"ERROR output: {output_dir} already holds {', '.join(reports)}; pass --overwrite to replace them, "
-              "--resume to continue an interrupted run, or choose another --output_dir", file=sys.stderr)  # fmt: skip
+        print(
+            f"ERROR output: {output_dir} already holds {', '.join(reports)}; pass --overwrite to replace them, "
+            "--resume to continue an interrupted run, or choose another --output_dir",
+            file=sys.stderr,
+        )
         return 2
     missing = [i for i in inputs if not os.path.exists(i)]
     if inputs and len(missing) == len(inputs):  # nothing to read: refuse now, with the refusals as the report
         path = refusal_report(output_dir, [(i, f"{i}: not found") for i in missing])
-        print(f"ERROR input: nothing could be assessed ({missing[0]}: not found"
-              f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}); see {path}", file=sys.stderr)
+        print(
+            f"ERROR input: nothing could be assessed ({missing[0]}: not found"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}); see {path}",
+            file=sys.stderr,
+        )
         return 1
     return None
 
@@ -160,15 +203,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from monai.bundle import ConfigWorkflow
 
-        overrides = {"bundle_root": ROOT, "input": inputs if len(inputs) > 1 else inputs[0],
-                     "overwrite": bool(args.overwrite), "resume": args.resume, "run_qa": not args.la_only,
-                     "write_html": not args.no_html, "dicom_outputs": bool(args.dicom_outputs),
-                     "low_memory": args.low_memory}  # fmt: skip
+        overrides = {
+            "bundle_root": ROOT,
+            "input": inputs if len(inputs) > 1 else inputs[0],
+            "overwrite": bool(args.overwrite),
+            "resume": args.resume,
+            "run_qa": not args.la_only,
+            "write_html": not args.no_html,
+            "dicom_outputs": bool(args.dicom_outputs),
+            "low_memory": args.low_memory,
+        }
         if output_dir:
             overrides["output_dir"] = output_dir
         if args.dicomweb:
-            overrides["report_settings#dicomweb"] = {"url": args.dicomweb, "study": args.study,
-                                                     "series": args.series, "store": args.store}  # fmt: skip
+            overrides["report_settings#dicomweb"] = {
+                "url": args.dicomweb,
+                "study": args.study,
+                "series": args.series,
+                "store": args.store,
+            }
         if args.weights:
             overrides["ckpt_path"] = os.path.abspath(args.weights)
         if args.qa_weights:
@@ -179,11 +232,18 @@ def main(argv: list[str] | None = None) -> int:
             overrides["la_threshold"] = args.la_threshold
         if args.device:
             overrides["device"] = f"$torch.device('{args.device}')"
-        configs = [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "inference.yaml"),
-                   *[os.path.abspath(c) for c in args.config]]  # fmt: skip
-        workflow = ConfigWorkflow(config_file=configs, meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                                  logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="infer",
-                                  **overrides)  # fmt: skip
+        configs = [
+            os.path.join(ROOT, "configs", "common.yaml"),
+            os.path.join(ROOT, "configs", "inference.yaml"),
+            *[os.path.abspath(c) for c in args.config],
+        ]
+        workflow = ConfigWorkflow(
+            config_file=configs,
+            meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+            logging_file=os.path.join(ROOT, "configs", "logging.conf"),
+            workflow_type="infer",
+            **overrides,
+        )
         workflow.initialize()
         workflow.run()
         workflow.finalize()
@@ -209,16 +269,19 @@ def main(argv: list[str] | None = None) -> int:
 def _retrieve(args: argparse.Namespace, output_dir: str) -> str | None:
     """The study (or series) from the DICOMweb server, saved under ``<output_dir>/retrieved/``; None (the reason
     printed and written as the report) when it cannot be retrieved."""
-    from bundle.pacs import DicomWebError, retrieve
     from bundle.outputs import refusal_report
+    from bundle.pacs import DicomWebError, retrieve
 
     folder = os.path.join(output_dir, "retrieved", args.study)
     try:
         files = retrieve(args.dicomweb, args.study, folder, args.series, timeout=args.dicomweb_timeout)
     except (DicomWebError, OSError) as e:
         what = f"{args.dicomweb} study {args.study}" + (f" series {args.series}" if args.series else "")
-        path = refusal_report(output_dir, [(what, str(e))], {"dicomweb": {"url": args.dicomweb, "study": args.study,
-                                                                          "series": args.series}})  # fmt: skip
+        path = refusal_report(
+            output_dir,
+            [(what, str(e))],
+            {"dicomweb": {"url": args.dicomweb, "study": args.study, "series": args.series}},
+        )
         print(f"ERROR dicomweb: {e}; see {path}", file=sys.stderr)
         return None
     print(f"retrieved {len(files)} instance(s) of study {args.study} from {args.dicomweb} into {folder}")
@@ -227,8 +290,8 @@ def _retrieve(args: argparse.Namespace, output_dir: str) -> str | None:
 
 def _store(args: argparse.Namespace, workflow) -> int:
     """Send the run's DICOM SEG and SR files to the server; 3 (one line) when the server cannot take them."""
-    from bundle.pacs import DicomWebError, store
     from bundle.outputs import report_outputs
+    from bundle.pacs import DicomWebError, store
 
     report = _report(workflow)
     files = report_outputs(report.output_dir, ("seg", "sr"))
@@ -260,11 +323,16 @@ def _interrupted(workflow) -> int:
     try:
         csv_path, _ = report.write()
     except Exception as e:  # noqa: BLE001 - interrupted while writing: the previous report is still whole
-        print(f"interrupted; the report could not be rewritten ({type(e).__name__}); the last complete one stays",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted; the report could not be rewritten ({type(e).__name__}); the last complete one stays",
+            file=sys.stderr,
+        )
         return 130
-    print(f"interrupted: {report.n_assessed} of {len(report.discovery.volumes)} scan(s) assessed, kept in {csv_path};"
-          f" continue with the same command and --resume", file=sys.stderr)  # fmt: skip
+    print(
+        f"interrupted: {report.n_assessed} of {len(report.discovery.volumes)} scan(s) assessed, kept in {csv_path};"
+        f" continue with the same command and --resume",
+        file=sys.stderr,
+    )
     return 130
 
 

@@ -52,9 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.reevaluate:
         reevaluate(args.reevaluate, overrides, tag=args.tag, reference=not args.no_reference, command=command)
         return 0
-    compare_strategies(output_dir=args.output_dir, seeds=seeds, strategies=[s for s in args.strategies.split(",") if s],
-                       overrides=overrides, bundle_root=args.bundle_root, split_seed=args.split_seed,
-                       reference=not args.no_reference, projection=args.projection, command=command)  # fmt: skip
+    compare_strategies(
+        output_dir=args.output_dir,
+        seeds=seeds,
+        strategies=[s for s in args.strategies.split(",") if s],
+        overrides=overrides,
+        bundle_root=args.bundle_root,
+        split_seed=args.split_seed,
+        reference=not args.no_reference,
+        projection=args.projection,
+        command=command,
+    )
     return 0
 
 

@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking_uri", default=None, help="MLflow store (default sqlite <output_dir>/mlruns.db)")
     p.add_argument("--name", default="detector_cv", help="name of the MLflow parent run")
     p.add_argument("--train_only", action="store_true", help="train the folds, evaluate them in a later call")
-    p.add_argument("--export", metavar="CKPT", default=None,
-                   help="after the folds: write their ensemble to CKPT (with its plan), e.g. models/detector.pt")
+    p.add_argument(
+        "--export",
+        metavar="CKPT",
+        default=None,
+        help="after the folds: write their ensemble to CKPT (with its plan), e.g. models/detector.pt",
+    )
     p.add_argument("--overwrite", action="store_true", help="with --export: replace an existing checkpoint")
     p.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args, rest = p.parse_known_args(argv)
@@ -55,10 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/cross_validate.py " + " ".join(shlex.quote(a) for a in argv)
     run_folds = [int(k) for k in args.run_folds.split(",")] if args.run_folds else None
     try:
-        res = cross_validate(args.output_dir, args.dataset_dir, args.datalist, folds=args.folds, seed=args.seed,
-                             n_val=args.n_val, run_folds=run_folds, overrides=overrides, bundle_root=args.bundle_root,
-                             tracking_uri=args.tracking_uri, name=args.name, command=command,
-                             train_only=args.train_only)  # fmt: skip
+        res = cross_validate(
+            args.output_dir,
+            args.dataset_dir,
+            args.datalist,
+            folds=args.folds,
+            seed=args.seed,
+            n_val=args.n_val,
+            run_folds=run_folds,
+            overrides=overrides,
+            bundle_root=args.bundle_root,
+            tracking_uri=args.tracking_uri,
+            name=args.name,
+            command=command,
+            train_only=args.train_only,
+        )
     except DatalistError as e:
         print(f"ERROR data: {e}", file=sys.stderr)
         return 2

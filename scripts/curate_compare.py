@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--curation", required=True, help="a curate run folder (runs/curate_<time>)")
     p.add_argument("--seeds", default="1", help="K (seeds 0..K-1) or a comma-separated list of seeds (default 1)")
-    p.add_argument("--strategy", default="baseline", choices=list(STRATEGIES),
-                   help="QA strategy trained (default baseline)")
+    p.add_argument(
+        "--strategy", default="baseline", choices=list(STRATEGIES), help="QA strategy trained (default baseline)"
+    )
     p.add_argument("--output_dir", default=None, help="the bundle's output folder (default: the curation's parent)")
     p.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args, rest = p.parse_known_args(argv)

@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset_dir", default=None, help="folder the datalist paths are relative to")
     p.add_argument("--datalist", default=None, help="datalist JSON (default <dataset_dir>/dataset.json)")
     p.add_argument("--strategies", default="reference,region", help="comma-separated: reference, region, artifact")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2: the shipped "
-                   "model averages three seeds per fold)")
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="comma-separated training seeds (default 0,1,2: the shipped model averages three seeds per fold)",
+    )
     p.add_argument("--folds", type=int, default=5, help="K (default 5)")
     p.add_argument("--run_folds", default=None, help="comma-separated folds to run now (default all)")
     p.add_argument("--n_val", type=int, default=4, help="fewest validation patients per fold (default 4)")
@@ -64,20 +67,29 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(target):
             shutil.copyfile(args.folds_from, target)
     try:
-        res = qa_cross_validate(args.output_dir, args.dataset_dir, args.datalist,
-                                strategies=[s for s in args.strategies.split(",") if s],
-                                seeds=[int(s) for s in args.seeds.split(",")], folds=args.folds, n_val=args.n_val,
-                                run_folds=[int(k) for k in args.run_folds.split(",")] if args.run_folds else None,
-                                recipe=recipe, mask_dir=args.mask_dir, tracking_uri=args.tracking_uri,
-                                command=command)  # fmt: skip
+        res = qa_cross_validate(
+            args.output_dir,
+            args.dataset_dir,
+            args.datalist,
+            strategies=[s for s in args.strategies.split(",") if s],
+            seeds=[int(s) for s in args.seeds.split(",")],
+            folds=args.folds,
+            n_val=args.n_val,
+            run_folds=[int(k) for k in args.run_folds.split(",")] if args.run_folds else None,
+            recipe=recipe,
+            mask_dir=args.mask_dir,
+            tracking_uri=args.tracking_uri,
+            command=command,
+        )
     except (DatalistError, ValueError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     print(f"Table 2: {res['files']['md']}")
     if args.export:
         try:
-            export_qa_ensemble(args.output_dir, args.export, args.export_strategy, overwrite=args.overwrite,
-                               command=command)  # fmt: skip
+            export_qa_ensemble(
+                args.output_dir, args.export, args.export_strategy, overwrite=args.overwrite, command=command
+            )
         except (FileExistsError, ValueError) as e:
             print(f"ERROR export: {e}", file=sys.stderr)
             return 2

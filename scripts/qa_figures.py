@@ -25,8 +25,10 @@ from bundle.errors import entry_point  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset_dir", required=True)
-    p.add_argument("--qa_ckpt", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                     "models", "qa.pt"))  # fmt: skip
+    p.add_argument(
+        "--qa_ckpt",
+        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "qa.pt"),
+    )
     p.add_argument("--output_dir", required=True)
     p.add_argument("--cache_dir", default=None, help="LA-region cache (default <output_dir>/.cache)")
     p.add_argument("--per_scan", type=int, default=8, help="slices per scan in the embedding picture")
@@ -53,8 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     scans = load_region_scans(region_cache(entries, cache, region["pixel_mm"], region["size"]))
     for s in scans:
         s.images = normalise_region(s.images.astype(np.float32), region["normalise"])
-    stage = QAStage(qa_network(plan, None), args.qa_ckpt, threshold=plan["threshold"], rule=plan["rule"],
-                    temperature=plan["temperature"], region=region, cam_layer=plan["cam_layer"], cam_slices=1)
+    stage = QAStage(
+        qa_network(plan, None),
+        args.qa_ckpt,
+        threshold=plan["threshold"],
+        rule=plan["rule"],
+        temperature=plan["temperature"],
+        region=region,
+        cam_layer=plan["cam_layer"],
+        cam_slices=1,
+    )
 
     # Fig. 2: the deciding slice of the two most confident scans of each verdict, with its HiResCAM map
     results = [stage.assess(torch.from_numpy(s.images)[:, None]) for s in scans]
@@ -69,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.cams is not None:
             axes[1, c].imshow(r.cams[0], cmap="jet", alpha=0.4, vmin=0, vmax=1)
         verdict = "diagnostic" if r.verdict["diagnostic"] else "non-diagnostic"
-        axes[0, c].set_title(f"{s.name}\nscores {s.scores.astype(int).tolist()}\n{verdict}, p={p_fib[i]:.2f}",
-                             fontsize=8)  # fmt: skip
+        axes[0, c].set_title(
+            f"{s.name}\nscores {s.scores.astype(int).tolist()}\n{verdict}, p={p_fib[i]:.2f}", fontsize=8
+        )
         for a in axes[:, c]:
             a.axis("off")
     fig.suptitle("HiResCAM of the fibrosis output on the deciding LA slice (evidence for the verdict)", fontsize=10)

@@ -77,8 +77,14 @@ def collect(args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"ERROR tune: no `quality` entry of the validation patients {sorted(val)} in {datalist}")
     parser = ConfigParser()
     parser.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "inference.yaml")] + args.config)
-    parser.update({"bundle_root": ROOT, "qa_ckpt": os.path.abspath(args.qa_ckpt),
-                   "device": f"$torch.device('{args.device}')", "ckpt_path": os.path.abspath(args.ckpt_path)})  # fmt: skip
+    parser.update(
+        {
+            "bundle_root": ROOT,
+            "qa_ckpt": os.path.abspath(args.qa_ckpt),
+            "device": f"$torch.device('{args.device}')",
+            "ckpt_path": os.path.abspath(args.ckpt_path),
+        }
+    )
     if args.qa_spatial_size:
         parser["qa_spatial_size"] = args.qa_spatial_size
     network = load_weights(parser.get_parsed_content("network"), parser.get_parsed_content("ckpt_path"), "detector")
@@ -91,10 +97,19 @@ def collect(args: argparse.Namespace) -> list[dict]:
         result = ScanResult(input=path)
         with torch.no_grad():
             step.assess_volume(volume, network, inferer, result)
-        row = {"image": e["image"], "patient": e["patient"], "label": int(e["fibrosis"] >= score_t),
-               "status": result.status, "n_la_slices": result.n_la_slices, "probs": result.visuals.get("tta_probs")}
-        print(f"{e['image']}: {result.status}, {result.n_la_slices} LA slices, p_fibrosis={result.p_fibrosis}, "
-              f"label={row['label']}", flush=True)  # fmt: skip
+        row = {
+            "image": e["image"],
+            "patient": e["patient"],
+            "label": int(e["fibrosis"] >= score_t),
+            "status": result.status,
+            "n_la_slices": result.n_la_slices,
+            "probs": result.visuals.get("tta_probs"),
+        }
+        print(
+            f"{e['image']}: {result.status}, {result.n_la_slices} LA slices, p_fibrosis={result.p_fibrosis}, "
+            f"label={row['label']}",
+            flush=True,
+        )
         scans.append(row)
     return scans
 
@@ -109,8 +124,14 @@ def tune(scans: list[dict], max_refer: float, min_scans: int) -> dict:
     for t in THRESHOLDS:
         v = [qa_verdict(s["probs"], t, DEFAULTS["refer_uncertainty"])["diagnostic"] for s in ok]
         acc = sum(int(a == b) for a, b in zip(v, y)) / max(len(y), 1)
-        rows_t.append({"qa_threshold": t, "balanced_accuracy": balanced_accuracy(y, v), "accuracy": acc,
-                       "n_diagnostic": int(sum(v))})  # fmt: skip
+        rows_t.append(
+            {
+                "qa_threshold": t,
+                "balanced_accuracy": balanced_accuracy(y, v),
+                "accuracy": acc,
+                "n_diagnostic": int(sum(v)),
+            }
+        )
     scored = [r for r in rows_t if r["balanced_accuracy"] == r["balanced_accuracy"]]  # not NaN
     best_t = DEFAULTS["qa_threshold"]
     if scored:
@@ -120,9 +141,14 @@ def tune(scans: list[dict], max_refer: float, min_scans: int) -> dict:
     for u in REFER:
         verdicts = [qa_verdict(s["probs"], best_t, u) for s in ok]
         kept = [(v["diagnostic"], lab) for v, lab in zip(verdicts, y) if not v["refer"]]
-        rows_r.append({"refer_uncertainty": u, "referred": len(ok) - len(kept),
-                       "refer_rate": (len(ok) - len(kept)) / max(len(ok), 1),
-                       "accuracy_kept": sum(int(a == b) for a, b in kept) / len(kept) if kept else float("nan")})
+        rows_r.append(
+            {
+                "refer_uncertainty": u,
+                "referred": len(ok) - len(kept),
+                "refer_rate": (len(ok) - len(kept)) / max(len(ok), 1),
+                "accuracy_kept": sum(int(a == b) for a, b in kept) / len(kept) if kept else float("nan"),
+            }
+        )
     allowed = [r for r in rows_r if r["refer_rate"] <= max_refer and r["accuracy_kept"] == r["accuracy_kept"]]
     best_u = DEFAULTS["refer_uncertainty"]
     if allowed:
@@ -134,9 +160,16 @@ def tune(scans: list[dict], max_refer: float, min_scans: int) -> dict:
     if len(set(y)) < 2:
         reasons.append("a single class among the validation labels")
     tuned = {"qa_threshold": best_t, "refer_uncertainty": best_u}
-    return {"n_scans": len(scans), "n_assessed": len(ok), "n_diagnostic": int(sum(y)), "tuned": tuned,
-            "recommended": DEFAULTS if reasons else tuned, "kept_defaults_because": reasons,
-            "thresholds": rows_t, "refer": rows_r}  # fmt: skip
+    return {
+        "n_scans": len(scans),
+        "n_assessed": len(ok),
+        "n_diagnostic": int(sum(y)),
+        "tuned": tuned,
+        "recommended": DEFAULTS if reasons else tuned,
+        "kept_defaults_because": reasons,
+        "thresholds": rows_t,
+        "refer": rows_r,
+    }
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -158,25 +191,44 @@ def main(argv: list[str] | None = None) -> int:
     res = tune(scans, args.max_refer, args.min_scans)
     import numpy as np
 
-    write_csv(os.path.join(out, "scans.csv"), [
-        {"image": s["image"], "patient": s["patient"], "label": s["label"], "status": s["status"],
-         "n_la_slices": s["n_la_slices"],
-         "p_fibrosis": "" if s["probs"] is None else round(float(np.mean(s["probs"][:, :, 3])), 4),
-         "uncertainty": "" if s["probs"] is None else round(float(np.mean(s["probs"][:, :, 3], 1).std()), 4)}
-        for s in scans])  # fmt: skip
+    write_csv(
+        os.path.join(out, "scans.csv"),
+        [
+            {
+                "image": s["image"],
+                "patient": s["patient"],
+                "label": s["label"],
+                "status": s["status"],
+                "n_la_slices": s["n_la_slices"],
+                "p_fibrosis": "" if s["probs"] is None else round(float(np.mean(s["probs"][:, :, 3])), 4),
+                "uncertainty": "" if s["probs"] is None else round(float(np.mean(s["probs"][:, :, 3], 1).std()), 4),
+            }
+            for s in scans
+        ],
+    )
     write_csv(os.path.join(out, "thresholds.csv"), res["thresholds"])
     write_csv(os.path.join(out, "refer.csv"), res["refer"])
-    settings = {"split_file": os.path.abspath(args.split_file), "qa_ckpt": os.path.abspath(args.qa_ckpt),
-                "ckpt_path": os.path.abspath(args.ckpt_path), "qa_spatial_size": args.qa_spatial_size,
-                "max_refer": args.max_refer, "min_scans": args.min_scans, "command": " ".join(sys.argv)}  # fmt: skip
+    settings = {
+        "split_file": os.path.abspath(args.split_file),
+        "qa_ckpt": os.path.abspath(args.qa_ckpt),
+        "ckpt_path": os.path.abspath(args.ckpt_path),
+        "qa_spatial_size": args.qa_spatial_size,
+        "max_refer": args.max_refer,
+        "min_scans": args.min_scans,
+        "command": " ".join(sys.argv),
+    }
     json.dump({**settings, **res}, open(os.path.join(out, "tuning.json"), "w", encoding="utf-8"), indent=1)
     print(f"{res['n_assessed']} of {res['n_scans']} validation scans assessed ({res['n_diagnostic']} diagnostic)")
     for r in res["thresholds"]:
-        print(f"  qa_threshold {r['qa_threshold']:.2f}: balanced accuracy {r['balanced_accuracy']:.3f}, "
-              f"accuracy {r['accuracy']:.3f}, {r['n_diagnostic']} called diagnostic")  # fmt: skip
+        print(
+            f"  qa_threshold {r['qa_threshold']:.2f}: balanced accuracy {r['balanced_accuracy']:.3f}, "
+            f"accuracy {r['accuracy']:.3f}, {r['n_diagnostic']} called diagnostic"
+        )
     for r in res["refer"]:
-        print(f"  refer_uncertainty {r['refer_uncertainty']}: {r['referred']} referred, accuracy of the rest "
-              f"{r['accuracy_kept']:.3f}")  # fmt: skip
+        print(
+            f"  refer_uncertainty {r['refer_uncertainty']}: {r['referred']} referred, accuracy of the rest "
+            f"{r['accuracy_kept']:.3f}"
+        )
     print(f"tuned on validation: {res['tuned']}")
     if res["kept_defaults_because"]:
         print(f"recommended: keep the defaults {DEFAULTS}: {'; '.join(res['kept_defaults_because'])}")

@@ -33,8 +33,9 @@ def tiny_demo(tmp_path_factory) -> str:
     """A small synthetic demo set (8 patients, 32x32x8 voxels): returns its datalist path."""
     from bundle.data.demo import make_demo_dataset
 
-    return make_demo_dataset(str(tmp_path_factory.mktemp("demo")), n_patients=8, shape=(32, 32, 8),
-                             spacing=(2.5, 2.5, 5.0))  # fmt: skip
+    return make_demo_dataset(
+        str(tmp_path_factory.mktemp("demo")), n_patients=8, shape=(32, 32, 8), spacing=(2.5, 2.5, 5.0)
+    )
 
 
 @pytest.fixture
@@ -49,11 +50,26 @@ def toy_dataset(tmp_path):
         write_nifti(str(tmp_path / "labels" / f"{p}.nii.gz"), lab)
 
     def make(seg=None, quality=None, name="dataset.json") -> str:
-        seg = seg if seg is not None else [
-            {"image": f"images/{p}.nii.gz", "label": f"labels/{p}.nii.gz", "patient": p} for p in ("a", "b")]
-        quality = quality if quality is not None else [
-            {"image": f"images/{p}.nii.gz", "patient": p, "nulling": 3, "sharpness": 4, "enhancement": 2,
-             "fibrosis": 5} for p in ("a", "b")]  # fmt: skip
+        seg = (
+            seg
+            if seg is not None
+            else [{"image": f"images/{p}.nii.gz", "label": f"labels/{p}.nii.gz", "patient": p} for p in ("a", "b")]
+        )
+        quality = (
+            quality
+            if quality is not None
+            else [
+                {
+                    "image": f"images/{p}.nii.gz",
+                    "patient": p,
+                    "nulling": 3,
+                    "sharpness": 4,
+                    "enhancement": 2,
+                    "fibrosis": 5,
+                }
+                for p in ("a", "b")
+            ]
+        )
         path = tmp_path / name
         path.write_text(json.dumps({"segmentation": seg, "quality": quality}))
         return str(path)
@@ -62,8 +78,9 @@ def toy_dataset(tmp_path):
     return make
 
 
-def write_known_detector(folder, level: float, name: str = "model.pt", spatial_size: int = 16,
-                         la_bounds: dict | None = None, **post) -> str:
+def write_known_detector(
+    folder, level: float, name: str = "model.pt", spatial_size: int = 16, la_bounds: dict | None = None, **post
+) -> str:
     """A one-logit-per-pixel "detector" whose answer is known (logit = 20 * (intensity - level)), with its plan.
 
     The plan says: slices resized to ``spatial_size``, plain 2D, threshold 0.5, no largest-component filter and no
@@ -80,12 +97,20 @@ def write_known_detector(folder, level: float, name: str = "model.pt", spatial_s
     os.makedirs(str(folder), exist_ok=True)
     ckpt = os.path.join(str(folder), name)
     torch.save(conv.state_dict(), ckpt)
-    write_plan(ckpt, {
-        "kind": "detector",
-        "network_def": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1},
-        "preprocessing": {"spatial_size": spatial_size, "pixel_mm": None, "context_slices": 0, "context_mm": None,
-                          "slice_axis": None},
-        "postprocessing": {"la_threshold": 0.5, "keep_largest": False, "min_la_area_mm2": 0.0, **post},
-        "la_bounds": la_bounds,
-    })  # fmt: skip
+    write_plan(
+        ckpt,
+        {
+            "kind": "detector",
+            "network_def": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1},
+            "preprocessing": {
+                "spatial_size": spatial_size,
+                "pixel_mm": None,
+                "context_slices": 0,
+                "context_mm": None,
+                "slice_axis": None,
+            },
+            "postprocessing": {"la_threshold": 0.5, "keep_largest": False, "min_la_area_mm2": 0.0, **post},
+            "la_bounds": la_bounds,
+        },
+    )
     return ckpt

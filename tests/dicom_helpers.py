@@ -18,8 +18,17 @@ from pydicom.uid import (
 )
 
 
-def _base(sop_class, rows: int, cols: int, series_uid: str, study_uid: str, modality: str, description: str,
-          series_number: int, patient_id: str) -> Dataset:  # fmt: skip
+def _base(
+    sop_class,
+    rows: int,
+    cols: int,
+    series_uid: str,
+    study_uid: str,
+    modality: str,
+    description: str,
+    series_number: int,
+    patient_id: str,
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -91,8 +100,17 @@ def write_series(
     files = []
     sop = CTImageStorage if modality == "CT" else MRImageStorage
     for k in order:
-        ds = _base(sop, volume.shape[1], volume.shape[0], series_uid, study_uid, modality, description, series_number,
-                   patient_id)  # fmt: skip
+        ds = _base(
+            sop,
+            volume.shape[1],
+            volume.shape[0],
+            series_uid,
+            study_uid,
+            modality,
+            description,
+            series_number,
+            patient_id,
+        )
         ds.InstanceNumber = instance[k]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*r, *c)]
@@ -134,8 +152,17 @@ def write_enhanced(
     positions, affine, (r, c) = series_geometry(volume.shape, spacing, origin, row, col)
     order = list(range(volume.shape[2]))
     random.Random(seed).shuffle(order)
-    ds = _base(EnhancedMRImageStorage, volume.shape[1], volume.shape[0], series_uid or generate_uid(), generate_uid(),
-               "MR", description, series_number, patient_id)  # fmt: skip
+    ds = _base(
+        EnhancedMRImageStorage,
+        volume.shape[1],
+        volume.shape[0],
+        series_uid or generate_uid(),
+        generate_uid(),
+        "MR",
+        description,
+        series_number,
+        patient_id,
+    )
     ds.InstanceNumber = 1
     ds.NumberOfFrames = volume.shape[2]
     shared = Dataset()
@@ -201,5 +228,13 @@ def truncate(path: str, keep: float = 0.6) -> str:
     return path
 
 
-__all__ = ["box_mask", "phantom", "series_geometry", "truncate", "write_corrupt_dicom", "write_enhanced", "write_junk",
-           "write_series"]  # fmt: skip
+__all__ = [
+    "box_mask",
+    "phantom",
+    "series_geometry",
+    "truncate",
+    "write_corrupt_dicom",
+    "write_enhanced",
+    "write_junk",
+    "write_series",
+]

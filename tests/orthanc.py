@@ -31,8 +31,14 @@ def free_port() -> int:
 def orthanc_or_skip() -> tuple[str, str]:
     """The Orthanc executable and its DICOMweb plugin; skip (or fail, where required) when either is missing."""
     exe = shutil.which("Orthanc")
-    plugin = next((os.path.join(d, "libOrthancDicomWeb.so") for d in PLUGIN_DIRS
-                   if os.path.isfile(os.path.join(d, "libOrthancDicomWeb.so"))), None)  # fmt: skip
+    plugin = next(
+        (
+            os.path.join(d, "libOrthancDicomWeb.so")
+            for d in PLUGIN_DIRS
+            if os.path.isfile(os.path.join(d, "libOrthancDicomWeb.so"))
+        ),
+        None,
+    )
     if exe is None or plugin is None:
         message = "Orthanc with its DICOMweb plugin not found (apt-get install orthanc orthanc-dicomweb)"
         if REQUIRED:
@@ -48,10 +54,17 @@ class Orthanc:
         exe, plugin = orthanc_or_skip()
         os.makedirs(folder, exist_ok=True)
         self.port = free_port()
-        config = {"Name": "la-lge-qa-test", "StorageDirectory": os.path.join(folder, "db"),
-                  "IndexDirectory": os.path.join(folder, "db"), "HttpPort": self.port, "DicomPort": free_port(),
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [plugin],
-                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}  # fmt: skip
+        config = {
+            "Name": "la-lge-qa-test",
+            "StorageDirectory": os.path.join(folder, "db"),
+            "IndexDirectory": os.path.join(folder, "db"),
+            "HttpPort": self.port,
+            "DicomPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [plugin],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
         if lua:
             path = os.path.join(folder, "filter.lua")
             with open(path, "w") as f:
@@ -84,8 +97,12 @@ class Orthanc:
         """Store files through Orthanc's REST API (POST /instances), as a modality or a PACS import would."""
         for f in files:
             with open(f, "rb") as fh:
-                req = urllib.request.Request(self.url + "/instances", data=fh.read(), method="POST",
-                                             headers={"Content-Type": "application/dicom"})  # fmt: skip
+                req = urllib.request.Request(
+                    self.url + "/instances",
+                    data=fh.read(),
+                    method="POST",
+                    headers={"Content-Type": "application/dicom"},
+                )
             with urllib.request.urlopen(req, timeout=30) as r:
                 r.read()
 
@@ -97,8 +114,15 @@ class Orthanc:
         def value(item, tag):
             return (item.get(tag, {}).get("Value") or [None])[0]
 
-        return [{"modality": value(s, "00080060"), "description": value(s, "0008103E"),
-                 "instances": value(s, "00201209"), "uid": value(s, "0020000E")} for s in items]  # fmt: skip
+        return [
+            {
+                "modality": value(s, "00080060"),
+                "description": value(s, "0008103E"),
+                "instances": value(s, "00201209"),
+                "uid": value(s, "0020000E"),
+            }
+            for s in items
+        ]
 
     def instance_count(self) -> int:
         return int(self.get("/statistics")["CountInstances"])

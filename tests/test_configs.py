@@ -6,7 +6,6 @@ import os
 
 import pytest
 import yaml
-
 from monai.bundle import ConfigComponent, ConfigParser
 from monai.utils import optional_import
 
@@ -59,8 +58,21 @@ def test_metadata_version_and_changelog():
 def test_workflow_configs_merge_with_common():
     parser = ConfigParser()
     parser.read_config([os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "train.yaml")])
-    for key in ("bundle_root", "dataset_dir", "device", "network_def", "network", "train#trainer", "train#dataset",
-                "train#handlers", "validate#evaluator", "run", "training", "initialize", "finalize"):
+    for key in (
+        "bundle_root",
+        "dataset_dir",
+        "device",
+        "network_def",
+        "network",
+        "train#trainer",
+        "train#dataset",
+        "train#handlers",
+        "validate#evaluator",
+        "run",
+        "training",
+        "initialize",
+        "finalize",
+    ):
         assert key in parser, key
     assert parser["run"] == parser["training"]
     assert bundle.__version__

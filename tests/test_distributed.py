@@ -15,15 +15,32 @@ from tests.test_workflow_qa import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = [os.path.join(ROOT, "configs", name) for name in ("common.yaml", "train.yaml", "multi_gpu.yaml")]
-QA_CONFIG = [os.path.join(ROOT, "configs", name) for name in (
-    "common.yaml", "qa_baseline.yaml", "qa_contrastive.yaml", "multi_gpu.yaml", "multi_gpu_contrastive.yaml")]
+QA_CONFIG = [
+    os.path.join(ROOT, "configs", name)
+    for name in (
+        "common.yaml",
+        "qa_baseline.yaml",
+        "qa_contrastive.yaml",
+        "multi_gpu.yaml",
+        "multi_gpu_contrastive.yaml",
+    )
+]
 QA_TINY = {**TINY, "batch_size": 8, "pretrain_batch_size": 8}  # the QA workflow tests' settings, smaller batches
 
 
 def _torchrun(configs, args):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
-           "--config_file", json.dumps(configs + [os.path.join(ROOT, "tests", "configs", "save_rank_weights.yaml")])]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps(configs + [os.path.join(ROOT, "tests", "configs", "save_rank_weights.yaml")]),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
@@ -49,9 +66,31 @@ def _the_one_run(out, metric):
 @pytest.mark.slow
 def test_torchrun_two_ranks_one_checkpoint_one_run(tiny_demo, tmp_path):
     out, models = tmp_path / "runs", tmp_path / "models"
-    _torchrun(CONFIG, ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(models),
-                       "--spatial_size", "32", "--batch_size", "8", "--max_epochs", "1", "--num_workers", "0",
-                       "--test_size", "2", "--val_fraction", "0.2", "--network_def#channels", "[4, 8, 16, 32, 64]"])
+    _torchrun(
+        CONFIG,
+        [
+            "--datalist",
+            tiny_demo,
+            "--output_dir",
+            str(out),
+            "--ckpt_dir",
+            str(models),
+            "--spatial_size",
+            "32",
+            "--batch_size",
+            "8",
+            "--max_epochs",
+            "1",
+            "--num_workers",
+            "0",
+            "--test_size",
+            "2",
+            "--val_fraction",
+            "0.2",
+            "--network_def#channels",
+            "[4, 8, 16, 32, 64]",
+        ],
+    )
     _assert_same_weights(models / "model.pt", out)
     _the_one_run(out, "val_mean_dice")
     assert len(list(out.glob("detector_*/split.json"))) == 1  # rank 0 alone wrote the run folder

@@ -7,8 +7,19 @@ import sys
 import pytest
 
 from bundle.data.datalist import DatalistError
-from bundle.errors import (BundleError, ConfigError, DataError, InputError, TrainingInterrupted, WeightsError,
-                           entry_point, error_line, exit_status, find_error, one_line)  # fmt: skip
+from bundle.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    InputError,
+    TrainingInterrupted,
+    WeightsError,
+    entry_point,
+    error_line,
+    exit_status,
+    find_error,
+    one_line,
+)
 from bundle.networks.plan import PlanError
 from bundle.outputs import OutputError
 
@@ -27,7 +38,9 @@ def _wrapped(e: BaseException) -> RuntimeError:
 
 
 def test_lines_name_the_category():
-    assert error_line(WeightsError("models/x.pt not found: train it")) == "ERROR weights: models/x.pt not found: train it"
+    assert (
+        error_line(WeightsError("models/x.pt not found: train it")) == "ERROR weights: models/x.pt not found: train it"
+    )
     assert error_line(ConfigError("a.yaml: no 'network_def'")) == "ERROR config: a.yaml: no 'network_def'"
     assert error_line(OutputError("out: in use")) == "ERROR output: out: in use"
     assert error_line(InputError("nothing could be assessed")) == "ERROR input: nothing could be assessed"
@@ -66,13 +79,18 @@ def test_entry_point_prints_one_line_and_returns_the_status(capsys):
         main(ZeroDivisionError)
 
 
-@pytest.mark.parametrize("error,line,traceback", [
-    ("bundle.errors.DataError('d.json: bad entry')", "ERROR data: d.json: bad entry", False),
-    ("ZeroDivisionError('plain')", "ZeroDivisionError: plain", True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "error,line,traceback",
+    [
+        ("bundle.errors.DataError('d.json: bad entry')", "ERROR data: d.json: bad entry", False),
+        ("ZeroDivisionError('plain')", "ZeroDivisionError: plain", True),
+    ],
+)
 def test_excepthook_of_a_workflow_prints_one_line(error, line, traceback):
-    code = ("import bundle.errors\nbundle.errors.install_excepthook()\n"
-            f"try:\n    raise {error}\nexcept Exception as e:\n    raise RuntimeError('Failed to evaluate') from e\n")
+    code = (
+        "import bundle.errors\nbundle.errors.install_excepthook()\n"
+        f"try:\n    raise {error}\nexcept Exception as e:\n    raise RuntimeError('Failed to evaluate') from e\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert ("Traceback" in res.stderr) is traceback

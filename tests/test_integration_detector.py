@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from tests.conftest import LA2018, ROOT
@@ -20,8 +19,11 @@ from tests.conftest import LA2018, ROOT
 CLEAN = "0RZDK210BSMWAA6467LU"
 DICOM = os.path.join(LA2018, "dicom", f"{CLEAN}_q0")
 SHIPPED = os.path.join(ROOT, "models", "detector.pt")
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.isdir(DICOM), reason="no la2018 data")]  # fmt: skip
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir(DICOM), reason="no la2018 data"),
+]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,8 +65,9 @@ def _wide(path: str):
     wide[ox : ox + x, oy : oy + y] = img
     affine = raw.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.array([ox, oy, 0])
-    big = ScaleForegroundPercentiles()(MetaTensor(torch.as_tensor(wide, dtype=torch.float32)[None],
-                                                  affine=torch.as_tensor(affine)))  # fmt: skip
+    big = ScaleForegroundPercentiles()(
+        MetaTensor(torch.as_tensor(wide, dtype=torch.float32)[None], affine=torch.as_tensor(affine))
+    )
     return big, (slice(ox, ox + x), slice(oy, oy + y))
 
 
@@ -83,9 +86,12 @@ def test_wider_field_of_view_finds_the_same_la_and_nothing_in_the_margin(detecto
     assert abs(int(a[0]) - int(b[0])) <= 2 and abs(int(a[-1]) - int(b[-1])) <= 2 and not big_la["reasons"]
 
 
-@pytest.mark.xfail(strict=True, reason="measured Dice 0.977 and the LA-slice list differs at an end: the UNet is not "
-                   "exactly shift-equivariant and the sliding windows sit elsewhere relative to the anatomy; windows "
-                   "anchored in world coordinates are the fix, not built yet")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured Dice 0.977 and the LA-slice list differs at an end: the UNet is not "
+    "exactly shift-equivariant and the sliding windows sit elsewhere relative to the anatomy; windows "
+    "anchored in world coordinates are the fix, not built yet",
+)
 def test_same_mask_and_slices_in_a_twice_wider_field_of_view(detector):
     from bundle.inference import load_volume, segment_la
 

@@ -11,7 +11,6 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-
 from monai.data import ITKReader
 from monai.transforms import LoadImage
 
@@ -21,8 +20,12 @@ from tests.test_workflow_inference import overrides, run_workflow, weights  # no
 DICOM = os.path.join(LA2018, "dicom")
 CLEAN, MESSY = "0RZDK210BSMWAA6467LU_q0", "1MHBF3G6DCPWHSKG7XCP_q1_messy"
 NIFTI = ["0RZDK210BSMWAA6467LU_q0.nii.gz", "1MHBF3G6DCPWHSKG7XCP_q1.nii.gz", "0RZDK210BSMWAA6467LU_q1.nii.gz"]
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.filterwarnings("ignore:the directory"),
-              pytest.mark.skipif(not os.path.isdir(os.path.join(DICOM, MESSY)), reason="no la2018 data")]  # fmt: skip
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:the directory"),
+    pytest.mark.skipif(not os.path.isdir(os.path.join(DICOM, MESSY)), reason="no la2018 data"),
+]
 
 
 def test_la2018_exports_and_nifti_folder(weights, tmp_path):  # noqa: F811
@@ -35,8 +38,12 @@ def test_la2018_exports_and_nifti_folder(weights, tmp_path):  # noqa: F811
     with open(out / "qa_report.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     status = {(os.path.basename(r["input"]), r["n_slices"]): r["status"] for r in rows}
-    assert status == {(CLEAN, "88"): "ok", (MESSY, "88"): "ok", (MESSY, "3"): "skipped",
-                      **{(n, "88"): "ok" for n in NIFTI}}  # fmt: skip
+    assert status == {
+        (CLEAN, "88"): "ok",
+        (MESSY, "88"): "ok",
+        (MESSY, "3"): "skipped",
+        **{(n, "88"): "ok" for n in NIFTI},
+    }
     # the clean export is qa/0RZDK210BSMWAA6467LU_q0.nii.gz as DICOM (other intensity scale, an LPS-derived affine):
     # the same slices reach the networks, so the same results
     dicom_row = next(r for r in rows if os.path.basename(r["input"]) == CLEAN)

@@ -6,8 +6,10 @@ import torch
 from bundle.optimizers import scaled_lr, warmup_schedule
 
 
-@pytest.mark.parametrize("scaling, batch, expected", [("linear", 256, 2e-3), ("linear", 32, 2.5e-4),
-                                                      ("sqrt", 512, 2e-3), ("none", 512, 1e-3)])
+@pytest.mark.parametrize(
+    "scaling, batch, expected",
+    [("linear", 256, 2e-3), ("linear", 32, 2.5e-4), ("sqrt", 512, 2e-3), ("none", 512, 1e-3)],
+)
 def test_scaled_lr_single_process(scaling, batch, expected):
     assert scaled_lr(1e-3, batch, 128, scaling) == pytest.approx(expected)
 
@@ -72,7 +74,12 @@ def _reference(epoch, max_epochs, schedule, warmup_epochs, cycle_epochs, min_fac
 @pytest.mark.parametrize("warmup_epochs", [0, 1, 3])
 @pytest.mark.parametrize("min_factor", [0.0, 0.1])
 def test_torch_schedulers_follow_the_documented_formula(schedule, warmup_epochs, min_factor):
-    kw = {"max_epochs": 12, "schedule": schedule, "warmup_epochs": warmup_epochs, "cycle_epochs": 4,
-          "min_factor": min_factor}  # fmt: skip
+    kw = {
+        "max_epochs": 12,
+        "schedule": schedule,
+        "warmup_epochs": warmup_epochs,
+        "cycle_epochs": 4,
+        "min_factor": min_factor,
+    }
     expected = [_reference(e, **kw) for e in range(12)]
     assert _lrs(**kw) == pytest.approx(expected, abs=1e-9)

@@ -44,10 +44,18 @@ end
 def study(tmp_path_factory):
     """A generated study of two series: the LGE volume to assess and a second one."""
     root = tmp_path_factory.mktemp("study")
-    files, affine = write_series(str(root / "lge"), phantom(SHAPE), study_uid=STUDY, series_uid=SERIES,
-                                 patient_id="PACS01", description="LGE 3D")  # fmt: skip
-    other, _ = write_series(str(root / "other"), phantom(SHAPE, seed=3), study_uid=STUDY, series_uid=OTHER,
-                            patient_id="PACS01", description="LGE repeat", series_number=8)  # fmt: skip
+    files, affine = write_series(
+        str(root / "lge"), phantom(SHAPE), study_uid=STUDY, series_uid=SERIES, patient_id="PACS01", description="LGE 3D"
+    )
+    other, _ = write_series(
+        str(root / "other"),
+        phantom(SHAPE, seed=3),
+        study_uid=STUDY,
+        series_uid=OTHER,
+        patient_id="PACS01",
+        description="LGE repeat",
+        series_number=8,
+    )
     return {"files": files, "other": other, "affine": affine}
 
 
@@ -62,8 +70,16 @@ def orthanc(tmp_path, study):
 def args_for(weights, tmp_path, *extra) -> list[str]:  # noqa: F811
     tiny = {"network_def": DETECTOR, "qa_config": qa_config(weights), "spatial_size": 32, "qa_spatial_size": QA_SIZE}
     (tmp_path / "tiny.yaml").write_text(json.dumps(tiny))
-    return ["--weights", str(weights / "model.pt"), "--qa_weights", str(weights / "qa.pt"),
-            "--config", str(tmp_path / "tiny.yaml"), "--no_html", *extra]  # fmt: skip
+    return [
+        "--weights",
+        str(weights / "model.pt"),
+        "--qa_weights",
+        str(weights / "qa.pt"),
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--no_html",
+        *extra,
+    ]
 
 
 def rows_of(out) -> list[dict]:
@@ -75,8 +91,20 @@ def test_study_from_orthanc_assessed_and_stored_back(weights, orthanc, study, tm
     out = tmp_path / "out"
     before = orthanc.instance_count()
     t0 = time.perf_counter()
-    status = assess.main(["--dicomweb", orthanc.dicomweb, "--study", STUDY, "--series", SERIES, "--store",
-                          "--output_dir", str(out), *args_for(weights, tmp_path)])  # fmt: skip
+    status = assess.main(
+        [
+            "--dicomweb",
+            orthanc.dicomweb,
+            "--study",
+            STUDY,
+            "--series",
+            SERIES,
+            "--store",
+            "--output_dir",
+            str(out),
+            *args_for(weights, tmp_path),
+        ]
+    )
     elapsed = time.perf_counter() - t0
     printed = capsys.readouterr().out
     assert status == 0, printed
@@ -111,8 +139,12 @@ def test_study_from_orthanc_assessed_and_stored_back(weights, orthanc, study, tm
 def test_without_store_nothing_reaches_the_server(weights, orthanc, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "out"
     before = orthanc.instance_count()
-    assert assess.main(["--dicomweb", orthanc.dicomweb, "--study", STUDY, "--output_dir", str(out),
-                        *args_for(weights, tmp_path)]) == 0  # fmt: skip
+    assert (
+        assess.main(
+            ["--dicomweb", orthanc.dicomweb, "--study", STUDY, "--output_dir", str(out), *args_for(weights, tmp_path)]
+        )
+        == 0
+    )
     assert orthanc.instance_count() == before
     rows = rows_of(out)
     assert sorted(r["series_uid"] for r in rows) == sorted([SERIES, OTHER])  # the whole study: both series
@@ -124,16 +156,19 @@ def test_unreachable_server_and_unknown_uid_are_one_line_with_a_report(weights, 
     server = Orthanc(str(tmp_path / "orthanc"))
     url = server.dicomweb
     out = tmp_path / "unknown"
-    assert assess.main(["--dicomweb", url, "--study", "1.2.3.4", "--output_dir", str(out),
-                        *args_for(weights, tmp_path)]) == 1  # fmt: skip
+    assert (
+        assess.main(["--dicomweb", url, "--study", "1.2.3.4", "--output_dir", str(out), *args_for(weights, tmp_path)])
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ERROR dicomweb: study 1.2.3.4: not found on {url}; see {out / 'qa_report.csv'}"]
     (row,) = rows_of(out)
     assert row["status"] == "error" and row["input"] == f"{url} study 1.2.3.4" and "not found on" in row["message"]
     server.stop()  # a server that was there and is gone
     out = tmp_path / "stopped"
-    assert assess.main(["--dicomweb", url, "--study", STUDY, "--output_dir", str(out),
-                        *args_for(weights, tmp_path)]) == 1  # fmt: skip
+    assert (
+        assess.main(["--dicomweb", url, "--study", STUDY, "--output_dir", str(out), *args_for(weights, tmp_path)]) == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ERROR dicomweb: study {STUDY}: cannot reach the DICOMweb server {url}")
     assert rows_of(out)[0]["status"] == "error"
@@ -160,8 +195,22 @@ def test_server_that_does_not_answer_times_out(weights, tmp_path, capsys):  # no
     try:
         url = f"http://127.0.0.1:{port}/dicom-web"
         t0 = time.perf_counter()
-        assert assess.main(["--dicomweb", url, "--study", STUDY, "--dicomweb_timeout", "1", "--output_dir",
-                            str(tmp_path / "out"), *args_for(weights, tmp_path)]) == 1  # fmt: skip
+        assert (
+            assess.main(
+                [
+                    "--dicomweb",
+                    url,
+                    "--study",
+                    STUDY,
+                    "--dicomweb_timeout",
+                    "1",
+                    "--output_dir",
+                    str(tmp_path / "out"),
+                    *args_for(weights, tmp_path),
+                ]
+            )
+            == 1
+        )
         assert time.perf_counter() - t0 < 30
         err = capsys.readouterr().err.strip().splitlines()
         assert err and err[-1].startswith(f"ERROR dicomweb: study {STUDY}: no answer from {url} within 1 s")
@@ -179,8 +228,18 @@ def test_store_refused_by_the_server_keeps_local_outputs(weights, study, tmp_pat
         server.upload(study["files"])
         before = server.instance_count()
         out = tmp_path / "out"
-        status = assess.main(["--dicomweb", server.dicomweb, "--study", STUDY, "--store", "--output_dir", str(out),
-                              *args_for(weights, tmp_path)])  # fmt: skip
+        status = assess.main(
+            [
+                "--dicomweb",
+                server.dicomweb,
+                "--study",
+                STUDY,
+                "--store",
+                "--output_dir",
+                str(out),
+                *args_for(weights, tmp_path),
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert status == 3
         assert len(err) == 1 and err[0].startswith(f"ERROR store: study {STUDY}:") and server.dicomweb in err[0]
@@ -193,13 +252,16 @@ def test_store_refused_by_the_server_keeps_local_outputs(weights, study, tmp_pat
         server.stop()
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--study", "1.2.3"], "pass either input paths or --dicomweb"),
-    (["--dicomweb", "http://127.0.0.1:1/dicom-web"], "--dicomweb needs --study"),
-    (["--dicomweb", "http://127.0.0.1:1/dicom-web", "--study", "../../etc"], "is not a DICOM UID"),
-    (["--dicomweb", "ftp://x", "--study", "1.2"], "must be an http:// or https:// URL"),
-    (["--store"], "go with --dicomweb"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--study", "1.2.3"], "pass either input paths or --dicomweb"),
+        (["--dicomweb", "http://127.0.0.1:1/dicom-web"], "--dicomweb needs --study"),
+        (["--dicomweb", "http://127.0.0.1:1/dicom-web", "--study", "../../etc"], "is not a DICOM UID"),
+        (["--dicomweb", "ftp://x", "--study", "1.2"], "must be an http:// or https:// URL"),
+        (["--store"], "go with --dicomweb"),
+    ],
+)
 def test_dicomweb_arguments_are_checked_first(bad, message, tmp_path, capsys):
     argv = bad if bad[0] != "--study" else ["some_input", "--dicomweb", "http://127.0.0.1:1/dicom-web", *bad]
     if bad == ["--store"]:
@@ -238,8 +300,12 @@ def test_shared_export_round_trip_with_the_shipped_weights(tmp_path, capsys):
         server.upload(files)
         out = tmp_path / "out"
         t0 = time.perf_counter()
-        assert assess.main(["--dicomweb", server.dicomweb, "--study", study_uid, "--store", "--no_html",
-                            "--output_dir", str(out)]) == 0  # fmt: skip
+        assert (
+            assess.main(
+                ["--dicomweb", server.dicomweb, "--study", study_uid, "--store", "--no_html", "--output_dir", str(out)]
+            )
+            == 0
+        )
         elapsed = time.perf_counter() - t0
         assert {s["modality"] for s in server.series_of(study_uid)} == {"MR", "SEG", "SR"}
         (row,) = rows_of(out)

@@ -16,12 +16,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from monai.bundle import ConfigWorkflow
 
+from bundle.errors import InputError, WeightsError
 from bundle.inference import CSV_COLUMNS
 from scripts import assess
-from tests.conftest import write_nifti
+from tests.conftest import write_known_detector, write_nifti
 from tests.dicom_helpers import (
     box_mask,
     phantom,
@@ -31,8 +31,6 @@ from tests.dicom_helpers import (
     write_junk,
     write_series,
 )
-from bundle.errors import InputError, WeightsError
-from tests.conftest import write_known_detector
 from tests.error_helpers import raises_error
 from tests.inference.test_stage2 import SMALL_QA, small_qanet
 
@@ -58,8 +56,11 @@ def weights(tmp_path_factory):
 
 def qa_config(weights) -> list[str]:
     """The QA network's definition: the QA training workflow's files plus the shrinking overlay."""
-    return [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "qa_baseline.yaml"),
-            str(weights / "qa_small.yaml")]  # fmt: skip
+    return [
+        os.path.join(ROOT, "configs", "common.yaml"),
+        os.path.join(ROOT, "configs", "qa_baseline.yaml"),
+        str(weights / "qa_small.yaml"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +68,28 @@ def export(tmp_path_factory):
     """A messy DICOM export and a folder of NIfTI volumes, with every kind of bad input."""
     root = tmp_path_factory.mktemp("input")
     dicom = root / "export" / "DICOM"
-    _, affine = write_series(str(dicom / "S1" / "A"), phantom(SHAPE), rle=True, series_uid="1.2.826.1.7",
-                             description="LGE main", row=(0.96, 0.28, 0.0), col=(0.0, 0.0, -1.0))  # fmt: skip
-    write_series(str(dicom / "S2"), phantom((16, 16, 3)), spacing=(2, 2, 8), series_uid="1.2.826.1.1",
-                 description="localizer", series_number=1)  # fmt: skip
+    _, affine = write_series(
+        str(dicom / "S1" / "A"),
+        phantom(SHAPE),
+        rle=True,
+        series_uid="1.2.826.1.7",
+        description="LGE main",
+        row=(0.96, 0.28, 0.0),
+        col=(0.0, 0.0, -1.0),
+    )
+    write_series(
+        str(dicom / "S2"),
+        phantom((16, 16, 3)),
+        spacing=(2, 2, 8),
+        series_uid="1.2.826.1.1",
+        description="localizer",
+        series_number=1,
+    )
     write_series(str(dicom / "S3"), phantom((20, 18, 12)), modality="CT", series_uid="1.2.826.1.3", series_number=3)
     _, mf_affine = write_enhanced(str(dicom / "S4" / "MF0001"), phantom((40, 36, 12)), series_uid="1.2.826.1.4")
-    files, _ = write_series(str(dicom / "S5"), phantom((20, 18, 12)), rle=True, series_uid="1.2.826.1.5",
-                            series_number=5)  # fmt: skip
+    files, _ = write_series(
+        str(dicom / "S5"), phantom((20, 18, 12)), rle=True, series_uid="1.2.826.1.5", series_number=5
+    )
     truncate(files[4], keep=0.9)
     write_corrupt_dicom(str(dicom / "S6" / "BROKEN"))
     write_junk(str(root / "export"))
@@ -85,19 +100,36 @@ def export(tmp_path_factory):
     write_nifti(str(root / "vols" / "blank.nii.gz"), np.full((20, 18, 12), 100, np.int16))
     (root / "vols" / "notes.txt").write_text("x")
     (root / "vols" / "corrupt.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(200))  # a NIfTI name, garbage inside
-    return {"root": root, "export": root / "export", "vols": root / "vols", "affine": affine, "mf_affine": mf_affine,
-            "nifti_affine": nifti_affine, "truncated": files[4]}  # fmt: skip
+    return {
+        "root": root,
+        "export": root / "export",
+        "vols": root / "vols",
+        "affine": affine,
+        "mf_affine": mf_affine,
+        "nifti_affine": nifti_affine,
+        "truncated": files[4],
+    }
 
 
 def overrides(weights, input, output_dir, **extra):
-    return {"input": input, "output_dir": str(output_dir), "ckpt_path": str(weights / "model.pt"),
-            "qa_ckpt": str(weights / "qa.pt"), "network_def": DETECTOR, "qa_config": qa_config(weights),
-            "spatial_size": 32, "qa_spatial_size": QA_SIZE, "min_slices": 10, **extra}  # fmt: skip
+    return {
+        "input": input,
+        "output_dir": str(output_dir),
+        "ckpt_path": str(weights / "model.pt"),
+        "qa_ckpt": str(weights / "qa.pt"),
+        "network_def": DETECTOR,
+        "qa_config": qa_config(weights),
+        "spatial_size": 32,
+        "qa_spatial_size": QA_SIZE,
+        "min_slices": 10,
+        **extra,
+    }
 
 
 def run_workflow(**kw):
-    wf = ConfigWorkflow(config_file=CONFIG, meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                        workflow_type="infer", **kw)  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=CONFIG, meta_file=os.path.join(ROOT, "configs", "metadata.json"), workflow_type="infer", **kw
+    )
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -183,16 +215,26 @@ def test_messy_export_and_volumes(weights, export, tmp_path):
 @pytest.mark.slow
 def test_outputs_are_never_overwritten_unasked(weights, export, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [str(export["vols"] / "scan.nii.gz"), "--output_dir", str(out), "--weights", str(weights / "model.pt"),
-            "--qa_weights", str(weights / "qa.pt"), "--config", str(tmp_path / "tiny.yaml")]  # fmt: skip
+    args = [
+        str(export["vols"] / "scan.nii.gz"),
+        "--output_dir",
+        str(out),
+        "--weights",
+        str(weights / "model.pt"),
+        "--qa_weights",
+        str(weights / "qa.pt"),
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+    ]
     tiny = {"network_def": DETECTOR, "qa_config": qa_config(weights), "spatial_size": 32, "qa_spatial_size": QA_SIZE}
     (tmp_path / "tiny.yaml").write_text(json.dumps(tiny))
     assert assess.main(args) == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert set(before) == {"qa_report.csv", "qa_report.json", "scan_la_mask.nii.gz", "scan_report.html"}
     assert assess.main(args) == 2  # refused before any work: the reports are there
-    assert re.search(r"ERROR output: .* already holds qa_report.csv, qa_report.json; pass --overwrite",
-                     capsys.readouterr().err)  # fmt: skip
+    assert re.search(
+        r"ERROR output: .* already holds qa_report.csv, qa_report.json; pass --overwrite", capsys.readouterr().err
+    )
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert assess.main([*args, "--overwrite", "--la_only"]) == 0
     _, rows = read_csv(out / "qa_report.csv")
@@ -202,8 +244,9 @@ def test_outputs_are_never_overwritten_unasked(weights, export, tmp_path, capsys
 @pytest.mark.slow
 def test_nothing_assessable_exits_non_zero(weights, export, tmp_path):
     with raises_error(InputError, "ERROR input: nothing could be assessed"):
-        run_workflow(**overrides(weights, [str(export["vols"] / "flat.nii.gz"), str(tmp_path / "missing")],
-                                 tmp_path / "out"))  # fmt: skip
+        run_workflow(
+            **overrides(weights, [str(export["vols"] / "flat.nii.gz"), str(tmp_path / "missing")], tmp_path / "out")
+        )
     _, rows = read_csv(tmp_path / "out" / "qa_report.csv")
     assert [r["status"] for r in rows] == ["skipped", "error"]
     assert rows[1]["message"] == f"{tmp_path / 'missing'}: not found"
@@ -212,14 +255,20 @@ def test_nothing_assessable_exits_non_zero(weights, export, tmp_path):
 @pytest.mark.slow
 def test_missing_weights_name_the_remedy(weights, export, tmp_path):
     kw = overrides(weights, str(export["vols"]), tmp_path / "out")
-    with raises_error(WeightsError, r"ERROR weights: LA detector checkpoint .*nope.pt not found: the bundle ships "
-                                         r"models/detector.pt .* or train the LA detector with `python -m monai.bundle "
-                                         r"run training"):  # fmt: skip
+    with raises_error(
+        WeightsError,
+        r"ERROR weights: LA detector checkpoint .*nope.pt not found: the bundle ships "
+        r"models/detector.pt .* or train the LA detector with `python -m monai.bundle "
+        r"run training",
+    ):
         run_workflow(**{**kw, "ckpt_path": str(tmp_path / "nope.pt")})
-    with raises_error(WeightsError, r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: the bundle "
-                                         r"ships models/qa.pt .* or train the QA "
-                                         r"network with `python -m monai.bundle run training --config_file "
-                                         r"\"\['configs/common.yaml','configs/qa_baseline.yaml'\]\"` .*run_qa"):
+    with raises_error(
+        WeightsError,
+        r"ERROR weights: QA network checkpoint .*nope_qa.pt not found: the bundle "
+        r"ships models/qa.pt .* or train the QA "
+        r"network with `python -m monai.bundle run training --config_file "
+        r"\"\['configs/common.yaml','configs/qa_baseline.yaml'\]\"` .*run_qa",
+    ):
         run_workflow(**{**kw, "qa_ckpt": str(tmp_path / "nope_qa.pt")})
 
 
@@ -227,13 +276,25 @@ def test_missing_weights_name_the_remedy(weights, export, tmp_path):
 def test_bundle_cli(weights, export, tmp_path):
     out = tmp_path / "out"
     kw = overrides(weights, str(export["vols"] / "scan.nii.gz"), out)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", json.dumps(CONFIG),
-           *[f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in kw.items()]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        json.dumps(CONFIG),
+        *[f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in kw.items()],
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "assessed 1 of 1 input volume(s)/series" in res.stdout
-    assert {p.name for p in out.iterdir()} == {"qa_report.csv", "qa_report.json", "scan_la_mask.nii.gz",
-                                               "scan_report.html"}  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {
+        "qa_report.csv",
+        "qa_report.json",
+        "scan_la_mask.nii.gz",
+        "scan_report.html",
+    }
 
 
 @pytest.mark.slow
@@ -242,14 +303,19 @@ def test_dicom_series_get_a_segmentation_and_a_structured_report(weights, export
 
     out = tmp_path / "out"
     dicom = export["export"] / "DICOM"
-    run_workflow(**overrides(weights, [str(dicom / "S1"), str(dicom / "S4"), str(export["vols"] / "scan.nii.gz")],
-                             out, write_html=False))  # fmt: skip
+    run_workflow(
+        **overrides(
+            weights, [str(dicom / "S1"), str(dicom / "S4"), str(export["vols"] / "scan.nii.gz")], out, write_html=False
+        )
+    )
     _, rows = read_csv(out / "qa_report.csv")
     by_uid = {r["series_uid"]: r for r in rows}
     scans = {s["name"]: s for s in json.load(open(out / "qa_report.json", encoding="utf-8"))["scans"]}
     classic = sorted(str(p) for p in (dicom / "S1" / "A").iterdir())
-    for name, uid, files in (("P001_s7_LGE_main", "1.2.826.1.7", classic),
-                             ("P001_s9_LGE_3D_enhanced", "1.2.826.1.4", str(dicom / "S4" / "MF0001"))):  # fmt: skip
+    for name, uid, files in (
+        ("P001_s7_LGE_main", "1.2.826.1.7", classic),
+        ("P001_s9_LGE_3D_enhanced", "1.2.826.1.4", str(dicom / "S4" / "MF0001")),
+    ):
         outputs = scans[name]["outputs"]
         assert outputs["seg"] == name + "_la_seg.dcm" and outputs["sr"] == name + "_qa_sr.dcm"
         nifti = np.asarray(nib.load(out / outputs["mask"]).dataobj)

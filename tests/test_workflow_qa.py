@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from monai.bundle import ConfigWorkflow
 
 from tests.conftest import cli_args, write_known_detector
@@ -22,11 +21,22 @@ CONFIGS = {
     "contrastive": ["common.yaml", "qa_baseline.yaml", "qa_contrastive.yaml"],
 }
 TINY = {  # a small encoder and image size, so one epoch takes seconds on a CPU
-    "spatial_size": 32, "batch_size": 16, "max_epochs": 1, "num_workers": 0, "test_size": 2, "val_fraction": 0.2,
-    "encoder_layers": [1, 1, 1, 1], "encoder_widths": [8, 16, 32, 64], "head_channels": 8, "qa_channels": 4,
-    "network_def#decoder_channels": [32, 16, 8, 8, 4], "pretrain_epochs": 1, "pretrain_batch_size": 16,
-    "projection_dim": 16, "qa_slices": "mask",
-}  # fmt: skip
+    "spatial_size": 32,
+    "batch_size": 16,
+    "max_epochs": 1,
+    "num_workers": 0,
+    "test_size": 2,
+    "val_fraction": 0.2,
+    "encoder_layers": [1, 1, 1, 1],
+    "encoder_widths": [8, 16, 32, 64],
+    "head_channels": 8,
+    "qa_channels": 4,
+    "network_def#decoder_channels": [32, 16, 8, 8, 4],
+    "pretrain_epochs": 1,
+    "pretrain_batch_size": 16,
+    "projection_dim": 16,
+    "qa_slices": "mask",
+}
 pytestmark = pytest.mark.slow
 
 
@@ -35,9 +45,13 @@ def _configs(names):
 
 
 def _workflow(names, kind, **overrides):
-    return ConfigWorkflow(config_file=_configs(names), meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                          logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type=kind,
-                          **{**TINY, **overrides})  # fmt: skip
+    return ConfigWorkflow(
+        config_file=_configs(names),
+        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+        logging_file=os.path.join(ROOT, "configs", "logging.conf"),
+        workflow_type=kind,
+        **{**TINY, **overrides},
+    )
 
 
 def _run(wf):
@@ -73,7 +87,11 @@ def baseline_run(tiny_demo, tmp_path_factory):
 def test_baseline_training(baseline_run, tiny_demo):
     out, models = baseline_run
     state = torch.load(models / "qa_baseline.pt", map_location="cpu")
-    assert "encoder.layer4.0.conv1.weight" in state and "qa_head.0.weight" in state and not any(k.startswith("decoder") for k in state)
+    assert (
+        "encoder.layer4.0.conv1.weight" in state
+        and "qa_head.0.weight" in state
+        and not any(k.startswith("decoder") for k in state)
+    )
     backups = glob.glob(str(models / "qa_baseline.*.pt"))
     assert len(backups) == 1 and open(backups[0], "rb").read() == b"previous weights"
     client, exp = _client(out)
@@ -86,7 +104,14 @@ def test_baseline_training(baseline_run, tiny_demo):
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["val_mse"] <= 1.0
     arts = _artifacts(client, run.info.run_id)
-    for name in ("split.json", "config.json", "qa_baseline.pt", "best_metrics.json", "first_train_batch.png", "first_val_predictions.png"):
+    for name in (
+        "split.json",
+        "config.json",
+        "qa_baseline.pt",
+        "best_metrics.json",
+        "first_train_batch.png",
+        "first_val_predictions.png",
+    ):
         assert name in arts, (name, arts)
     assert json.load(open(out / run.info.run_name / "config.json"))["datalist"] == tiny_demo
 
@@ -96,8 +121,17 @@ def test_multitask_training_with_detector_selection(tiny_demo, tmp_path):
     models = tmp_path / "models"
     det = write_known_detector(models, 0.945, name="detector.pt", spatial_size=32)  # about half the demo slices
     out = tmp_path / "runs"
-    _run(_workflow(CONFIGS["multitask"], "train", datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models),
-                   qa_slices="detector", detector_ckpt=det))  # fmt: skip
+    _run(
+        _workflow(
+            CONFIGS["multitask"],
+            "train",
+            datalist=tiny_demo,
+            output_dir=str(out),
+            ckpt_dir=str(models),
+            qa_slices="detector",
+            detector_ckpt=det,
+        )
+    )
     state = torch.load(models / "qa_multitask.pt", map_location="cpu")
     assert any(k.startswith("decoder.") for k in state) and any(k.startswith("seg_head.") for k in state)
     client, exp = _client(out)
@@ -109,10 +143,14 @@ def test_multitask_training_with_detector_selection(tiny_demo, tmp_path):
 
 def test_contrastive_training_freezes_the_pretrained_encoder(tiny_demo, tmp_path):
     out, models = tmp_path / "runs", tmp_path / "models"
-    _run(_workflow(CONFIGS["contrastive"], "train", datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models), max_epochs=2))
+    _run(
+        _workflow(
+            CONFIGS["contrastive"], "train", datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models), max_epochs=2
+        )
+    )
     encoder = torch.load(models / "supcon_encoder.pt", map_location="cpu")
     full = torch.load(models / "qa_contrastive.pt", map_location="cpu")
-    assert set(encoder) == {k[len("encoder."):] for k in full if k.startswith("encoder.")}
+    assert set(encoder) == {k[len("encoder.") :] for k in full if k.startswith("encoder.")}
     for k, v in encoder.items():  # weights and batch-norm statistics, after two epochs of step 2
         assert torch.equal(v, full["encoder." + k]), k
     client, exp = _client(out)
@@ -126,11 +164,21 @@ def test_contrastive_training_freezes_the_pretrained_encoder(tiny_demo, tmp_path
 
 def test_evaluate_workflow(baseline_run, tiny_demo):
     out, models = baseline_run
-    wf = _workflow([*CONFIGS["baseline"], "evaluate.yaml"], "infer", datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models))
+    wf = _workflow(
+        [*CONFIGS["baseline"], "evaluate.yaml"], "infer", datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models)
+    )
     _run(wf)
     (run_dir,) = glob.glob(str(out / "evaluate_baseline_*"))
-    for f in ("metrics.json", "metrics.csv", "scan_predictions.csv", "slice_predictions.csv", "confusion_mode.png",
-              "confusion_mean.png", "embeddings.npz", "embeddings.png"):  # fmt: skip
+    for f in (
+        "metrics.json",
+        "metrics.csv",
+        "scan_predictions.csv",
+        "slice_predictions.csv",
+        "confusion_mode.png",
+        "confusion_mean.png",
+        "embeddings.npz",
+        "embeddings.png",
+    ):
         assert os.path.getsize(os.path.join(run_dir, f)) > 0, f
     summary = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert summary["part"] == "test" and summary["n_scans"] == 4  # 2 test patients x 2 scored scans
@@ -139,22 +187,58 @@ def test_evaluate_workflow(baseline_run, tiny_demo):
     assert emb["embeddings"].shape == (summary["n_slices"], 64)
     client, exp = _client(out)
     run = [r for r in client.search_runs([exp]) if r.info.run_name.startswith("evaluate_baseline")][0]
-    assert run.info.status == "FINISHED" and "test_mode_fibrosis_f1" in run.data.metrics and "eval_mse" in run.data.metrics
-    assert {"test/metrics.json", "test/confusion_mode.png", "test/scan_predictions.csv"} <= set(_artifacts(client, run.info.run_id))
+    assert (
+        run.info.status == "FINISHED" and "test_mode_fibrosis_f1" in run.data.metrics and "eval_mse" in run.data.metrics
+    )
+    assert {"test/metrics.json", "test/confusion_mode.png", "test/scan_predictions.csv"} <= set(
+        _artifacts(client, run.info.run_id)
+    )
 
 
 def test_evaluate_logs_into_the_training_run_and_needs_a_checkpoint(baseline_run, tiny_demo, tmp_path):
     out, models = baseline_run
     client, exp = _client(out)
     train_run = [r for r in client.search_runs([exp]) if r.info.run_name.startswith("qa_baseline_")][0]
-    _run(_workflow([*CONFIGS["baseline"], "evaluate.yaml"], "infer", datalist=tiny_demo, output_dir=str(out),
-                   ckpt_dir=str(models), mlflow_run_id=train_run.info.run_id, eval_part="val", projection="none"))  # fmt: skip
+    _run(
+        _workflow(
+            [*CONFIGS["baseline"], "evaluate.yaml"],
+            "infer",
+            datalist=tiny_demo,
+            output_dir=str(out),
+            ckpt_dir=str(models),
+            mlflow_run_id=train_run.info.run_id,
+            eval_part="val",
+            projection="none",
+        )
+    )
     run = client.get_run(train_run.info.run_id)
-    assert run.info.status == "FINISHED" and "val_mode_fibrosis_f1" in run.data.metrics and "best_val_mse" in run.data.metrics
+    assert (
+        run.info.status == "FINISHED"
+        and "val_mode_fibrosis_f1" in run.data.metrics
+        and "best_val_mse" in run.data.metrics
+    )
     assert "val/metrics.json" in _artifacts(client, run.info.run_id)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", json.dumps(_configs([*CONFIGS["baseline"], "evaluate.yaml"])),
-           "--datalist", tiny_demo, "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "none"),
-           "--qa_slices", "mask", "--spatial_size", "32", "--test_size", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "evaluating",
+        "--config_file",
+        json.dumps(_configs([*CONFIGS["baseline"], "evaluate.yaml"])),
+        "--datalist",
+        tiny_demo,
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--ckpt_dir",
+        str(tmp_path / "none"),
+        "--qa_slices",
+        "mask",
+        "--spatial_size",
+        "32",
+        "--test_size",
+        "2",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
@@ -163,9 +247,24 @@ def test_evaluate_logs_into_the_training_run_and_needs_a_checkpoint(baseline_run
 
 def test_cli_baseline_training(tiny_demo, tmp_path):
     overrides = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(_configs(CONFIGS["baseline"])),
-           "--meta_file", os.path.join(ROOT, "configs", "metadata.json"), "--datalist", tiny_demo,
-           "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"), *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps(_configs(CONFIGS["baseline"])),
+        "--meta_file",
+        os.path.join(ROOT, "configs", "metadata.json"),
+        "--datalist",
+        tiny_demo,
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        *overrides,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best validation (epoch 1): val_mse=" in res.stdout
@@ -181,7 +280,14 @@ def test_comparison(tiny_demo, tmp_path):
     assert main(args) == 0
     (cmp_dir,) = glob.glob(str(tmp_path / "runs" / "compare_*"))
     md = open(os.path.join(cmp_dir, "comparison.md")).read()
-    for name in ("Logistic regression (reference)", "| QA |", "Multi-Task QA", "QA & Contrastive", "F1-Score", "Specificity"):
+    for name in (
+        "Logistic regression (reference)",
+        "| QA |",
+        "Multi-Task QA",
+        "QA & Contrastive",
+        "F1-Score",
+        "Specificity",
+    ):
         assert name in md, name
     import pandas as pd
 
@@ -205,12 +311,29 @@ def test_comparison(tiny_demo, tmp_path):
     # the same checkpoints again, on the slices a (known) detector selects: nothing trains
     det = write_known_detector(tmp_path, 0.945, name="detector.pt", spatial_size=32)
     ckpts = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(cmp_dir, "models", "seed0", "*.pt"))}
-    assert main(["--reevaluate", cmp_dir, "--tag", "detector", "--no_reference", "--qa_slices", "detector",
-                 "--detector_ckpt", det]) == 0
+    assert (
+        main(
+            [
+                "--reevaluate",
+                cmp_dir,
+                "--tag",
+                "detector",
+                "--no_reference",
+                "--qa_slices",
+                "detector",
+                "--detector_ckpt",
+                det,
+            ]
+        )
+        == 0
+    )
     assert {p: os.path.getmtime(p) for p in ckpts} == ckpts  # nothing was trained again
     (re_dir,) = glob.glob(os.path.join(cmp_dir, "detector_*"))
     assert pd.read_csv(os.path.join(re_dir, "comparison.csv"))["strategy"].tolist() == [
-        "baseline", "multitask", "contrastive"]
+        "baseline",
+        "multitask",
+        "contrastive",
+    ]
     first = json.load(open(os.path.join(cmp_dir, "baseline_seed0", "test", "metrics.json")))
     again = json.load(open(os.path.join(cmp_dir, "baseline_seed0", "detector", "metrics.json")))
     assert again["n_scans"] == first["n_scans"] and again["n_slices"] != first["n_slices"]  # other slices, same scans
@@ -225,8 +348,18 @@ def test_training_is_reproducible(tiny_demo, tmp_path):
     states = []
     for i in range(2):
         models = tmp_path / f"models{i}"
-        _run(_workflow(CONFIGS["baseline"], "train", datalist=tiny_demo, output_dir=str(tmp_path / f"runs{i}"),
-                       ckpt_dir=str(models), num_workers=1, batch_size=8, seed=3))  # fmt: skip
+        _run(
+            _workflow(
+                CONFIGS["baseline"],
+                "train",
+                datalist=tiny_demo,
+                output_dir=str(tmp_path / f"runs{i}"),
+                ckpt_dir=str(models),
+                num_workers=1,
+                batch_size=8,
+                seed=3,
+            )
+        )
         states.append(torch.load(models / "qa_baseline.pt", map_location="cpu"))
     assert states[0].keys() == states[1].keys()
     for k in states[0]:

@@ -9,15 +9,19 @@ import sys
 import mlflow
 import pytest
 import torch
-
 from monai.bundle import ConfigWorkflow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "train.yaml")]
 TINY = {  # a small network and image size, so one epoch takes seconds on a CPU
-    "spatial_size": 32, "batch_size": 16, "max_epochs": 1, "num_workers": 0, "test_size": 2, "val_fraction": 0.2,
+    "spatial_size": 32,
+    "batch_size": 16,
+    "max_epochs": 1,
+    "num_workers": 0,
+    "test_size": 2,
+    "val_fraction": 0.2,
     "network_def#channels": [4, 8, 16, 32, 64],
-}  # fmt: skip
+}
 
 
 def _runs(output_dir):
@@ -38,9 +42,16 @@ def test_one_epoch_smoke(tiny_demo, tmp_path):
     out, models = tmp_path / "runs", tmp_path / "models"
     models.mkdir()
     (models / "model.pt").write_bytes(b"previous weights")  # must survive the run
-    wf = ConfigWorkflow(config_file=CONFIG, meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                        logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="train",
-                        datalist=tiny_demo, output_dir=str(out), ckpt_dir=str(models), **TINY)  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=CONFIG,
+        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+        logging_file=os.path.join(ROOT, "configs", "logging.conf"),
+        workflow_type="train",
+        datalist=tiny_demo,
+        output_dir=str(out),
+        ckpt_dir=str(models),
+        **TINY,
+    )
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -59,14 +70,28 @@ def test_one_epoch_smoke(tiny_demo, tmp_path):
     assert params["learning_rate"] == "0.001" and params["batch_size"] == "16" and params["seed"] == "0"
     assert params["network_channels"] == "[4, 8, 16, 32, 64]" and params["aug_prob"] == "0.5"
     assert params["la_threshold"] == "0.5"
-    for key in ("train_loss", "train_epoch_loss", "val_mean_dice", "val_volume_dice", "val_slice_f1",
-                "val_slice_precision", "val_slice_recall", "best_val_mean_dice"):
+    for key in (
+        "train_loss",
+        "train_epoch_loss",
+        "val_mean_dice",
+        "val_volume_dice",
+        "val_slice_f1",
+        "val_slice_precision",
+        "val_slice_recall",
+        "best_val_mean_dice",
+    ):
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["val_mean_dice"] <= 1.0
     assert run.data.tags["version.monai"] == "1.6.1" and "git_commit" in run.data.tags
     arts = _artifacts(client, run.info.run_id)
-    for name in ("split.json", "config.json", "model.pt", "best_metrics.json", "first_train_batch.png",
-                 "first_val_predictions.png"):
+    for name in (
+        "split.json",
+        "config.json",
+        "model.pt",
+        "best_metrics.json",
+        "first_train_batch.png",
+        "first_val_predictions.png",
+    ):
         assert name in arts, (name, arts)
     run_dir = out / run.info.run_name
     split = json.load(open(run_dir / "split.json"))
@@ -78,9 +103,26 @@ def test_one_epoch_smoke(tiny_demo, tmp_path):
 def test_cli_with_tracking_flag_keeps_one_run(tiny_demo, tmp_path):
     out = tmp_path / "runs"
     overrides = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(CONFIG),
-           "--meta_file", os.path.join(ROOT, "configs", "metadata.json"), "--datalist", tiny_demo,
-           "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"), "--tracking", "mlflow", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps(CONFIG),
+        "--meta_file",
+        os.path.join(ROOT, "configs", "metadata.json"),
+        "--datalist",
+        tiny_demo,
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--tracking",
+        "mlflow",
+        *overrides,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best validation (epoch 1): val_volume_dice=" in res.stdout
@@ -92,8 +134,21 @@ def test_cli_with_tracking_flag_keeps_one_run(tiny_demo, tmp_path):
 @pytest.mark.slow
 def test_bad_datalist_stops_before_training(toy_dataset, tmp_path):
     path = toy_dataset(seg=[{"image": "images/missing.nii.gz", "label": "labels/a.nii.gz", "patient": "a"}])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(CONFIG),
-           "--datalist", path, "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps(CONFIG),
+        "--datalist",
+        path,
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
@@ -103,10 +158,22 @@ def test_bad_datalist_stops_before_training(toy_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_speed_switches_smoke(tiny_demo, tmp_path):
-    switches = {"cache_dtype": "uint8", "cache_mmap": True, "augment_on_device": True, "channels_last": True,
-                "autocast": "bf16"}  # fmt: skip
-    wf = ConfigWorkflow(config_file=CONFIG, workflow_type="train", datalist=tiny_demo, output_dir=str(tmp_path / "r"),
-                        ckpt_dir=str(tmp_path / "m"), **TINY, **switches)  # fmt: skip
+    switches = {
+        "cache_dtype": "uint8",
+        "cache_mmap": True,
+        "augment_on_device": True,
+        "channels_last": True,
+        "autocast": "bf16",
+    }
+    wf = ConfigWorkflow(
+        config_file=CONFIG,
+        workflow_type="train",
+        datalist=tiny_demo,
+        output_dir=str(tmp_path / "r"),
+        ckpt_dir=str(tmp_path / "m"),
+        **TINY,
+        **switches,
+    )
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()

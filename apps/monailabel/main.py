@@ -63,9 +63,14 @@ class LALGEQAApp(MONAILabelApp):
         self.qa_overlays = self._files(conf.get("qa_overlays"))
         with open(os.path.join(configs, "metadata.json")) as f:
             version = json.load(f).get("version", "0")
-        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="LA LGE-MRI quality assessment",
-                         description="Left-atrial segmentation and LGE-MRI quality for fibrosis assessment",
-                         version=version)  # fmt: skip
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="LA LGE-MRI quality assessment",
+            description="Left-atrial segmentation and LGE-MRI quality for fibrosis assessment",
+            version=version,
+        )
 
     def _files(self, value: str | None) -> list[str]:
         """Comma-separated config files, relative ones taken from the bundle root; each must exist."""
@@ -93,11 +98,16 @@ class LALGEQAApp(MONAILabelApp):
 
         session = None
         if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
-            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
-                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)  # fmt: skip
-        client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)  # fmt: skip
+            session = create_session_from_user_pass(
+                settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+            )
+        client = DICOMwebClientX(
+            url=self.studies,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
         cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
         # the series offered: MR (LGE-MRI) where MONAI Label's setting is its default, CT; a site's own filter stays
         search = dict(settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER or {})
@@ -106,9 +116,13 @@ class LALGEQAApp(MONAILabelApp):
         if self.conf.get("dicomweb_search"):
             search = json.loads(self.conf["dicomweb_search"])
         logger.info(f"DICOMweb datastore: {self.studies} (DICOM SEG labels written by pydicom-seg)")
-        return LADICOMWebDatastore(client=client, search_filter=search,
-                                   cache_path=cache, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
-                                   convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI)  # fmt: skip
+        return LADICOMWebDatastore(
+            client=client,
+            search_filter=search,
+            cache_path=cache,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+        )
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
@@ -122,7 +136,9 @@ class LALGEQAApp(MONAILabelApp):
         else:
             logger.warning(f"{LA_MODEL} not offered: no {self.bundle_root}/models/{la_ckpt} with its plan")
         qa_config = os.path.join(self.bundle_root, self.conf.get("qa_config", "configs/qa_baseline.yaml"))
-        qa_ckpt = os.path.join(self.bundle_root, self.conf.get("qa_checkpoint", "models/qa.pt"))  # shipped, with its plan
+        qa_ckpt = os.path.join(
+            self.bundle_root, self.conf.get("qa_checkpoint", "models/qa.pt")
+        )  # shipped, with its plan
         qa_files = [self.common, qa_config, *self.overlays, *self.qa_overlays]  # the QA network's definition
         qa = QAClassification(la, qa_files, qa_ckpt)
         if qa.is_valid():
@@ -133,7 +149,12 @@ class LALGEQAApp(MONAILabelApp):
         train = os.path.join(self.bundle_root, "configs", "train.yaml")
         files = [self.common, train, *self.overlays, *self.la_overlays]
         return {
-            LA_MODEL: BundleRunnerTrain(self.bundle_root, CODE_ROOT, files, ckpt_name="model.pt",
-                                        patient_pattern=self.conf.get("patient_pattern"),
-                                        max_epochs=int(self.conf.get("max_epochs", 40)))  # fmt: skip
+            LA_MODEL: BundleRunnerTrain(
+                self.bundle_root,
+                CODE_ROOT,
+                files,
+                ckpt_name="model.pt",
+                patient_pattern=self.conf.get("patient_pattern"),
+                max_epochs=int(self.conf.get("max_epochs", 40)),
+            )
         }

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.errors import DataError
-from bundle.evaluation.compare import (STRATEGIES, _mlflow_client, _parent_run, _run, _workflow, summarise,
-                                       write_tables)
+from bundle.evaluation.compare import STRATEGIES, _mlflow_client, _parent_run, _run, _workflow, summarise, write_tables
 
 __all__ = ["compare_curation"]
 
@@ -81,11 +80,23 @@ def compare_curation(
     parser.update({"bundle_root": bundle_root, "output_dir": output_dir, **overrides})
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
     client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
-    shared = {**overrides, "bundle_root": bundle_root, "output_dir": output_dir, "split_file": split_file,
-              "dataset_dir": summary["dataset_dir"], "detector_ckpt": parser.get_parsed_content("detector_ckpt"),
-              "overwrite_checkpoint": True}  # fmt: skip
-    settings = {"command": command, "curation": curation_dir, "seeds": seeds, "strategy": strategy,
-                "datalists": datalists, "overrides": overrides}  # fmt: skip
+    shared = {
+        **overrides,
+        "bundle_root": bundle_root,
+        "output_dir": output_dir,
+        "split_file": split_file,
+        "dataset_dir": summary["dataset_dir"],
+        "detector_ckpt": parser.get_parsed_content("detector_ckpt"),
+        "overwrite_checkpoint": True,
+    }
+    settings = {
+        "command": command,
+        "curation": curation_dir,
+        "seeds": seeds,
+        "strategy": strategy,
+        "datalists": datalists,
+        "overrides": overrides,
+    }
     Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
     tags = {"workflow": "curate_compare", "curation": curation_dir, "command": command[:5000]}
     params = {"seeds": seeds, "strategy": strategy, "curation": curation_dir, **datalists}
@@ -102,8 +113,15 @@ def compare_curation(
                 run_dir, run_name = os.path.join(out, run), f"curate_compare_{run}_{stamp}"
                 common = {**shared, "datalist": datalist, "seed": seed, "ckpt_dir": os.path.join(out, "models", run)}
                 logger.info(f"--- {run}: training {strategy} on {datalist}")
-                wf = _workflow(bundle_root, STRATEGIES[strategy], "train", run_name=run_name, run_dir=run_dir,
-                               parent_run_id=parent_id, **common)  # fmt: skip
+                wf = _workflow(
+                    bundle_root,
+                    STRATEGIES[strategy],
+                    "train",
+                    run_name=run_name,
+                    run_dir=run_dir,
+                    parent_run_id=parent_id,
+                    **common,
+                )
                 _run(wf)
                 del wf
                 gc.collect()
@@ -111,19 +129,28 @@ def compare_curation(
                 client.set_tag(child.info.run_id, "datalist_kind", name)
                 train_sizes[name] = child.data.params.get("train_slices", "?")
                 logger.info(f"--- {run}: evaluation on the test split")
-                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer", run_name=run_name,
-                               run_dir=os.path.join(run_dir, "test"), mlflow_run_id=child.info.run_id,
-                               projection="none", **common)  # fmt: skip
+                wf = _workflow(
+                    bundle_root,
+                    [*STRATEGIES[strategy], "evaluate.yaml"],
+                    "infer",
+                    run_name=run_name,
+                    run_dir=os.path.join(run_dir, "test"),
+                    mlflow_run_id=child.info.run_id,
+                    projection="none",
+                    **common,
+                )
                 _run(wf)
                 del wf
                 gc.collect()
                 scored = json.loads(Path(run_dir, "test", "metrics.json").read_text(encoding="utf-8"))
                 scored["seed"], scored["mlflow_run_id"] = seed, child.info.run_id
                 results[name].append(scored)
-        note = (f"Training slices: full {train_sizes.get('full')}, curated {train_sizes.get('curated')} "
-                f"({summary['flagged_scans']} of {summary['scans']} training scans flagged and "
-                f"{summary.get('excluded_slices', 0)} slices of kept scans left out by the curation {curation_dir}). "
-                f"Same split, seeds {seeds}, strategy {strategy}.")  # fmt: skip
+        note = (
+            f"Training slices: full {train_sizes.get('full')}, curated {train_sizes.get('curated')} "
+            f"({summary['flagged_scans']} of {summary['scans']} training scans flagged and "
+            f"{summary.get('excluded_slices', 0)} slices of kept scans left out by the curation {curation_dir}). "
+            f"Same split, seeds {seeds}, strategy {strategy}."
+        )
         if command:
             note += f"\n\nCommand: `{command}`"
         tables = write_tables(results, out, note)
@@ -133,8 +160,13 @@ def compare_curation(
                 mean = per["fibrosis"][m][0]
                 if not math.isnan(mean):
                     client.log_metric(parent_id, f"{name}_fibrosis_{m}_mean", mean)
-        for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json"),
-                     summary_file, split_file):  # fmt: skip
+        for path in (
+            *tables.values(),
+            os.path.join(out, "results.json"),
+            os.path.join(out, "settings.json"),
+            summary_file,
+            split_file,
+        ):
             client.log_artifact(parent_id, path)
         status = "FINISHED"
     finally:

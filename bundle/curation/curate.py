@@ -56,13 +56,16 @@ def curation_encoder(network: torch.nn.Module, ckpt: str, device: str | torch.de
     from bundle.networks.qa import load_encoder_weights
 
     if not ckpt or not os.path.isfile(str(ckpt)):
-        raise WeightsError(f"no QA checkpoint at {ckpt}; pass --qa_ckpt with a trained QA network or encoder "
-                         "(e.g. models/qa_baseline.pt or models/supcon_encoder.pt)")  # fmt: skip
+        raise WeightsError(
+            f"no QA checkpoint at {ckpt}; pass --qa_ckpt with a trained QA network or encoder "
+            "(e.g. models/qa_baseline.pt or models/supcon_encoder.pt)"
+        )
     try:
         load_encoder_weights(network.encoder, str(ckpt))
     except ValueError as e:
-        raise WeightsError(f"{e}; build the network as it was trained (--spatial_size, --encoder_layers, "
-                         "--encoder_widths)") from None  # fmt: skip
+        raise WeightsError(
+            f"{e}; build the network as it was trained (--spatial_size, --encoder_layers, --encoder_widths)"
+        ) from None
     return network.encoder.to(device).eval()
 
 
@@ -263,14 +266,29 @@ def _plot(points: np.ndarray, classes: np.ndarray, noise: np.ndarray, scan_flag:
     fig, ax = plt.subplots(figsize=(6.0, 5.5))
     for value, color in ((0, "tab:red"), (1, "tab:blue")):
         sel = classes == value
-        ax.scatter(points[sel, 0], points[sel, 1], s=7, c=color, alpha=0.6,
-                   label=f"{CLASS_NAMES[value]} ({int(sel.sum())})")  # fmt: skip
-    ax.scatter(points[noise, 0], points[noise, 1], s=30, c="black", marker="x", linewidths=1.0,
-               label=f"flagged slice: DBSCAN noise ({int(noise.sum())})")  # fmt: skip
+        ax.scatter(
+            points[sel, 0], points[sel, 1], s=7, c=color, alpha=0.6, label=f"{CLASS_NAMES[value]} ({int(sel.sum())})"
+        )
+    ax.scatter(
+        points[noise, 0],
+        points[noise, 1],
+        s=30,
+        c="black",
+        marker="x",
+        linewidths=1.0,
+        label=f"flagged slice: DBSCAN noise ({int(noise.sum())})",
+    )
     ring = scan_flag & ~noise
     if ring.any():
-        ax.scatter(points[ring, 0], points[ring, 1], s=30, facecolors="none", edgecolors="black", linewidths=0.6,
-                   label=f"other slice of a flagged scan ({int(ring.sum())})")  # fmt: skip
+        ax.scatter(
+            points[ring, 0],
+            points[ring, 1],
+            s=30,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.6,
+            label=f"other slice of a flagged scan ({int(ring.sum())})",
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7, loc="best")
@@ -327,10 +345,21 @@ def write_curation(
             why = f"DBSCAN noise in class {c} ({CLASS_NAMES[c]}), eps={info['eps']:.4g}"
         else:
             why = f"cluster {result['cluster'][i]} of class {c} ({CLASS_NAMES[c]})"
-        rows.append({"level": "slice", "scan": name(v), "patient": entries[v].get("patient"), "slice": int(s),
-                     "class": int(c), "cluster": int(result["cluster"][i]), "noise": bool(result["noise"][i]),
-                     "x": float(result["points"][i, 0]), "y": float(result["points"][i, 1]),
-                     "flagged": bool(result["noise"][i]), "reason": why})  # fmt: skip
+        rows.append(
+            {
+                "level": "slice",
+                "scan": name(v),
+                "patient": entries[v].get("patient"),
+                "slice": int(s),
+                "class": int(c),
+                "cluster": int(result["cluster"][i]),
+                "noise": bool(result["noise"][i]),
+                "x": float(result["points"][i, 0]),
+                "y": float(result["points"][i, 1]),
+                "flagged": bool(result["noise"][i]),
+                "reason": why,
+            }
+        )
     share = float((settings or {}).get("scan_share", 0.5))
     seen = set(scans)
     for v, e in enumerate(entries):
@@ -343,14 +372,41 @@ def write_curation(
             op = ">=" if sc["flagged"] else "<"
             why = f"{sc['flagged_slices']} of {sc['slices']} slices noise, share {sc['share']:.2f} {op} {share}"
             why = ("flagged: " if sc["flagged"] else "kept: ") + why
-        rows.append({"level": "scan", "scan": name(v), "patient": e.get("patient"), "slice": None, "class": c,
-                     "cluster": None, "noise": None, "n_slices": sc["slices"], "n_flagged": sc["flagged_slices"],
-                     "share": sc["share"], "flagged": sc["flagged"], "reason": why})  # fmt: skip
+        rows.append(
+            {
+                "level": "scan",
+                "scan": name(v),
+                "patient": e.get("patient"),
+                "slice": None,
+                "class": c,
+                "cluster": None,
+                "noise": None,
+                "n_slices": sc["slices"],
+                "n_flagged": sc["flagged_slices"],
+                "share": sc["share"],
+                "flagged": sc["flagged"],
+                "reason": why,
+            }
+        )
     os.makedirs(output_dir, exist_ok=True)
     for f in ("curation.csv", "curation.png", "curation_summary.json"):  # a rerun into the same folder keeps the old
         backup_existing(os.path.join(output_dir, f))
-    columns = ["level", "scan", "patient", "slice", "class", "cluster", "noise", "x", "y", "n_slices", "n_flagged",
-               "share", "flagged", "reason"]  # fmt: skip
+    columns = [
+        "level",
+        "scan",
+        "patient",
+        "slice",
+        "class",
+        "cluster",
+        "noise",
+        "x",
+        "y",
+        "n_slices",
+        "n_flagged",
+        "share",
+        "flagged",
+        "reason",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     for col in ("slice", "cluster", "n_slices", "n_flagged"):  # integers with blanks (a scan row has no slice)
         table[col] = table[col].astype("Int64")
@@ -366,25 +422,42 @@ def write_curation(
     write_curated_datalist(datalist, [entries[v]["_index"] for v in flagged_scans], curated, exclude_slices=exclude)
     n_noise = int(result["noise"].sum())
     method = {"tsne": "t-SNE", "umap": "UMAP", "none": "PCA (first two components)"}[result["projection"]]
-    title = (f"{method} of {len(volumes)} training slices, coloured by {label} class; "
-             f"{n_noise} slices, {len(flagged_scans)} scans flagged")  # fmt: skip
+    title = (
+        f"{method} of {len(volumes)} training slices, coloured by {label} class; "
+        f"{n_noise} slices, {len(flagged_scans)} scans flagged"
+    )
     _plot(result["points"], classes, result["noise"], scan_flag, os.path.join(output_dir, "curation.png"), title)
 
     by_class = {}
     for c, info in per_class.items():
         vs = [v for v in scans if int(classes[volumes == v][0]) == c]
-        by_class[CLASS_NAMES[c]] = {"class": c, "slices": info["n"], "flagged_slices": info["n_noise"],
-                                    "scans": len(vs), "flagged_scans": sum(scans[v]["flagged"] for v in vs),
-                                    "eps": info["eps"], "clusters": info["n_clusters"],
-                                    "clustered": info["clustered"]}  # fmt: skip
+        by_class[CLASS_NAMES[c]] = {
+            "class": c,
+            "slices": info["n"],
+            "flagged_slices": info["n_noise"],
+            "scans": len(vs),
+            "flagged_scans": sum(scans[v]["flagged"] for v in vs),
+            "eps": info["eps"],
+            "clusters": info["n_clusters"],
+            "clustered": info["clustered"],
+        }
     summary = {
-        "label": label, "projection": result["projection"], "datalist": os.path.abspath(datalist),
-        "dataset_dir": dataset_dir, "curated_datalist": os.path.abspath(curated), "slices": int(len(volumes)),
-        "flagged_slices": n_noise, "scans": len(scans), "flagged_scans": len(flagged_scans),
-        "scans_without_la_slices": len(entries) - len(scans), "drop_slices": bool(drop_slices),
-        "excluded_slices": int(sum(map(len, exclude.values()))), "by_class": by_class,
-        "flagged_scan_names": [name(v) for v in flagged_scans], "settings": settings or {},
-    }  # fmt: skip
+        "label": label,
+        "projection": result["projection"],
+        "datalist": os.path.abspath(datalist),
+        "dataset_dir": dataset_dir,
+        "curated_datalist": os.path.abspath(curated),
+        "slices": int(len(volumes)),
+        "flagged_slices": n_noise,
+        "scans": len(scans),
+        "flagged_scans": len(flagged_scans),
+        "scans_without_la_slices": len(entries) - len(scans),
+        "drop_slices": bool(drop_slices),
+        "excluded_slices": int(sum(map(len, exclude.values()))),
+        "by_class": by_class,
+        "flagged_scan_names": [name(v) for v in flagged_scans],
+        "settings": settings or {},
+    }
     with open(os.path.join(output_dir, "curation_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=str)
     return summary
@@ -398,10 +471,14 @@ def curation_summary(summary_file: str) -> str:
         return line
     with open(summary_file) as f:
         s = json.load(f)
-    per = "; ".join(f"{k}: {v['flagged_slices']}/{v['slices']} slices, {v['flagged_scans']}/{v['scans']} scans"
-                    for k, v in s["by_class"].items())  # fmt: skip
-    line = (f"curation ({s['label']}): {s['flagged_slices']} of {s['slices']} slices and {s['flagged_scans']} of "
-            f"{s['scans']} scans flagged ({per}); curated datalist {s['curated_datalist']}")  # fmt: skip
+    per = "; ".join(
+        f"{k}: {v['flagged_slices']}/{v['slices']} slices, {v['flagged_scans']}/{v['scans']} scans"
+        for k, v in s["by_class"].items()
+    )
+    line = (
+        f"curation ({s['label']}): {s['flagged_slices']} of {s['slices']} slices and {s['flagged_scans']} of "
+        f"{s['scans']} scans flagged ({per}); curated datalist {s['curated_datalist']}"
+    )
     logger.info(line)
     print(line, flush=True)
     return line
@@ -457,10 +534,17 @@ class Curation:
         self.output_dir, self.entries = output_dir, list(entries)
         self.datalist, self.dataset_dir = datalist, dataset_dir
         self.label = label
-        self.settings = {"label": label, "pca_components": int(pca_components), "projection": projection,
-                         "eps": None if eps is None else float(eps), "min_samples": int(min_samples),
-                         "eps_quantile": float(eps_quantile), "scan_share": float(scan_share), "seed": int(seed),
-                         "drop_slices": as_bool(drop_slices)}  # fmt: skip
+        self.settings = {
+            "label": label,
+            "pca_components": int(pca_components),
+            "projection": projection,
+            "eps": None if eps is None else float(eps),
+            "min_samples": int(min_samples),
+            "eps_quantile": float(eps_quantile),
+            "scan_share": float(scan_share),
+            "seed": int(seed),
+            "drop_slices": as_bool(drop_slices),
+        }
         self.summary: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -487,22 +571,58 @@ class Curation:
         classes = np.concatenate(self._tgt)[:, SCORE_KEYS.index(self.label)].astype(int)
         os.makedirs(self.output_dir, exist_ok=True)
         backup_existing(os.path.join(self.output_dir, "embeddings.npz"))  # a rerun into the same folder keeps the old
-        np.savez_compressed(os.path.join(self.output_dir, "embeddings.npz"), embeddings=emb.astype(np.float32),
-                            volume=vol, slice=sl, target=classes.astype(np.int8))  # fmt: skip
+        np.savez_compressed(
+            os.path.join(self.output_dir, "embeddings.npz"),
+            embeddings=emb.astype(np.float32),
+            volume=vol,
+            slice=sl,
+            target=classes.astype(np.int8),
+        )
         s = self.settings
-        result = curate_embeddings(emb, classes, vol, s["pca_components"], s["projection"], s["eps"], s["min_samples"],
-                                   s["eps_quantile"], s["scan_share"], s["seed"])  # fmt: skip
-        self.summary = write_curation(self.output_dir, result, classes, vol, sl, self.entries, self.datalist,
-                                      self.dataset_dir, self.label, s, s["drop_slices"])  # fmt: skip
-        m = {"slices": self.summary["slices"], "scans": self.summary["scans"],
-             "flagged_slices": self.summary["flagged_slices"], "flagged_scans": self.summary["flagged_scans"],
-             "flagged_slice_share": self.summary["flagged_slices"] / max(1, self.summary["slices"]),
-             "excluded_slices": self.summary["excluded_slices"]}  # fmt: skip
+        result = curate_embeddings(
+            emb,
+            classes,
+            vol,
+            s["pca_components"],
+            s["projection"],
+            s["eps"],
+            s["min_samples"],
+            s["eps_quantile"],
+            s["scan_share"],
+            s["seed"],
+        )
+        self.summary = write_curation(
+            self.output_dir,
+            result,
+            classes,
+            vol,
+            sl,
+            self.entries,
+            self.datalist,
+            self.dataset_dir,
+            self.label,
+            s,
+            s["drop_slices"],
+        )
+        m = {
+            "slices": self.summary["slices"],
+            "scans": self.summary["scans"],
+            "flagged_slices": self.summary["flagged_slices"],
+            "flagged_scans": self.summary["flagged_scans"],
+            "flagged_slice_share": self.summary["flagged_slices"] / max(1, self.summary["slices"]),
+            "excluded_slices": self.summary["excluded_slices"],
+        }
         for v in self.summary["by_class"].values():
             c = v["class"]
-            m.update({f"slices_class{c}": v["slices"], f"flagged_slices_class{c}": v["flagged_slices"],
-                      f"scans_class{c}": v["scans"], f"flagged_scans_class{c}": v["flagged_scans"],
-                      f"clusters_class{c}": v["clusters"]})  # fmt: skip
+            m.update(
+                {
+                    f"slices_class{c}": v["slices"],
+                    f"flagged_slices_class{c}": v["flagged_slices"],
+                    f"scans_class{c}": v["scans"],
+                    f"flagged_scans_class{c}": v["flagged_scans"],
+                    f"clusters_class{c}": v["clusters"],
+                }
+            )
             if v["eps"] is not None:
                 m[f"eps_class{c}"] = v["eps"]
         engine.state.metrics.update({k: float(x) for k, x in m.items()})

@@ -50,7 +50,9 @@ class DatalistError(DataError):
 
 def entry_name(entry: dict) -> str:
     """``<datalist file>: <list>[<index>] (patient <id>)``, the prefix of every message about an entry."""
-    where = f"{os.path.basename(entry.get('_datalist', 'datalist'))}: {entry.get('_list', '?')}[{entry.get('_index', '?')}]"
+    where = (
+        f"{os.path.basename(entry.get('_datalist', 'datalist'))}: {entry.get('_list', '?')}[{entry.get('_index', '?')}]"
+    )
     patient = entry.get("patient")
     return f"{where} (patient {patient})" if patient else where
 
@@ -184,7 +186,7 @@ def _check_leakage(lists: dict[str, list[dict]], check_content: bool) -> list[st
     training and the test part at once and inflate every figure, so it is an error naming both entries.
     """
     problems: list[str] = []
-    for list_name, entries in lists.items():
+    for entries in lists.values():
         seen: dict[tuple, dict] = {}
         kept = []
         for e in entries:
@@ -211,16 +213,20 @@ def _check_leakage(lists: dict[str, list[dict]], check_content: bool) -> list[st
                 first = owners.setdefault(key, e)
                 if str(first.get("patient")) != str(e.get("patient")):
                     how = "the same image file" if key == keys[0] else "an image with the same voxels"
-                    problems.append(f"{entry_name(e)}: {how} as {entry_name(first)}: one image under two patients "
-                                    "would sit on both sides of the split")  # fmt: skip
+                    problems.append(
+                        f"{entry_name(e)}: {how} as {entry_name(first)}: one image under two patients "
+                        "would sit on both sides of the split"
+                    )
                     break
     return problems
 
 
 def validate_datalist(
-    lists: dict[str, list[dict]], check_geometry: bool = True, check_content: bool = True,
+    lists: dict[str, list[dict]],
+    check_geometry: bool = True,
+    check_content: bool = True,
     require: Sequence[str] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Check every entry: files exist, scores are integers in 1..5, masks share their image's geometry, no image
     under two patients; drop exact duplicate entries (one warning each, counted once).
 

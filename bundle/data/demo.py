@@ -115,8 +115,14 @@ def make_demo_dataset(
     Returns:
         the path of the datalist JSON.
     """
-    params = dict(version=DEMO_VERSION, n_patients=n_patients, n_variants=n_variants, shape=list(shape),
-                  spacing=list(spacing), seed=seed)  # fmt: skip
+    params = dict(
+        version=DEMO_VERSION,
+        n_patients=n_patients,
+        n_variants=n_variants,
+        shape=list(shape),
+        spacing=list(spacing),
+        seed=seed,
+    )
     datalist_path = os.path.join(output_dir, "dataset.json")
     if os.path.isfile(datalist_path):
         with open(datalist_path) as f:

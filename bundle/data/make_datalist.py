@@ -100,8 +100,13 @@ def datalist_from_csv(
                 continue
             if not os.path.exists(os.path.join(lab_dir, name)):
                 raise DatalistError(f"{os.path.join(img_dir, name)}: no mask of the same name in {lab_dir}")
-            out["segmentation"].append({"image": os.path.join(seg_images, name), "label": os.path.join(seg_labels, name),
-                                        "patient": patient_of(name, os.path.join(img_dir, name))})  # fmt: skip
+            out["segmentation"].append(
+                {
+                    "image": os.path.join(seg_images, name),
+                    "label": os.path.join(seg_labels, name),
+                    "patient": patient_of(name, os.path.join(img_dir, name)),
+                }
+            )
     if not out["segmentation"] and not out["quality"]:
         raise DatalistError("datalist: no entries (give a CSV and/or seg_images with seg_labels)")
     return out

@@ -47,8 +47,10 @@ class DataSplit:
 
     def to_dict(self) -> dict:
         """The split with, per list and part, the images used: what is saved with a run."""
-        images = {k: {p: [os.path.relpath(e["image"], self.dataset_dir) for e in v[p]] for p in PARTS}
-                  for k, v in self.parts.items()}  # fmt: skip
+        images = {
+            k: {p: [os.path.relpath(e["image"], self.dataset_dir) for e in v[p]] for p in PARTS}
+            for k, v in self.parts.items()
+        }
         return {**self.split, "datalist": self.datalist, "dataset_dir": self.dataset_dir, "images": images}
 
 
@@ -137,7 +139,9 @@ def cached_slices(data: DataSplit, list_name: str, part: str, **kwargs) -> Slice
     entries = data.entries(list_name, part)
     if not entries:
         n = len(data.split.get(part, []))
-        raise DataError(f"{os.path.basename(data.datalist)}: no '{list_name}' entries for the {part} "
-                         f"part ({n} patients); the workflow needs at least one (add entries or change the split)")
+        raise DataError(
+            f"{os.path.basename(data.datalist)}: no '{list_name}' entries for the {part} "
+            f"part ({n} patients); the workflow needs at least one (add entries or change the split)"
+        )
     with rank0_first():  # rank 0 fills the on-disk cache, the other ranks then read it
         return SliceCache(entries, **kwargs)  # a DatalistError is a DataError

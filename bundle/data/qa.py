@@ -25,10 +25,12 @@ __all__ = ["DETECTOR_HINT", "PrepareQABatch", "QASlices", "detect_la", "qa_slice
 logger = logging.getLogger(__name__)
 
 SELECTION_MODES = ("detector", "mask")
-DETECTOR_HINT = ("the bundle ships models/detector.pt; or train one with: python -m monai.bundle run training "
-                 "--config_file \"['configs/common.yaml','configs/train.yaml']\" (writes models/model.pt and its plan) and "
-                 "pass --detector_ckpt models/model.pt, or pass --qa_slices mask to select slices by the ground-truth "
-                 "masks")  # fmt: skip
+DETECTOR_HINT = (
+    "the bundle ships models/detector.pt; or train one with: python -m monai.bundle run training "
+    "--config_file \"['configs/common.yaml','configs/train.yaml']\" (writes models/model.pt and its plan) and "
+    "pass --detector_ckpt models/model.pt, or pass --qa_slices mask to select slices by the ground-truth "
+    "masks"
+)
 
 
 class QASlices:
@@ -77,8 +79,10 @@ class QASlices:
         counts = np.bincount(cache.volume[idx], minlength=len(cache.entries))
         for v in np.flatnonzero(counts == 0):
             logger.warning(f"{entry_name(cache.entries[v])}: no LA slice selected ({source}); the scan is left out")
-        logger.info(f"QA slices ({source}): {len(idx)} of {len(cache)} slices from "
-                    f"{int((counts > 0).sum())} of {len(cache.entries)} volumes")  # fmt: skip
+        logger.info(
+            f"QA slices ({source}): {len(idx)} of {len(cache)} slices from "
+            f"{int((counts > 0).sum())} of {len(cache.entries)} volumes"
+        )
 
     def _excluded(self, idx: np.ndarray) -> np.ndarray:
         """Which of the cache slices ``idx`` their datalist entry lists under ``exclude_slices`` (slice indices
@@ -110,14 +114,21 @@ class QASlices:
         ``patient``."""
         c = self.cache
         return [
-            {"image": c.images[n], "label": self.masks[n], "target": self.targets[c.volume[n]],
-             "volume": int(c.volume[n]), "slice": int(c.slice[n]),
-             "patient": str(c.entries[c.volume[n]].get("patient", ""))}  # fmt: skip
+            {
+                "image": c.images[n],
+                "label": self.masks[n],
+                "target": self.targets[c.volume[n]],
+                "volume": int(c.volume[n]),
+                "slice": int(c.slice[n]),
+                "patient": str(c.entries[c.volume[n]].get("patient", "")),
+            }
             for n in self.indices
         ]
 
 
-def detect_la(cache: SliceCache, detector_ckpt: str, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def detect_la(
+    cache: SliceCache, detector_ckpt: str, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Stage 1 on every volume of ``cache``, exactly as inference runs it, mapped onto the cache's slices.
 
     The detector and its settings come from its checkpoint and plan (:func:`bundle.inference.load_detector`); each
@@ -149,8 +160,10 @@ def detect_la(cache: SliceCache, detector_ckpt: str, device: str | torch.device 
         rows = np.flatnonzero(cache.volume == v)
         la = segment_la(network, plan, load_volume(entry["image"]))
         if la["axis"] != cache.slice_axes[v]:
-            raise DataError(f"qa_slices=detector: {entry['image']}: the detector sliced along axis {la['axis']}, "
-                             f"the QA slices along {cache.slice_axes[v]} (set slice_axis alike)")  # fmt: skip
+            raise DataError(
+                f"qa_slices=detector: {entry['image']}: the detector sliced along axis {la['axis']}, "
+                f"the QA slices along {cache.slice_axes[v]} (set slice_axis alike)"
+            )
         chosen = set(la["selected"].tolist())
         selected[rows] = [int(cache.slice[r]) in chosen for r in rows]
         masks[rows] = resize(la["mask"], slice_axis=la["axis"]).to(torch.uint8).numpy()[cache.slice[rows]]
@@ -201,9 +214,17 @@ def qa_slices(
 
     no_mask = ~cache.has_mask
     plan = plan_path(detector_ckpt)
-    key = hashlib.sha1(json.dumps([_fingerprint(detector_ckpt), _fingerprint(plan) if os.path.isfile(plan) else None,
-                                   [cache._key(e) for e in cache.entries], no_mask.tolist()],
-                                  default=str).encode()).hexdigest()[:20]  # fmt: skip
+    key = hashlib.sha1(
+        json.dumps(
+            [
+                _fingerprint(detector_ckpt),
+                _fingerprint(plan) if os.path.isfile(plan) else None,
+                [cache._key(e) for e in cache.entries],
+                no_mask.tolist(),
+            ],
+            default=str,
+        ).encode()
+    ).hexdigest()[:20]
     path = os.path.join(cache_dir, f"la_selection_{key}.npz") if cache_dir else None
     if path and os.path.isfile(path):
         with np.load(path) as z:

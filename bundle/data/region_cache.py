@@ -58,8 +58,12 @@ def _preprocess():
     from bundle.io import LoadVolumed
     from bundle.transforms import ScaleForegroundPercentilesd
 
-    return Compose([LoadVolumed(keys=("image", "label"), ensure_channel_first=True),
-                    ScaleForegroundPercentilesd(keys="image", lower=0.5, upper=99.5)])  # fmt: skip  (as inference)
+    return Compose(
+        [
+            LoadVolumed(keys=("image", "label"), ensure_channel_first=True),
+            ScaleForegroundPercentilesd(keys="image", lower=0.5, upper=99.5),
+        ]
+    )  # (as inference)
 
 
 def _cut(entry: dict, pixel_mm: float, size: int, min_la_area_mm2: float, mask_path: str | None) -> dict:
@@ -79,14 +83,22 @@ def _cut(entry: dict, pixel_mm: float, size: int, min_la_area_mm2: float, mask_p
     both = torch.cat([image.as_tensor(), mask.as_tensor()])
     crops = la_region_slices(both[:1], mask, axis, selected, pixel_mm, size, spacing=sp)
     mcrops = la_region_slices(both[1:], mask, axis, selected, pixel_mm, size, spacing=sp)
-    return {"images": crops[:, 0].numpy().astype(np.float16), "masks": mcrops[:, 0].numpy() > 0.5,
-            "slices": selected.astype(np.int32)}  # fmt: skip
+    return {
+        "images": crops[:, 0].numpy().astype(np.float16),
+        "masks": mcrops[:, 0].numpy() > 0.5,
+        "slices": selected.astype(np.int32),
+    }
 
 
 def region_cache(
-    entries: Sequence[dict], cache_dir: str, pixel_mm: float = 0.625, size: int = 96, min_la_area_mm2: float = 0.0,
-    mask_dir: str | None = None, require_scores: bool = True,
-) -> list[str]:  # fmt: skip
+    entries: Sequence[dict],
+    cache_dir: str,
+    pixel_mm: float = 0.625,
+    size: int = 96,
+    min_la_area_mm2: float = 0.0,
+    mask_dir: str | None = None,
+    require_scores: bool = True,
+) -> list[str]:
     """Cut (or find already cut) the LA region of every quality entry; returns the ``.npz`` paths in entry order.
 
     The cache key holds the image path, the mask used and the cut's settings, so another setting is another file.
@@ -113,8 +125,15 @@ def region_cache(
             mask_path = os.path.join(mask_dir, os.path.basename(str(e["image"])))
             if not os.path.isfile(mask_path):
                 raise DatalistError(f"{mask_path}: no predicted LA mask for {e['image']}")
-        key = json.dumps([os.path.abspath(str(e["image"])), os.path.abspath(mask_path or str(e["label"])),
-                          float(pixel_mm), int(size), float(min_la_area_mm2)])  # fmt: skip
+        key = json.dumps(
+            [
+                os.path.abspath(str(e["image"])),
+                os.path.abspath(mask_path or str(e["label"])),
+                float(pixel_mm),
+                int(size),
+                float(min_la_area_mm2),
+            ]
+        )
         name = scan_name(str(e["image"]))
         path = os.path.join(cache_dir, f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz")
         if not os.path.isfile(path):
@@ -133,22 +152,36 @@ def load_region_scans(paths: Sequence[str], threshold: int = 3) -> list[RegionSc
     for p in paths:
         with np.load(p) as z:
             scores = z["scores"].astype(np.float32)
-            out.append(RegionScan(name=str(z["name"]), patient=str(z["patient"]), images=z["images"],
-                                  masks=z["masks"], slices=z["slices"], scores=scores,
-                                  target=np.array([to_binary(s, threshold) if s == s else np.nan for s in scores],
-                                                  np.float32)))  # fmt: skip
+            out.append(
+                RegionScan(
+                    name=str(z["name"]),
+                    patient=str(z["patient"]),
+                    images=z["images"],
+                    masks=z["masks"],
+                    slices=z["slices"],
+                    scores=scores,
+                    target=np.array([to_binary(s, threshold) if s == s else np.nan for s in scores], np.float32),
+                )
+            )
     return out
 
 
-def region_scans(entries: Sequence[dict], cache_dir: str, recipe: dict, mask_dir: str | None = None,
-                 require_scores: bool = True) -> list[RegionScan]:  # fmt: skip
+def region_scans(
+    entries: Sequence[dict], cache_dir: str, recipe: dict, mask_dir: str | None = None, require_scores: bool = True
+) -> list[RegionScan]:
     """The scans of a QA recipe (``pixel_mm``, ``size`` plus a ``margin`` each side, ``normalise``): cut or found in
     ``cache_dir`` (:func:`region_cache`), loaded, each stack scaled by
     :func:`bundle.transforms.region.normalise_region` when ``normalise`` is set (as inference does)."""
     from bundle.transforms.region import normalise_region
 
-    paths = region_cache(entries, cache_dir, recipe["pixel_mm"], recipe["size"] + 2 * recipe["margin"],
-                         mask_dir=mask_dir, require_scores=require_scores)  # fmt: skip
+    paths = region_cache(
+        entries,
+        cache_dir,
+        recipe["pixel_mm"],
+        recipe["size"] + 2 * recipe["margin"],
+        mask_dir=mask_dir,
+        require_scores=require_scores,
+    )
     scans = load_region_scans(paths)
     if recipe.get("normalise"):
         for s in scans:

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 from monai.transforms import Compose, LoadImaged
 
 from bundle.data.datalist import SCORE_KEYS, DatalistError, entry_name
@@ -67,9 +66,15 @@ def volume_transform(
         [
             LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
             ScaleForegroundPercentilesd(keys="image", lower=lower, upper=upper),
-            ExtractSlicesd(keys=keys, spatial_size=spatial_size, slice_axis=slice_axis,
-                           mode=["bilinear", "nearest"][: len(keys)], pixel_mm=pixel_mm,
-                           context=[context, 0][: len(keys)], context_mm=context_mm),  # fmt: skip
+            ExtractSlicesd(
+                keys=keys,
+                spatial_size=spatial_size,
+                slice_axis=slice_axis,
+                mode=["bilinear", "nearest"][: len(keys)],
+                pixel_mm=pixel_mm,
+                context=[context, 0][: len(keys)],
+                context_mm=context_mm,
+            ),
         ]
     )
 
@@ -77,8 +82,10 @@ def volume_transform(
 def _fingerprint(path: str) -> list:
     """Identity of a file or folder's content for cache keys: names, sizes and modification times."""
     if os.path.isdir(path):
-        return sorted((f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns)
-                      for f in os.listdir(path))  # fmt: skip
+        return sorted(
+            (f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns)
+            for f in os.listdir(path)
+        )
     st = os.stat(path)
     return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
 
@@ -203,9 +210,18 @@ class SliceCache:
             self.volume, self.slice, self.slice_axes = z["volume"], z["slice"], z["axes"].tolist()
 
     def _key(self, entry: dict) -> str:
-        ident = [CACHE_VERSION, _fingerprint(entry["image"]), _fingerprint(entry["label"]) if entry.get("label") else None,
-                 self.spatial_size, self.slice_axis, self.lower, self.upper, self.pixel_mm, self.context,
-                 self.context_mm]  # fmt: skip
+        ident = [
+            CACHE_VERSION,
+            _fingerprint(entry["image"]),
+            _fingerprint(entry["label"]) if entry.get("label") else None,
+            self.spatial_size,
+            self.slice_axis,
+            self.lower,
+            self.upper,
+            self.pixel_mm,
+            self.context,
+            self.context_mm,
+        ]
         return hashlib.sha1(json.dumps(ident, default=str).encode()).hexdigest()[:20]
 
     def _volume(self, entry: dict) -> tuple[np.ndarray, np.ndarray, int, bool]:
@@ -219,11 +235,20 @@ class SliceCache:
             except (OSError, ValueError, KeyError):
                 logger.warning(f"{path}: unreadable cache file, re-reading {entry['image']}")
         if with_label not in self._transforms:
-            self._transforms[with_label] = volume_transform(self.spatial_size, self.slice_axis, self.lower,
-                                                            self.upper, with_label, self.pixel_mm, self.context,
-                                                            self.context_mm)  # fmt: skip
+            self._transforms[with_label] = volume_transform(
+                self.spatial_size,
+                self.slice_axis,
+                self.lower,
+                self.upper,
+                with_label,
+                self.pixel_mm,
+                self.context,
+                self.context_mm,
+            )
         try:
-            d = self._transforms[with_label]({"image": entry["image"], "label": entry["label"]} if with_label else {"image": entry["image"]})
+            d = self._transforms[with_label](
+                {"image": entry["image"], "label": entry["label"]} if with_label else {"image": entry["image"]}
+            )
         except Exception as e:  # readers raise many types; the message must name the entry
             cause = e.__cause__ or e
             raise DatalistError(f"{entry_name(entry)}: cannot read and slice {entry['image']} ({cause})") from e
@@ -231,8 +256,9 @@ class SliceCache:
         if with_label:
             lab_shape, img_shape = tuple(d["label"].shape), tuple(d["image"].shape)
             if lab_shape[0] != img_shape[0] or lab_shape[2:] != img_shape[2:] or lab_shape[1] != 1:
-                raise DatalistError(f"{entry_name(entry)}: mask slices {lab_shape} do not match "
-                                    f"image slices {img_shape}")  # fmt: skip
+                raise DatalistError(
+                    f"{entry_name(entry)}: mask slices {lab_shape} do not match image slices {img_shape}"
+                )
             lab = (d["label"].numpy() > 0).astype(np.uint8)
         else:
             lab = np.zeros((img.shape[0], 1, *img.shape[2:]), np.uint8)
@@ -257,7 +283,13 @@ class SliceCache:
             idx = np.flatnonzero(idx)
         extra = [{k: e[k] for k in ("patient", *SCORE_KEYS) if k in e} for e in self.entries]
         return [
-            {"image": self.images[n], "label": self.labels[n], "volume": int(self.volume[n]),
-             "slice": int(self.slice[n]), "has_la": bool(self.has_la[n]), **extra[self.volume[n]]}  # fmt: skip
+            {
+                "image": self.images[n],
+                "label": self.labels[n],
+                "volume": int(self.volume[n]),
+                "slice": int(self.slice[n]),
+                "has_la": bool(self.has_la[n]),
+                **extra[self.volume[n]],
+            }
             for n in idx
         ]

@@ -10,7 +10,16 @@ import numpy as np
 
 from bundle.data.datalist import DatalistError, entry_name
 
-__all__ = ["PARTS", "cv_folds", "patient_strata", "split_patients", "check_split", "assign_split", "load_split", "save_split"]
+__all__ = [
+    "PARTS",
+    "cv_folds",
+    "patient_strata",
+    "split_patients",
+    "check_split",
+    "assign_split",
+    "load_split",
+    "save_split",
+]
 
 PARTS = ("train", "val", "test")
 
@@ -37,7 +46,9 @@ def split_patients(
     unique = sorted({str(p) for p in patients})
     n = len(unique)
     if test_size < 0 or not 0 <= val_fraction < 1:
-        raise DatalistError(f"split: test_size must be >= 0 and val_fraction in [0, 1), got {test_size}, {val_fraction}")
+        raise DatalistError(
+            f"split: test_size must be >= 0 and val_fraction in [0, 1), got {test_size}, {val_fraction}"
+        )
     n_test = int(test_size) if test_size >= 1 else int(round(test_size * n))
     n_rest = n - n_test
     n_val = max(1, int(round(val_fraction * n_rest))) if val_fraction > 0 else 0
@@ -161,14 +172,19 @@ def _merge_small_strata(labels: np.ndarray, folds: int) -> np.ndarray:
 
 
 def cv_folds(
-    patients: Iterable[str], strata: dict[str, int] | None = None, folds: int = 5, n_val: int = 4,
-    val_fraction: float = 0.15, seed: int = 0,
-) -> list[dict[str, list[str]]]:  # fmt: skip
+    patients: Iterable[str],
+    strata: dict[str, int] | None = None,
+    folds: int = 5,
+    n_val: int = 4,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> list[dict[str, list[str]]]:
     """K-fold cross-validation by patient, stratified, each fold's validation part drawn from its training patients.
 
     Every patient is in exactly one fold's test part; scikit-learn's ``StratifiedKFold`` deals the patients to the
-    folds by ``strata`` (strata smaller than K merged into the nearest) (one label per patient, e.g. :func:`patient_strata`); each fold's validation part holds
-    ``max(n_val, round(val_fraction * rest))`` of the remaining patients, stratified likewise.
+    folds by ``strata`` (one label per patient, e.g. :func:`patient_strata`; strata smaller than K merged into the
+    nearest); each fold's validation part holds ``max(n_val, round(val_fraction * rest))`` of the remaining patients,
+    stratified likewise.
 
     Args:
         patients: patient ids (duplicates collapsed).
@@ -191,8 +207,10 @@ def cv_folds(
     if folds < 2:
         raise DatalistError(f"cross-validation: folds must be >= 2, got {folds}")
     if len(unique) < folds or len(unique) - int(np.ceil(len(unique) / folds)) < n_val + 1:
-        raise DatalistError(f"cross-validation: {len(unique)} patients are too few for {folds} folds with "
-                            f"{n_val} validation patients and a training part")  # fmt: skip
+        raise DatalistError(
+            f"cross-validation: {len(unique)} patients are too few for {folds} folds with "
+            f"{n_val} validation patients and a training part"
+        )
     labels = _merge_small_strata(np.array([(strata or {}).get(p, -1) for p in unique]), folds)
     if strata and len(set(labels.tolist())) > 1:
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(unique, labels)

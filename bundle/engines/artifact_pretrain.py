@@ -43,12 +43,16 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return GaussianFilter(spatial_dims=2, sigma=float(sigma))(padded)[0, :, pad:-pad, pad:-pad]
 
 
-def simulate_artifacts(x: torch.Tensor, severity: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def simulate_artifacts(
+    x: torch.Tensor, severity: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Apply the :data:`ARTIFACTS` at ``severity`` ``(N, 6)`` (0: absent) to slices ``(N, 1, h, w)`` of 0..1
     intensities; returns the faulty slices, clipped at 0 (pixels outside the scan, at 0, stay 0)."""
     if x.ndim != 4 or severity.shape != (x.shape[0], len(ARTIFACTS)):
-        raise ValueError(f"need slices (N, 1, h, w) and severities (N, {len(ARTIFACTS)}), got {tuple(x.shape)}, "
-                         f"{tuple(severity.shape)}")  # fmt: skip
+        raise ValueError(
+            f"need slices (N, 1, h, w) and severities (N, {len(ARTIFACTS)}), got {tuple(x.shape)}, "
+            f"{tuple(severity.shape)}"
+        )
     out = []
     h, w = x.shape[-2:]
     for i in range(x.shape[0]):
@@ -92,9 +96,16 @@ def clean_region_scans(entries: list[dict], cache_dir: str, recipe: dict) -> lis
 
 
 def pretrain_encoder(
-    clean: list, network: dict | None = None, size: int = 64, epochs: int = 60, slices_per_scan: int = 16,
-    scans_per_batch: int = 8, lr: float = 2e-3, prob: float = 0.5, seed: int = 0,
-) -> tuple[dict, dict]:  # fmt: skip
+    clean: list,
+    network: dict | None = None,
+    size: int = 64,
+    epochs: int = 60,
+    slices_per_scan: int = 16,
+    scans_per_batch: int = 8,
+    lr: float = 2e-3,
+    prob: float = 0.5,
+    seed: int = 0,
+) -> tuple[dict, dict]:
     """Pretrain the LA-region network's encoder to regress the severities of simulated artifacts on ``clean`` scans.
 
     Returns:
@@ -129,8 +140,9 @@ def pretrain_encoder(
         order = rng.permutation(len(clean))
         for b in range(0, len(order), scans_per_batch):
             idx = order[b : b + scans_per_batch]
-            pick = [rng.choice(len(images[i]), size=slices_per_scan, replace=len(images[i]) < slices_per_scan)
-                    for i in idx]  # fmt: skip
+            pick = [
+                rng.choice(len(images[i]), size=slices_per_scan, replace=len(images[i]) < slices_per_scan) for i in idx
+            ]
             x = aug(torch.cat([images[i][torch.as_tensor(p)] for i, p in zip(idx, pick)])[:, None], gen)
             on = (torch.rand(len(x), len(ARTIFACTS), generator=gen) < prob).float()
             sev = on * torch.rand(len(x), len(ARTIFACTS), generator=gen)
@@ -142,8 +154,13 @@ def pretrain_encoder(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-    info = {"pretrain_mse": float(np.mean(losses[-10:])), "pretrain_seconds": time.time() - t0,
-            "pretrain_scans": len(clean)}  # fmt: skip
-    logger.info(f"artifact pretraining: {len(clean)} clean scans, final MSE {info['pretrain_mse']:.4f}, "
-                f"{info['pretrain_seconds']:.0f} s")  # fmt: skip
+    info = {
+        "pretrain_mse": float(np.mean(losses[-10:])),
+        "pretrain_seconds": time.time() - t0,
+        "pretrain_scans": len(clean),
+    }
+    logger.info(
+        f"artifact pretraining: {len(clean)} clean scans, final MSE {info['pretrain_mse']:.4f}, "
+        f"{info['pretrain_seconds']:.0f} s"
+    )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, info

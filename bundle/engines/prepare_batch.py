@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-
 from monai.engines import PrepareBatch
 
 from bundle.transforms.augment import BatchRandSliceAffine

@@ -30,8 +30,16 @@ import torch.nn.functional as F
 
 from bundle.data.region_cache import RegionScan
 
-__all__ = ["ExactAugment", "build_region_network", "center_crop", "fit_statistics_prior", "scan_input", "scan_logits",
-           "slice_logits", "train_region_qa"]
+__all__ = [
+    "ExactAugment",
+    "build_region_network",
+    "center_crop",
+    "fit_statistics_prior",
+    "scan_input",
+    "scan_logits",
+    "slice_logits",
+    "train_region_qa",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +108,9 @@ def scan_input(scan: RegionScan, mask_channel: bool = False) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_statistics_prior(model: torch.nn.Module, scans: Sequence[RegionScan], size: int, c: float = 1.0,
-                         seed: int = 0) -> torch.nn.Module:  # fmt: skip
+def fit_statistics_prior(
+    model: torch.nn.Module, scans: Sequence[RegionScan], size: int, c: float = 1.0, seed: int = 0
+) -> torch.nn.Module:
     """Fit, before training, the part of a :class:`bundle.networks.QANet` that reads its statistics: their
     normalisation (mean and standard deviation over the training slices) and the ``stats_skip`` map (a
     class-balanced logistic regression per attribute, scikit-learn, on each scan's mean normalised statistics:
@@ -233,7 +242,8 @@ def train_region_qa(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1)))
+    )
     k = int(slices_per_scan)
     for epoch in range(int(epochs)):
         model.train()
@@ -286,8 +296,11 @@ def slice_logits(
 
 
 def scan_logits(
-    model: torch.nn.Module, scans: Sequence[RegionScan], size: int, flips: Sequence[Sequence[int]] = ((),),
-) -> np.ndarray:  # fmt: skip
+    model: torch.nn.Module,
+    scans: Sequence[RegionScan],
+    size: int,
+    flips: Sequence[Sequence[int]] = ((),),
+) -> np.ndarray:
     """Each scan's logits ``(n, 4)``: the mean over its slices and the flips (the window's centre ``size``); the LA
     mask goes in as channel 1 where the network has ``la_stats``."""
     mask_channel = bool(getattr(model, "la_stats", False))

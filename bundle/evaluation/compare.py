@@ -31,11 +31,21 @@ STRATEGIES = {  # strategy: config files stacked on configs/common.yaml
     "multitask": ["qa_baseline.yaml", "qa_multitask.yaml"],
     "contrastive": ["qa_baseline.yaml", "qa_contrastive.yaml"],
 }
-DISPLAY = {"reference": "Logistic regression (reference)", "baseline": "QA", "multitask": "Multi-Task QA",
-           "contrastive": "QA & Contrastive"}  # fmt: skip
+DISPLAY = {
+    "reference": "Logistic regression (reference)",
+    "baseline": "QA",
+    "multitask": "Multi-Task QA",
+    "contrastive": "QA & Contrastive",
+}
 TABLE_METRICS = ("precision", "recall", "f1", "specificity", "auroc", "balanced_accuracy")
-METRIC_NAMES = {"precision": "Precision", "recall": "Recall", "f1": "F1-Score", "specificity": "Specificity",
-                "auroc": "AUROC", "balanced_accuracy": "Balanced acc."}  # fmt: skip
+METRIC_NAMES = {
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1-Score",
+    "specificity": "Specificity",
+    "auroc": "AUROC",
+    "balanced_accuracy": "Balanced acc.",
+}
 
 
 def _configs(bundle_root: str, files: Sequence[str]) -> list[str]:
@@ -45,8 +55,12 @@ def _configs(bundle_root: str, files: Sequence[str]) -> list[str]:
 def _workflow(root: str, files: Sequence[str], workflow_type: str, **overrides):
     from monai.bundle import ConfigWorkflow
 
-    return ConfigWorkflow(config_file=_configs(root, files), workflow_type=workflow_type,
-                          meta_file=os.path.join(root, "configs", "metadata.json"), **overrides)  # fmt: skip
+    return ConfigWorkflow(
+        config_file=_configs(root, files),
+        workflow_type=workflow_type,
+        meta_file=os.path.join(root, "configs", "metadata.json"),
+        **overrides,
+    )
 
 
 def _run(wf) -> None:
@@ -60,7 +74,6 @@ def _run(wf) -> None:
 
 def _mlflow_client(tracking_uri: str, experiment_name: str):
     import mlflow
-
     from monai.utils import path_to_uri
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -68,7 +81,7 @@ def _mlflow_client(tracking_uri: str, experiment_name: str):
     if exp is None:
         location = None
         if tracking_uri.startswith("sqlite:///"):  # as MONAI's handler: artifacts next to the database
-            location = path_to_uri(Path(tracking_uri[len("sqlite:///"):]).parent / "mlruns")
+            location = path_to_uri(Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns")
         exp = client.get_experiment(client.create_experiment(experiment_name, artifact_location=location))
     return client, exp.experiment_id
 
@@ -130,8 +143,18 @@ def write_tables(results: dict[str, list[dict]], output_dir: str, note: str = ""
         for seed, r in enumerate(results[strategy]):
             for level, per in r["metrics"].items():
                 for label, ms in per.items():
-                    rows += [{"strategy": strategy, "run": seed, "seed": r.get("seed", seed), "level": level,
-                              "label": label, "metric": m, "value": v} for m, v in ms.items()]  # fmt: skip
+                    rows += [
+                        {
+                            "strategy": strategy,
+                            "run": seed,
+                            "seed": r.get("seed", seed),
+                            "level": level,
+                            "label": label,
+                            "metric": m,
+                            "value": v,
+                        }
+                        for m, v in ms.items()
+                    ]
     runs_csv = os.path.join(output_dir, "comparison_runs.csv")
     pd.DataFrame(rows).to_csv(runs_csv, index=False)
 
@@ -147,8 +170,11 @@ def write_tables(results: dict[str, list[dict]], output_dir: str, note: str = ""
     pd.DataFrame(table).to_csv(csv, index=False)
 
     n_scans = results[order[0]][0]["n_scans"]
-    lines = [f"Quality of fibrosis assessment on the test split ({n_scans} scans): verdict per scan by the mode of its "
-             f"slices (ties non-diagnostic); mean ± standard deviation over runs.", ""]  # fmt: skip
+    lines = [
+        f"Quality of fibrosis assessment on the test split ({n_scans} scans): verdict per scan by the mode of its "
+        f"slices (ties non-diagnostic); mean ± standard deviation over runs.",
+        "",
+    ]
     head = ["Method", "runs", *[METRIC_NAMES[m] for m in TABLE_METRICS]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in order:
@@ -225,13 +251,31 @@ def compare_strategies(
     detector_ckpt = parser.get_parsed_content("detector_ckpt")
     split_file = overrides.get("split_file") or os.path.join(out, "split.json")
     if not overrides.get("split_file"):
-        prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
-                     os.path.abspath(output_dir), None, parser.get_parsed_content("test_size"),
-                     parser.get_parsed_content("val_fraction"), split_seed, split_file)  # fmt: skip
-    shared = {**overrides, "bundle_root": bundle_root, "output_dir": os.path.abspath(output_dir), "split_file": split_file,
-              "detector_ckpt": detector_ckpt, "overwrite_checkpoint": True}  # fmt: skip
-    settings = {"command": command, "seeds": seeds, "strategies": list(strategies), "split_seed": split_seed,
-                "overrides": overrides}  # fmt: skip
+        prepare_data(
+            parser.get_parsed_content("dataset_dir"),
+            parser.get_parsed_content("datalist"),
+            os.path.abspath(output_dir),
+            None,
+            parser.get_parsed_content("test_size"),
+            parser.get_parsed_content("val_fraction"),
+            split_seed,
+            split_file,
+        )
+    shared = {
+        **overrides,
+        "bundle_root": bundle_root,
+        "output_dir": os.path.abspath(output_dir),
+        "split_file": split_file,
+        "detector_ckpt": detector_ckpt,
+        "overwrite_checkpoint": True,
+    }
+    settings = {
+        "command": command,
+        "seeds": seeds,
+        "strategies": list(strategies),
+        "split_seed": split_seed,
+        "overrides": overrides,
+    }
     Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
 
     client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
@@ -251,16 +295,30 @@ def compare_strategies(
                 run_name = f"{name}_{stamp}"
                 common = {**shared, "seed": seed, "ckpt_dir": os.path.join(out, "models", f"seed{seed}")}
                 logger.info(f"--- {name}: training")
-                wf = _workflow(bundle_root, STRATEGIES[strategy], "train", run_name=run_name, run_dir=run_dir,
-                               parent_run_id=parent_id, **common)  # fmt: skip
+                wf = _workflow(
+                    bundle_root,
+                    STRATEGIES[strategy],
+                    "train",
+                    run_name=run_name,
+                    run_dir=run_dir,
+                    parent_run_id=parent_id,
+                    **common,
+                )
                 _run(wf)
                 del wf
                 gc.collect()
                 child = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")[0].info.run_id
                 logger.info(f"--- {name}: evaluation on the test split")
-                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer", run_name=run_name,
-                               run_dir=os.path.join(run_dir, "test"), mlflow_run_id=child, projection="none",
-                               **common)  # fmt: skip
+                wf = _workflow(
+                    bundle_root,
+                    [*STRATEGIES[strategy], "evaluate.yaml"],
+                    "infer",
+                    run_name=run_name,
+                    run_dir=os.path.join(run_dir, "test"),
+                    mlflow_run_id=child,
+                    projection="none",
+                    **common,
+                )
                 _run(wf)
                 del wf
                 gc.collect()
@@ -273,14 +331,27 @@ def compare_strategies(
         if reference:
             logger.info("--- reference: logistic regression on LA statistics")
             args = parser.get_parsed_content("qa_slice_args")
-            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
-                                os.path.abspath(output_dir), split_file)  # fmt: skip
+            data = prepare_data(
+                parser.get_parsed_content("dataset_dir"),
+                parser.get_parsed_content("datalist"),
+                os.path.abspath(output_dir),
+                split_file,
+            )
             train = qa_slices(data, "train", **{**args, "detector_ckpt": detector_ckpt})
             test = qa_slices(data, "test", **{**args, "detector_ckpt": detector_ckpt})
             probs, volumes, targets = fit_predict_reference(train, test, seed=split_seed)
             scored = score_predictions(volumes, probs, targets)
-            results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": split_seed,
-                                      "metrics": scored["metrics"]}], **results}  # fmt: skip
+            results = {
+                "reference": [
+                    {
+                        "n_slices": scored["n_slices"],
+                        "n_scans": scored["n_scans"],
+                        "seed": split_seed,
+                        "metrics": scored["metrics"],
+                    }
+                ],
+                **results,
+            }
             for k, v in flatten_metrics(scored["metrics"], "reference_test").items():
                 if not math.isnan(v):
                     client.log_metric(parent_id, k, v)
@@ -299,10 +370,18 @@ def compare_strategies(
             for strategy, path in embeddings.items():
                 z = np.load(path)
                 pts, used = project_embeddings(z["embeddings"], projection, seeds[0])
-                panels.append((f"{DISPLAY[strategy]} (seed {seeds[0]})", pts, z["target"][:, SCORE_KEYS.index("fibrosis")]))
-            tables["embeddings"] = plot_embeddings(panels, os.path.join(out, f"embeddings_{used}.png"),
-                                                   {"tsne": "t-SNE", "umap": "UMAP"}[used])  # fmt: skip
-        for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json"), split_file):
+                panels.append(
+                    (f"{DISPLAY[strategy]} (seed {seeds[0]})", pts, z["target"][:, SCORE_KEYS.index("fibrosis")])
+                )
+            tables["embeddings"] = plot_embeddings(
+                panels, os.path.join(out, f"embeddings_{used}.png"), {"tsne": "t-SNE", "umap": "UMAP"}[used]
+            )
+        for path in (
+            *tables.values(),
+            os.path.join(out, "results.json"),
+            os.path.join(out, "settings.json"),
+            split_file,
+        ):
             client.log_artifact(parent_id, path)
         status = "FINISHED"
     finally:
@@ -360,10 +439,17 @@ def reevaluate(
     detector_ckpt = parser.get_parsed_content("detector_ckpt")
     client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
     tags = {"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]}
-    parent_id = _parent_run(client, experiment_id, f"{tag}_{os.path.basename(compare_dir)}_{stamp}", tags,
-                            {"comparison": compare_dir}, overrides)  # fmt: skip
-    settings_text = json.dumps({"command": command, "comparison": compare_dir, "overrides": overrides or {}}, indent=1,
-                               default=str)  # fmt: skip
+    parent_id = _parent_run(
+        client,
+        experiment_id,
+        f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
+        tags,
+        {"comparison": compare_dir},
+        overrides,
+    )
+    settings_text = json.dumps(
+        {"command": command, "comparison": compare_dir, "overrides": overrides or {}}, indent=1, default=str
+    )
     Path(out, "settings.json").write_text(settings_text, encoding="utf-8")
     results: dict[str, list[dict]] = {s: [] for s in settings["strategies"]}
     status = "FAILED"
@@ -372,13 +458,26 @@ def reevaluate(
             for strategy in settings["strategies"]:
                 name = f"{strategy}_seed{seed}"
                 eval_dir = os.path.join(compare_dir, name, tag)
-                common = {**merged, "bundle_root": bundle_root, "output_dir": output_dir, "split_file": split_file,
-                          "detector_ckpt": detector_ckpt, "seed": seed,
-                          "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}")}  # fmt: skip
+                common = {
+                    **merged,
+                    "bundle_root": bundle_root,
+                    "output_dir": output_dir,
+                    "split_file": split_file,
+                    "detector_ckpt": detector_ckpt,
+                    "seed": seed,
+                    "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}"),
+                }
                 logger.info(f"--- {name}: evaluation ({tag})")
-                wf = _workflow(bundle_root, [*STRATEGIES[strategy], "evaluate.yaml"], "infer",
-                               run_name=f"{name}_{tag}_{stamp}", run_dir=eval_dir, parent_run_id=parent_id,
-                               projection="none", **common)  # fmt: skip
+                wf = _workflow(
+                    bundle_root,
+                    [*STRATEGIES[strategy], "evaluate.yaml"],
+                    "infer",
+                    run_name=f"{name}_{tag}_{stamp}",
+                    run_dir=eval_dir,
+                    parent_run_id=parent_id,
+                    projection="none",
+                    **common,
+                )
                 _run(wf)
                 del wf
                 gc.collect()
@@ -387,14 +486,24 @@ def reevaluate(
                 summary["seed"] = seed
                 results[strategy].append(summary)
         if reference:
-            data = prepare_data(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"),
-                                output_dir, split_file)  # fmt: skip
+            data = prepare_data(
+                parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"), output_dir, split_file
+            )
             args = {**parser.get_parsed_content("qa_slice_args"), "detector_ckpt": detector_ckpt}
             train, test = qa_slices(data, "train", **args), qa_slices(data, "test", **args)
             probs, volumes, targets = fit_predict_reference(train, test)
             scored = score_predictions(volumes, probs, targets)
-            results = {"reference": [{"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": 0,
-                                      "metrics": scored["metrics"]}], **results}  # fmt: skip
+            results = {
+                "reference": [
+                    {
+                        "n_slices": scored["n_slices"],
+                        "n_scans": scored["n_scans"],
+                        "seed": 0,
+                        "metrics": scored["metrics"],
+                    }
+                ],
+                **results,
+            }
         tables = write_tables(results, out, f"Command: `{command}`" if command else "")
         with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

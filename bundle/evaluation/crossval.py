@@ -23,13 +23,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CV_METRICS", "cross_validate", "export_ensemble", "load_folds", "score_settings", "summarise_folds",
-           "tune_min_area"]
+__all__ = [
+    "CV_METRICS",
+    "cross_validate",
+    "export_ensemble",
+    "load_folds",
+    "score_settings",
+    "summarise_folds",
+    "tune_min_area",
+]
 
 logger = logging.getLogger(__name__)
 
-CV_METRICS = ("dice", "hd95_mm", "asd_mm", "slice_precision", "slice_recall", "slice_f1", "abs_volume_error_ml",
-              "volume_error_ml", "implausible")  # fmt: skip
+CV_METRICS = (
+    "dice",
+    "hd95_mm",
+    "asd_mm",
+    "slice_precision",
+    "slice_recall",
+    "slice_f1",
+    "abs_volume_error_ml",
+    "volume_error_ml",
+    "implausible",
+)
 FOLDS_FILE = "folds.json"
 MIN_AREA_GRID = (0.0, 10.0, 20.0, 40.0, 80.0, 120.0)  # mm^2, the slice rule's minimum LA area tried on validation
 
@@ -60,15 +76,19 @@ def summarise_folds(rows: list[dict], metrics: Sequence[str] = CV_METRICS) -> di
         per_fold = [_nanmean([r[m] for r in rows if r["fold"] == k]) for k in folds]
         per_fold = [x for x in per_fold if not math.isnan(x)]
         pooled = [float(r[m]) for r in rows if r.get(m) is not None and not math.isnan(float(r[m]))]
-        out[m] = {"fold_mean": float(np.mean(per_fold)) if per_fold else float("nan"),
-                  "fold_std": float(np.std(per_fold)) if per_fold else float("nan"),
-                  "pooled_mean": float(np.mean(pooled)) if pooled else float("nan"),
-                  "pooled_median": float(np.median(pooled)) if pooled else float("nan"), "n": len(pooled)}  # fmt: skip
+        out[m] = {
+            "fold_mean": float(np.mean(per_fold)) if per_fold else float("nan"),
+            "fold_std": float(np.std(per_fold)) if per_fold else float("nan"),
+            "pooled_mean": float(np.mean(pooled)) if pooled else float("nan"),
+            "pooled_median": float(np.median(pooled)) if pooled else float("nan"),
+            "n": len(pooled),
+        }
     return out
 
 
-def _make_folds(out: str, datalist: str | None, dataset_dir: str | None, folds: int, seed: int, n_val: int,
-                val_fraction: float) -> tuple[list[dict], str, str]:  # fmt: skip
+def _make_folds(
+    out: str, datalist: str | None, dataset_dir: str | None, folds: int, seed: int, n_val: int, val_fraction: float
+) -> tuple[list[dict], str, str]:
     """Draw the folds (or read the saved ones, which must cover the same patients); returns them and the data."""
     from bundle.data.datalist import LIST_KEYS, DatalistError, load_datalist, validate_datalist
     from bundle.data.prepare import resolve_datalist
@@ -92,8 +112,9 @@ def _make_folds(out: str, datalist: str | None, dataset_dir: str | None, folds: 
     return fold_list, path, root
 
 
-def score_settings(network, plan: dict, entries: list[dict], settings: Sequence[dict],
-                   keep_masks: bool = False) -> list[list[dict]]:  # fmt: skip
+def score_settings(
+    network, plan: dict, entries: list[dict], settings: Sequence[dict], keep_masks: bool = False
+) -> list[list[dict]]:
     """Each volume predicted once, every stage-1 setting applied to the same logits and scored in the scan's grid.
 
     Args:
@@ -122,15 +143,24 @@ def score_settings(network, plan: dict, entries: list[dict], settings: Sequence[
         pred = segment_la(network, plan, volume)
         for row, setting in zip(out, settings):
             s = {k: setting.get(k, plan[k]) for k in ("la_threshold", "keep_largest", "min_la_area_mm2")}
-            la = detect_la_volume(pred["logits"], volume, pred["axis"], s["la_threshold"], s["keep_largest"],
-                                  s["min_la_area_mm2"], bounds)  # fmt: skip
+            la = detect_la_volume(
+                pred["logits"], volume, pred["axis"], s["la_threshold"], s["keep_largest"], s["min_la_area_mm2"], bounds
+            )
             m = mask_metrics(la["mask"], label, voxel_spacing(volume), pred["axis"], la["selected"])
-            row.append({**m, "reasons": la["reasons"], "n_la_slices": len(la["selected"]),
-                        **({"mask": la["mask"], "affine": volume.affine} if keep_masks else {})})  # fmt: skip
+            row.append(
+                {
+                    **m,
+                    "reasons": la["reasons"],
+                    "n_la_slices": len(la["selected"]),
+                    **({"mask": la["mask"], "affine": volume.affine} if keep_masks else {}),
+                }
+            )
     return out
 
 
-def tune_min_area(network, plan: dict, entries: list[dict], grid: Sequence[float] = MIN_AREA_GRID) -> tuple[float, dict]:
+def tune_min_area(
+    network, plan: dict, entries: list[dict], grid: Sequence[float] = MIN_AREA_GRID
+) -> tuple[float, dict]:
     """The LA-slice rule's minimum area chosen on validation volumes: the grid value with the best mean slice F1.
 
     Ties go to the smaller area (the paper's rule is 0). Only the validation part of a fold is used.
@@ -144,8 +174,9 @@ def tune_min_area(network, plan: dict, entries: list[dict], grid: Sequence[float
     return best, mean
 
 
-def _evaluate_fold(ckpt: str, entries: list[dict], fold: int, mask_dir: str, dataset_dir: str,
-                   val_entries: list[dict] | None = None) -> list[dict]:  # fmt: skip
+def _evaluate_fold(
+    ckpt: str, entries: list[dict], fold: int, mask_dir: str, dataset_dir: str, val_entries: list[dict] | None = None
+) -> list[dict]:
     """Predict each held-out volume as inference does, save its mask, score it in its own grid.
 
     With ``val_entries`` the minimum LA area of the slice rule is first chosen on them (:func:`tune_min_area`) and
@@ -159,14 +190,20 @@ def _evaluate_fold(ckpt: str, entries: list[dict], fold: int, mask_dir: str, dat
     network, plan = load_detector(ckpt)
     if val_entries:
         best, mean = tune_min_area(network, plan, val_entries)
-        logger.info(f"fold {fold}: min_la_area_mm2 {best:g} chosen on {len(val_entries)} validation volumes "
-                    f"(slice F1 {', '.join(f'{a:g}: {f:.3f}' for a, f in mean.items())})")  # fmt: skip
+        logger.info(
+            f"fold {fold}: min_la_area_mm2 {best:g} chosen on {len(val_entries)} validation volumes "
+            f"(slice F1 {', '.join(f'{a:g}: {f:.3f}' for a, f in mean.items())})"
+        )
         plan["min_la_area_mm2"] = best
         with open(plan_path(ckpt), encoding="utf-8") as f:
             body = json.load(f)
         body["postprocessing"]["min_la_area_mm2"] = best
-        body["tuning"] = {"min_la_area_mm2": {"grid_slice_f1": {str(a): f for a, f in mean.items()},
-                                              "validation_patients": sorted({e["patient"] for e in val_entries})}}
+        body["tuning"] = {
+            "min_la_area_mm2": {
+                "grid_slice_f1": {str(a): f for a, f in mean.items()},
+                "validation_patients": sorted({e["patient"] for e in val_entries}),
+            }
+        }
         for k in ("plan_version", "checkpoint", "written"):
             body.pop(k, None)
         write_plan(ckpt, body)
@@ -175,15 +212,29 @@ def _evaluate_fold(ckpt: str, entries: list[dict], fold: int, mask_dir: str, dat
     t0 = time.time()
     for e, m in zip(entries, score_settings(network, plan, entries, [{}], keep_masks=True)[0]):
         name = os.path.basename(e["image"]).split(".")[0]
-        nib.save(nib.Nifti1Image(m.pop("mask")[0].cpu().numpy().astype(np.uint8),
-                                 m.pop("affine").cpu().numpy().astype(float)),
-                 os.path.join(mask_dir, f"{name}_la_mask.nii.gz"))  # fmt: skip
+        nib.save(
+            nib.Nifti1Image(
+                m.pop("mask")[0].cpu().numpy().astype(np.uint8), m.pop("affine").cpu().numpy().astype(float)
+            ),
+            os.path.join(mask_dir, f"{name}_la_mask.nii.gz"),
+        )
         reasons = m.pop("reasons")
-        rows.append({"level": "volume", "fold": fold, "patient": e["patient"], "image": os.path.relpath(e["image"],
-                     dataset_dir), **m, "implausible": float(bool(reasons)), "reasons": "; ".join(reasons),
-                     "min_la_area_mm2": plan["min_la_area_mm2"]})  # fmt: skip
-        logger.info(f"fold {fold} {name}: dice {m['dice']:.3f} hd95 {m['hd95_mm']:.2f} mm slice F1 "
-                    f"{m['slice_f1']:.3f} volume error {m['volume_error_ml']:+.1f} ml")  # fmt: skip
+        rows.append(
+            {
+                "level": "volume",
+                "fold": fold,
+                "patient": e["patient"],
+                "image": os.path.relpath(e["image"], dataset_dir),
+                **m,
+                "implausible": float(bool(reasons)),
+                "reasons": "; ".join(reasons),
+                "min_la_area_mm2": plan["min_la_area_mm2"],
+            }
+        )
+        logger.info(
+            f"fold {fold} {name}: dice {m['dice']:.3f} hd95 {m['hd95_mm']:.2f} mm slice F1 "
+            f"{m['slice_f1']:.3f} volume error {m['volume_error_ml']:+.1f} ml"
+        )
     for r in rows:
         r["seconds"] = (time.time() - t0) / max(1, len(rows))
     return rows
@@ -245,8 +296,14 @@ def cross_validate(
     state = json.load(open(state_file, encoding="utf-8")) if os.path.isfile(state_file) else {}
     if not state.get("parent_run_id"):
         params = {"folds": len(fold_list), "seed": seed, "n_val": n_val, "datalist": path, "command": command}
-        state["parent_run_id"] = _parent_run(client, experiment_id, f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
-                                             {"kind": "cross_validation"}, params, overrides)  # fmt: skip
+        state["parent_run_id"] = _parent_run(
+            client,
+            experiment_id,
+            f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
+            {"kind": "cross_validation"},
+            params,
+            overrides,
+        )
         state["command"] = command
         with open(state_file, "w", encoding="utf-8") as f:
             json.dump(state, f)
@@ -273,13 +330,28 @@ def cross_validate(
             run_name = f"{name}_fold{k}"
             t0 = time.time()
             if not os.path.isfile(trained):
-                logger.info(f"--- fold {k}: training on {len(fold_list[k]['train'])} patients, validating on "
-                            f"{len(fold_list[k]['val'])}")  # fmt: skip
-                wf = _workflow(root, ["train.yaml"], "train", dataset_dir=data_root, datalist=path,
-                               split_file=split_file, output_dir=out, ckpt_dir=fold_dir, ckpt_name="model.pt",
-                               overwrite_checkpoint=True, run_name=run_name, run_dir=os.path.join(fold_dir, "run"),
-                               tracking_uri=tracking_uri, experiment_name=experiment_name, parent_run_id=parent,
-                               **overrides)  # fmt: skip
+                logger.info(
+                    f"--- fold {k}: training on {len(fold_list[k]['train'])} patients, validating on "
+                    f"{len(fold_list[k]['val'])}"
+                )
+                wf = _workflow(
+                    root,
+                    ["train.yaml"],
+                    "train",
+                    dataset_dir=data_root,
+                    datalist=path,
+                    split_file=split_file,
+                    output_dir=out,
+                    ckpt_dir=fold_dir,
+                    ckpt_name="model.pt",
+                    overwrite_checkpoint=True,
+                    run_name=run_name,
+                    run_dir=os.path.join(fold_dir, "run"),
+                    tracking_uri=tracking_uri,
+                    experiment_name=experiment_name,
+                    parent_run_id=parent,
+                    **overrides,
+                )
                 _run(wf)
                 del wf
                 gc.collect()
@@ -291,8 +363,14 @@ def cross_validate(
             held = [e for e in entries if e["patient"] in set(fold_list[k]["test"])]
             val = [e for e in entries if e["patient"] in set(fold_list[k]["val"])] if tune else None
             rows = _evaluate_fold(ckpt, held, k, os.path.join(out, "oof_masks"), data_root, val)
-            fold_row = {"level": "fold", "fold": k, "patient": "", "image": "", "train_minutes": minutes,
-                        **{m: _nanmean([r[m] for r in rows]) for m in CV_METRICS}}  # fmt: skip
+            fold_row = {
+                "level": "fold",
+                "fold": k,
+                "patient": "",
+                "image": "",
+                "train_minutes": minutes,
+                **{m: _nanmean([r[m] for r in rows]) for m in CV_METRICS},
+            }
             runs = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")
             for m in CV_METRICS:
                 if runs and not math.isnan(fold_row[m]):
@@ -322,11 +400,25 @@ def _tabulate(out: str, client, parent: str) -> dict:
         return {"rows": [], "summary": {}, "results_csv": None, "complete": False}
     summary = summarise_folds(rows)
     minutes = [r["train_minutes"] for r in fold_rows if not math.isnan(float(r["train_minutes"]))]
-    summary["train_minutes"] = {"fold_mean": float(np.mean(minutes)) if minutes else float("nan"),
-                                "fold_std": float(np.std(minutes)) if minutes else float("nan")}  # fmt: skip
+    summary["train_minutes"] = {
+        "fold_mean": float(np.mean(minutes)) if minutes else float("nan"),
+        "fold_std": float(np.std(minutes)) if minutes else float("nan"),
+    }
     csv_path = os.path.join(out, "cv_results.csv")
-    columns = ["level", "fold", "patient", "image", *CV_METRICS, "volume_ml", "label_volume_ml", "n_la_slices",
-               "min_la_area_mm2", "train_minutes", "seconds", "reasons"]  # fmt: skip
+    columns = [
+        "level",
+        "fold",
+        "patient",
+        "image",
+        *CV_METRICS,
+        "volume_ml",
+        "label_volume_ml",
+        "n_la_slices",
+        "min_la_area_mm2",
+        "train_minutes",
+        "seconds",
+        "reasons",
+    ]
     columns = list(dict.fromkeys(columns))
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, columns, extrasaction="ignore")
@@ -342,8 +434,10 @@ def _tabulate(out: str, client, parent: str) -> dict:
                 client.log_metric(parent, f"{m}_{stat}", x)
     for p in (csv_path, os.path.join(out, "cv_summary.json"), os.path.join(out, FOLDS_FILE)):
         client.log_artifact(parent, p)
-    line = ", ".join(f"{m} {summary[m]['fold_mean']:.3f}±{summary[m]['fold_std']:.3f}"
-                     for m in ("dice", "hd95_mm", "asd_mm", "slice_f1"))  # fmt: skip
+    line = ", ".join(
+        f"{m} {summary[m]['fold_mean']:.3f}±{summary[m]['fold_std']:.3f}"
+        for m in ("dice", "hd95_mm", "asd_mm", "slice_f1")
+    )
     logger.info(f"cross-validation {len(fold_rows)}/{n_folds} folds, {len(rows)} volumes: {line}")
     return {"rows": rows, "summary": summary, "results_csv": csv_path, "complete": len(fold_rows) == n_folds}
 
@@ -391,8 +485,11 @@ def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: 
     for p in plans[1:]:
         if p["network_def"] != first["network_def"] or p["preprocessing"] != first["preprocessing"]:
             raise ValueError(f"{cv_dir}: the folds' networks or preprocessing differ; they cannot form one ensemble")
-    state = {f"members.{k}.{name}": (v.half() if half and v.is_floating_point() else v)
-             for k, s in enumerate(states) for name, v in s.items()}  # fmt: skip
+    state = {
+        f"members.{k}.{name}": (v.half() if half and v.is_floating_point() else v)
+        for k, s in enumerate(states)
+        for name, v in s.items()
+    }
     os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
     tmp = f"{ckpt_path}.{os.getpid()}.tmp"
     torch.save(state, tmp)
@@ -409,11 +506,16 @@ def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: 
         "la_bounds": first.get("la_bounds") or asdict(LABounds()),
         "tuning": {"min_la_area_mm2": {"per_fold": areas, "rule": "median of the folds' validation choices"}},
         "cross_validation": {"folds": n, "summary": summary["summary"], "volumes": summary["volumes"]},
-        "provenance": {**first.get("provenance", {}), "cross_validation_dir": os.path.abspath(cv_dir),
-                       "cross_validation_command": json.load(open(os.path.join(cv_dir, "cv_state.json"))).get("command", ""),
-                       "export_command": command, "weights": "float16" if half else "float32"},  # fmt: skip
+        "provenance": {
+            **first.get("provenance", {}),
+            "cross_validation_dir": os.path.abspath(cv_dir),
+            "cross_validation_command": json.load(open(os.path.join(cv_dir, "cv_state.json"))).get("command", ""),
+            "export_command": command,
+            "weights": "float16" if half else "float32",
+        },
     }
     write_plan(ckpt_path, body)
-    logger.info(f"ensemble of {n} folds: {ckpt_path} ({os.path.getsize(ckpt_path) / 1e6:.1f} MB), plan "
-                f"{plan_path(ckpt_path)}")  # fmt: skip
+    logger.info(
+        f"ensemble of {n} folds: {ckpt_path} ({os.path.getsize(ckpt_path) / 1e6:.1f} MB), plan {plan_path(ckpt_path)}"
+    )
     return ckpt_path

@@ -31,18 +31,38 @@ import torch
 
 from bundle.data.datalist import SCORE_KEYS
 
-__all__ = ["QA_STRATEGIES", "TABLE2_METRICS", "export_qa_ensemble", "qa_cross_validate", "score_predictions",
-           "seed_ensembles"]
+__all__ = [
+    "QA_STRATEGIES",
+    "TABLE2_METRICS",
+    "export_qa_ensemble",
+    "qa_cross_validate",
+    "score_predictions",
+    "seed_ensembles",
+]
 
 logger = logging.getLogger(__name__)
 
 QA_STRATEGIES = ("reference", "region", "artifact")
 TABLE2_METRICS = ("precision", "recall", "f1", "specificity", "balanced_accuracy", "auroc", "ece")
 TTA_FLIPS = ((), (0,), (1,), (0, 1))
-DEFAULT_RECIPE = {"pixel_mm": 1.0, "size": 64, "margin": 4, "normalise": 0.5, "epochs": 100, "slices_per_scan": 8,
-                  "scans_per_batch": 8, "lr": 2e-3, "weight_decay": 1e-4, "ema_decay": 0.98, "loss_level": "slice",
-                  "ordinal": True, "network": {"intensity_stats": True, "stats_skip": True}, "threshold": 0.5,
-                  "pretrain_epochs": 60, "stats_prior": True}  # fmt: skip
+DEFAULT_RECIPE = {
+    "pixel_mm": 1.0,
+    "size": 64,
+    "margin": 4,
+    "normalise": 0.5,
+    "epochs": 100,
+    "slices_per_scan": 8,
+    "scans_per_batch": 8,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "ema_decay": 0.98,
+    "loss_level": "slice",
+    "ordinal": True,
+    "network": {"intensity_stats": True, "stats_skip": True},
+    "threshold": 0.5,
+    "pretrain_epochs": 60,
+    "stats_prior": True,
+}
 
 
 def score_predictions(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, dict[str, float]]:
@@ -77,8 +97,10 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
 
         feats = {k: np.stack([region_features(s.images) for s in v]) for k, v in part.items()}
         fit_x, fit_y = np.concatenate([feats["train"], feats["val"]]), np.concatenate([y["train"], y["val"]])
-        logits = {"test": fit_predict_region_reference(fit_x, fit_y, feats["test"], seed),
-                  "val": fit_predict_region_reference(feats["train"], y["train"], feats["val"], seed)}  # fmt: skip
+        logits = {
+            "test": fit_predict_region_reference(fit_x, fit_y, feats["test"], seed),
+            "val": fit_predict_region_reference(feats["train"], y["train"], feats["val"], seed),
+        }
         temperature = [1.0] * 4  # a logistic regression's own probabilities
     else:
         init = None
@@ -86,22 +108,40 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
             from bundle.engines.artifact_pretrain import pretrain_encoder
 
             train_clean = [c for c in clean if c.patient in set(fold["train"])]
-            init, extra["pretrain"] = pretrain_encoder(train_clean, network=recipe["network"], size=recipe["size"],
-                                                       epochs=recipe["pretrain_epochs"], seed=seed)  # fmt: skip
-        model = train_region_qa(part["train"], network=recipe["network"], size=recipe["size"], epochs=recipe["epochs"],
-                                slices_per_scan=recipe["slices_per_scan"], scans_per_batch=recipe["scans_per_batch"],
-                                lr=recipe["lr"], weight_decay=recipe["weight_decay"], ema_decay=recipe["ema_decay"],
-                                loss_level=recipe["loss_level"], ordinal=recipe["ordinal"],
-                                stats_prior=recipe.get("stats_prior", False), seed=seed, init=init)  # fmt: skip
+            init, extra["pretrain"] = pretrain_encoder(
+                train_clean, network=recipe["network"], size=recipe["size"], epochs=recipe["pretrain_epochs"], seed=seed
+            )
+        model = train_region_qa(
+            part["train"],
+            network=recipe["network"],
+            size=recipe["size"],
+            epochs=recipe["epochs"],
+            slices_per_scan=recipe["slices_per_scan"],
+            scans_per_batch=recipe["scans_per_batch"],
+            lr=recipe["lr"],
+            weight_decay=recipe["weight_decay"],
+            ema_decay=recipe["ema_decay"],
+            loss_level=recipe["loss_level"],
+            ordinal=recipe["ordinal"],
+            stats_prior=recipe.get("stats_prior", False),
+            seed=seed,
+            init=init,
+        )
         torch.save(model.state_dict(), os.path.join(out, "model.pt"))
         logits = {k: scan_logits(model, part[k], recipe["size"], TTA_FLIPS) for k in ("val", "test")}
         temperature = _fit_temperatures(logits["val"], y["val"])
     seconds = time.time() - t0
-    pred = {"strategy": strategy, "seed": seed, "seconds": seconds, "temperature": temperature, **extra,
-            **{f"{k}_scans": [s.name for s in part[k]] for k in ("val", "test")},
-            **{f"{k}_patients": [s.patient for s in part[k]] for k in ("val", "test")},
-            **{f"{k}_logits": logits[k].tolist() for k in ("val", "test")},
-            **{f"{k}_targets": y[k].tolist() for k in ("val", "test")}}  # fmt: skip
+    pred = {
+        "strategy": strategy,
+        "seed": seed,
+        "seconds": seconds,
+        "temperature": temperature,
+        **extra,
+        **{f"{k}_scans": [s.name for s in part[k]] for k in ("val", "test")},
+        **{f"{k}_patients": [s.patient for s in part[k]] for k in ("val", "test")},
+        **{f"{k}_logits": logits[k].tolist() for k in ("val", "test")},
+        **{f"{k}_targets": y[k].tolist() for k in ("val", "test")},
+    }
     return pred
 
 
@@ -171,8 +211,18 @@ def qa_cross_validate(
 
         clean = clean_region_scans(lists["segmentation"], cache_dir or os.path.join(output_dir, "cache"), recipe)
     with open(os.path.join(output_dir, "recipe.json"), "w", encoding="utf-8") as f:
-        json.dump({"recipe": recipe, "strategies": list(strategies), "seeds": list(seeds), "command": command,
-                   "datalist": path, "mask_dir": mask_dir}, f, indent=1)  # fmt: skip
+        json.dump(
+            {
+                "recipe": recipe,
+                "strategies": list(strategies),
+                "seeds": list(seeds),
+                "command": command,
+                "datalist": path,
+                "mask_dir": mask_dir,
+            },
+            f,
+            indent=1,
+        )
     tracking_uri = tracking_uri or f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'mlruns.db'))}"
     client, experiment_id = _mlflow_client(tracking_uri, "qa_crossval")
     state_file = os.path.join(output_dir, "mlflow_parent.json")
@@ -180,10 +230,19 @@ def qa_cross_validate(
         with open(state_file, encoding="utf-8") as f:
             parent = json.load(f)["parent_run_id"]
     else:
-        parent = _parent_run(client, experiment_id, f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
-                             {"kind": "qa_crossval", "command": command[:5000]},
-                             {"folds": len(fold_list), "seeds": list(seeds), "strategies": list(strategies),
-                              **{f"recipe.{k}": v for k, v in recipe.items()}}, None)  # fmt: skip
+        parent = _parent_run(
+            client,
+            experiment_id,
+            f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
+            {"kind": "qa_crossval", "command": command[:5000]},
+            {
+                "folds": len(fold_list),
+                "seeds": list(seeds),
+                "strategies": list(strategies),
+                **{f"recipe.{k}": v for k, v in recipe.items()},
+            },
+            None,
+        )
         with open(state_file, "w", encoding="utf-8") as f:
             json.dump({"parent_run_id": parent}, f)
     todo = range(len(fold_list)) if run_folds is None else [int(k) for k in run_folds]
@@ -218,8 +277,11 @@ def qa_cross_validate(
 
 def _log_child(client, experiment_id: str, parent: str, pred: dict, threshold: float) -> None:
     probs, targets = _calibrated(pred)
-    run = client.create_run(experiment_id, run_name=f"{pred['strategy']}_fold{pred['fold']}_seed{pred['seed']}",
-                            tags={"mlflow.parentRunId": parent})  # fmt: skip
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{pred['strategy']}_fold{pred['fold']}_seed{pred['seed']}",
+        tags={"mlflow.parentRunId": parent},
+    )
     rid = run.info.run_id
     for k in ("strategy", "fold", "seed"):
         client.log_param(rid, k, str(pred[k]))
@@ -251,15 +313,25 @@ def seed_ensembles(preds: Sequence[dict]) -> list[dict]:
     for k, members in sorted(by_fold.items()):
         if len(members) < 2:
             continue
-        mean = {f"{part}_logits": np.mean([np.asarray(m[f"{part}_logits"]).reshape(-1, 4) for m in members], 0)
-                for part in ("val", "test")}  # fmt: skip
+        mean = {
+            f"{part}_logits": np.mean([np.asarray(m[f"{part}_logits"]).reshape(-1, 4) for m in members], 0)
+            for part in ("val", "test")
+        }
         first = members[0]
         temperature = _fit_temperatures(mean["val_logits"], np.asarray(first["val_targets"]).reshape(-1, 4))
-        out.append({**{key: first[key] for key in first if key.startswith(("val_", "test_"))},
-                    "strategy": f"{first['strategy']}_ensemble", "fold": k, "seed": 0,
-                    "seeds": sorted(m["seed"] for m in members), "seconds": float(sum(m["seconds"] for m in members)),
-                    "val_logits": mean["val_logits"].tolist(), "test_logits": mean["test_logits"].tolist(),
-                    "temperature": temperature})  # fmt: skip
+        out.append(
+            {
+                **{key: first[key] for key in first if key.startswith(("val_", "test_"))},
+                "strategy": f"{first['strategy']}_ensemble",
+                "fold": k,
+                "seed": 0,
+                "seeds": sorted(m["seed"] for m in members),
+                "seconds": float(sum(m["seconds"] for m in members)),
+                "val_logits": mean["val_logits"].tolist(),
+                "test_logits": mean["test_logits"].tolist(),
+                "temperature": temperature,
+            }
+        )
     return out
 
 
@@ -302,26 +374,51 @@ def write_table2(output_dir: str, strategies: Sequence[str], threshold: float = 
             logits = np.asarray(pred["test_logits"]).reshape(-1, 4)
             for i, scan in enumerate(pred["test_scans"]):
                 for j, label in enumerate(SCORE_KEYS):
-                    rows.append({"strategy": strategy, "seed": pred["seed"], "fold": pred["fold"], "scan": scan,
-                                 "patient": pred["test_patients"][i], "label": label,
-                                 "target": int(targets[i, j]), "logit": float(logits[i, j]),
-                                 "probability": float(probs[i, j]),
-                                 "verdict": int(is_diagnostic(probs[i, j], threshold))})  # fmt: skip
+                    rows.append(
+                        {
+                            "strategy": strategy,
+                            "seed": pred["seed"],
+                            "fold": pred["fold"],
+                            "scan": scan,
+                            "patient": pred["test_patients"][i],
+                            "label": label,
+                            "target": int(targets[i, j]),
+                            "logit": float(logits[i, j]),
+                            "probability": float(probs[i, j]),
+                            "verdict": int(is_diagnostic(probs[i, j], threshold)),
+                        }
+                    )
         pooled = {}
         for seed in pooled_p:
             pooled[seed] = score_predictions(np.concatenate(pooled_y[seed]), np.concatenate(pooled_p[seed]), threshold)
         curves[strategy] = (np.concatenate(pooled_y[min(pooled_y)]), np.concatenate(pooled_p[min(pooled_p)]))
         table[strategy] = {
-            "runs": len(preds), "minutes_per_fold": float(np.mean([p["seconds"] for p in preds]) / 60),
+            "runs": len(preds),
+            "minutes_per_fold": float(np.mean([p["seconds"] for p in preds]) / 60),
             "folds": {label: {m: _fmt([r[label][m] for r in per_run]) for m in TABLE2_METRICS} for label in SCORE_KEYS},
-            "pooled": {label: {m: float(np.nanmean([pooled[s][label][m] for s in pooled])) for m in TABLE2_METRICS}
-                       for label in SCORE_KEYS},
-        }  # fmt: skip
+            "pooled": {
+                label: {m: float(np.nanmean([pooled[s][label][m] for s in pooled])) for m in TABLE2_METRICS}
+                for label in SCORE_KEYS
+            },
+        }
     files = {}
     files["oof"] = os.path.join(output_dir, "oof_predictions.csv")
     with open(files["oof"], "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["strategy", "seed", "fold", "scan", "patient", "label", "target", "logit",
-                                          "probability", "verdict"])  # fmt: skip
+        w = csv.DictWriter(
+            f,
+            fieldnames=[
+                "strategy",
+                "seed",
+                "fold",
+                "scan",
+                "patient",
+                "label",
+                "target",
+                "logit",
+                "probability",
+                "verdict",
+            ],
+        )
         w.writeheader()
         w.writerows(rows)
     files["csv"] = os.path.join(output_dir, "table2.csv")
@@ -330,14 +427,32 @@ def write_table2(output_dir: str, strategies: Sequence[str], threshold: float = 
         w.writerow(["strategy", "label", "aggregate", *TABLE2_METRICS, "runs", "minutes_per_fold"])
         for s, t in table.items():
             for label in SCORE_KEYS:
-                w.writerow([s, label, "folds", *[t["folds"][label][m] for m in TABLE2_METRICS], t["runs"],
-                            f"{t['minutes_per_fold']:.2f}"])  # fmt: skip
-                w.writerow([s, label, "pooled", *[f"{t['pooled'][label][m]:.3f}" for m in TABLE2_METRICS], t["runs"],
-                            f"{t['minutes_per_fold']:.2f}"])  # fmt: skip
+                w.writerow(
+                    [
+                        s,
+                        label,
+                        "folds",
+                        *[t["folds"][label][m] for m in TABLE2_METRICS],
+                        t["runs"],
+                        f"{t['minutes_per_fold']:.2f}",
+                    ]
+                )
+                w.writerow(
+                    [
+                        s,
+                        label,
+                        "pooled",
+                        *[f"{t['pooled'][label][m]:.3f}" for m in TABLE2_METRICS],
+                        t["runs"],
+                        f"{t['minutes_per_fold']:.2f}",
+                    ]
+                )
     files["md"] = os.path.join(output_dir, "table2.md")
     with open(files["md"], "w", encoding="utf-8") as f:
-        f.write(f"Out-of-fold scan verdicts at threshold {threshold} (mean ± std over folds x seeds; pooled in "
-                "brackets: all out-of-fold scans at once).\n\n")  # fmt: skip
+        f.write(
+            f"Out-of-fold scan verdicts at threshold {threshold} (mean ± std over folds x seeds; pooled in "
+            "brackets: all out-of-fold scans at once).\n\n"
+        )
         f.write("| strategy | label | " + " | ".join(TABLE2_METRICS) + " | min/fold |\n")
         f.write("|" + "---|" * (len(TABLE2_METRICS) + 3) + "\n")
         for s, t in table.items():
@@ -380,8 +495,13 @@ def _pictures(output_dir: str, curves: dict) -> dict[str, str]:
             r = reliability_curve(p[:, j], y[:, j], n_bins=5)
             ax.plot(r["mean_prob"], r["frac_pos"], "o-", label=s)
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(title=f"{label}: reliability (5 bins)", xlabel="mean predicted probability", ylabel="fraction diagnostic",
-               xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+        ax.set(
+            title=f"{label}: reliability (5 bins)",
+            xlabel="mean predicted probability",
+            ylabel="fraction diagnostic",
+            xlim=(0, 1),
+            ylim=(0, 1),
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     files["reliability"] = os.path.join(output_dir, "reliability.png")
@@ -390,8 +510,14 @@ def _pictures(output_dir: str, curves: dict) -> dict[str, str]:
     return files
 
 
-def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", overwrite: bool = False,
-                       command: str = "", all_seeds: bool = True) -> str:  # fmt: skip
+def export_qa_ensemble(
+    cv_dir: str,
+    ckpt_path: str,
+    strategy: str = "region",
+    overwrite: bool = False,
+    command: str = "",
+    all_seeds: bool = True,
+) -> str:
     """The fold models of a finished QA cross-validation (every seed, or the first) as one checkpoint with its plan.
 
     The ensemble averages the members' logits (:class:`bundle.networks.Ensemble`, ``combine="logit"``); its
@@ -413,12 +539,16 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
         meta = json.load(f)
     recipe = meta["recipe"]
     if recipe["network"].get("pooling", "none") != "none":
-        raise ValueError(f"{cv_dir}: a recipe with {recipe['network']['pooling']} pooling cannot be exported: "
-                         "inference takes the mean of the slice logits (bundle.metrics.scan_verdict), not a learned "
-                         "pooling")  # fmt: skip
+        raise ValueError(
+            f"{cv_dir}: a recipe with {recipe['network']['pooling']} pooling cannot be exported: "
+            "inference takes the mean of the slice logits (bundle.metrics.scan_verdict), not a learned "
+            "pooling"
+        )
     if recipe["network"].get("la_stats"):
-        raise ValueError(f"{cv_dir}: a recipe with la_stats cannot be exported: inference gives the QA network the "
-                         "LA region alone, not its mask as a second channel")  # fmt: skip
+        raise ValueError(
+            f"{cv_dir}: a recipe with la_stats cannot be exported: inference gives the QA network the "
+            "LA region alone, not its mask as a second channel"
+        )
     preds = []
     folder = os.path.join(cv_dir, strategy)
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -433,8 +563,11 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
     first_seed = min(p["seed"] for p in preds)
     preds = sorted((p for p in preds if all_seeds or p["seed"] == first_seed), key=lambda p: (p["fold"], p["seed"]))
     states = [torch.load(os.path.join(p["dir"], "model.pt"), map_location="cpu", weights_only=True) for p in preds]
-    ens = {f"members.{k}.{n}": (v.half() if v.is_floating_point() else v) for k, s in enumerate(states)
-           for n, v in s.items()}  # fmt: skip
+    ens = {
+        f"members.{k}.{n}": (v.half() if v.is_floating_point() else v)
+        for k, s in enumerate(states)
+        for n, v in s.items()
+    }
     ensembled = {e["fold"]: e for e in seed_ensembles(preds)}
     calibrated = [*ensembled.values(), *(p for p in preds if p["fold"] not in ensembled)]  # folds with one seed
     val_logits = np.concatenate([np.asarray(p["val_logits"]).reshape(-1, 4) for p in calibrated])
@@ -444,8 +577,14 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
     tmp = ckpt_path + ".tmp"
     torch.save(ens, tmp)
     os.replace(tmp, ckpt_path)
-    net = {"_target_": "bundle.networks.QANet", "layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128],
-           "head_channels": 32, "qa_channels": 16, **recipe["network"]}  # fmt: skip
+    net = {
+        "_target_": "bundle.networks.QANet",
+        "layers": [1, 1, 1, 1],
+        "block_inplanes": [16, 32, 64, 128],
+        "head_channels": 32,
+        "qa_channels": 16,
+        **recipe["network"],
+    }
     table = {}
     t2 = os.path.join(cv_dir, "table2.csv")
     if os.path.isfile(t2):
@@ -453,22 +592,44 @@ def export_qa_ensemble(cv_dir: str, ckpt_path: str, strategy: str = "region", ov
             table = [r for r in csv.DictReader(f) if r["strategy"] in (strategy, f"{strategy}_ensemble")]
     plan = {
         "kind": "qa",
-        "network_def": {"_target_": "bundle.networks.Ensemble", "network": net, "members": len(states),
-                        "combine": "logit"},  # fmt: skip
+        "network_def": {
+            "_target_": "bundle.networks.Ensemble",
+            "network": net,
+            "members": len(states),
+            "combine": "logit",
+        },
         "labels": list(SCORE_KEYS),
-        "preprocessing": {"intensity": INTENSITY, "region": {"pixel_mm": recipe["pixel_mm"], "size": recipe["size"],
-                                                             "normalise": recipe["normalise"]},
-                          "slices": "the LA slices of the detected mask (bundle.inference.la_slices)"},  # fmt: skip
-        "decision": {"rule": "mean_logit", "threshold": recipe["threshold"], "temperature": temperature,
-                     "refer_uncertainty": 0.05},  # fmt: skip
+        "preprocessing": {
+            "intensity": INTENSITY,
+            "region": {"pixel_mm": recipe["pixel_mm"], "size": recipe["size"], "normalise": recipe["normalise"]},
+            "slices": "the LA slices of the detected mask (bundle.inference.la_slices)",
+        },
+        "decision": {
+            "rule": "mean_logit",
+            "threshold": recipe["threshold"],
+            "temperature": temperature,
+            "refer_uncertainty": 0.05,
+        },
         "cam_layer": "members.0.encoder.layer4",
-        "calibration": {"method": "temperature scaling per label on the pooled validation folds",
-                        "validation_scans": len(val_logits)},  # fmt: skip
-        "cross_validation": {"dir": os.path.abspath(cv_dir), "strategy": strategy, "folds": [p["fold"] for p in preds],
-                             "seeds": [p["seed"] for p in preds], "table2": table},  # fmt: skip
-        "provenance": {"data": meta.get("datalist"), "recipe": recipe, "cv_command": meta.get("command"),
-                       "export_command": command, "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
-                       "torch": torch.__version__},  # fmt: skip
+        "calibration": {
+            "method": "temperature scaling per label on the pooled validation folds",
+            "validation_scans": len(val_logits),
+        },
+        "cross_validation": {
+            "dir": os.path.abspath(cv_dir),
+            "strategy": strategy,
+            "folds": [p["fold"] for p in preds],
+            "seeds": [p["seed"] for p in preds],
+            "table2": table,
+        },
+        "provenance": {
+            "data": meta.get("datalist"),
+            "recipe": recipe,
+            "cv_command": meta.get("command"),
+            "export_command": command,
+            "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+            "torch": torch.__version__,
+        },
     }
     write_plan(ckpt_path, plan)
     return ckpt_path

@@ -20,13 +20,27 @@ import logging
 
 import numpy as np
 
-__all__ = ["FEATURES", "REGION_FEATURES", "fit_predict_reference", "fit_predict_region_reference", "region_features",
-           "slice_features"]
+__all__ = [
+    "FEATURES",
+    "REGION_FEATURES",
+    "fit_predict_reference",
+    "fit_predict_region_reference",
+    "region_features",
+    "slice_features",
+]
 
 logger = logging.getLogger(__name__)
 
-FEATURES = ("la_mean", "la_std", "wall_mean", "la_wall_contrast", "background_mean", "la_background_contrast",
-            "edge_gradient", "laplacian_var")  # fmt: skip
+FEATURES = (
+    "la_mean",
+    "la_std",
+    "wall_mean",
+    "la_wall_contrast",
+    "background_mean",
+    "la_background_contrast",
+    "edge_gradient",
+    "laplacian_var",
+)
 
 
 def slice_features(image: np.ndarray, mask: np.ndarray, ring: int = 3, margin: int = 10) -> np.ndarray:
@@ -99,8 +113,9 @@ def fit_predict_reference(train, test, seed: int = 0) -> tuple[np.ndarray, np.nd
         if len(classes) < 2:  # one class only in training: predict it
             probs[:, j] = float(classes[0]) if len(classes) else 0.5
             continue
-        model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
-                              LogisticRegression(max_iter=2000, random_state=seed))  # fmt: skip
+        model = make_pipeline(
+            SimpleImputer(strategy="median"), StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)
+        )
         model.fit(x_train, y_train[:, j])
         probs[:, j] = model.predict_proba(x_test)[:, 1] if len(x_test) else probs[:, j]
     logger.info(f"reference: logistic regression on {len(FEATURES)} LA statistics, {len(x_train)} training slices")
@@ -132,8 +147,9 @@ def region_features(images: np.ndarray) -> np.ndarray:
     return np.array([*p, p[2] - p[0], grad[inside].mean() / med, lap[inside].mean() / med])
 
 
-def fit_predict_region_reference(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0,
-                                 c: float = 1.0) -> np.ndarray:  # fmt: skip
+def fit_predict_region_reference(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0, c: float = 1.0
+) -> np.ndarray:
     """Class-balanced logistic regression per label (scikit-learn: median imputation, standardisation) on scan
     features; returns the test logits ``(n_test, labels)`` (decision at 0, as the networks').
 
@@ -150,8 +166,11 @@ def fit_predict_region_reference(x_train: np.ndarray, y_train: np.ndarray, x_tes
         if len(classes) < 2:
             out[:, j] = 10.0 if len(classes) and classes[0] == 1 else -10.0
             continue
-        model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
-                              LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed))
+        model = make_pipeline(
+            SimpleImputer(strategy="median"),
+            StandardScaler(),
+            LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed),
+        )
         model.fit(x_train, y_train[:, j])
         if len(x_test):
             out[:, j] = model.decision_function(x_test)

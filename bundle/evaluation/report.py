@@ -43,14 +43,24 @@ def score_predictions(volumes: np.ndarray, probs: np.ndarray, targets: np.ndarra
         metrics["slice"][name] = binary_metrics(targets[:, j], probs[:, j] > threshold, probs[:, j])
         metrics["mode"][name] = binary_metrics(scan_targets[:, j], scans["mode"][:, j], scans["mode_score"][:, j])
         metrics["mean"][name] = binary_metrics(scan_targets[:, j], scans["mean_pred"][:, j], scans["mean"][:, j])
-    return {"n_slices": int(len(volumes)), "n_scans": int(len(scans["volume"])), "metrics": metrics, "scans": scans,
-            "scan_targets": scan_targets}  # fmt: skip
+    return {
+        "n_slices": int(len(volumes)),
+        "n_scans": int(len(scans["volume"])),
+        "metrics": metrics,
+        "scans": scans,
+        "scan_targets": scan_targets,
+    }
 
 
 def flatten_metrics(metrics: dict, prefix: str = "test") -> dict[str, float]:
     """``{level: {label: {metric: v}}}`` as ``{"<prefix>_<level>_<label>_<metric>": v}`` (MLflow metric names)."""
-    return {f"{prefix}_{level}_{label}_{m}": float(v) for level, per in metrics.items() for label, ms in per.items()
-            for m, v in ms.items() if m != "n"}  # fmt: skip
+    return {
+        f"{prefix}_{level}_{label}_{m}": float(v)
+        for level, per in metrics.items()
+        for label, ms in per.items()
+        for m, v in ms.items()
+        if m != "n"
+    }
 
 
 def write_report(
@@ -78,7 +88,10 @@ def write_report(
     scored = score_predictions(volumes, probs, targets, threshold)
     scans = scored["scans"]
     names = [scan_names[int(v)] if int(v) < len(scan_names) else str(v) for v in scans["volume"]]
-    sp = {"scan": [scan_names[int(v)] if int(v) < len(scan_names) else str(v) for v in volumes], "slice": np.asarray(slices)}
+    sp = {
+        "scan": [scan_names[int(v)] if int(v) < len(scan_names) else str(v) for v in volumes],
+        "slice": np.asarray(slices),
+    }
     for j, name in enumerate(SCORE_KEYS):
         sp[f"{name}_true"], sp[f"{name}_prob"] = np.asarray(targets)[:, j].astype(int), np.asarray(probs)[:, j]
     pd.DataFrame(sp).to_csv(os.path.join(output_dir, "slice_predictions.csv"), index=False)
@@ -90,13 +103,23 @@ def write_report(
     pd.DataFrame(sc).to_csv(os.path.join(output_dir, "scan_predictions.csv"), index=False)
     rows = [{"level": lv, "label": lb, **ms} for lv, per in scored["metrics"].items() for lb, ms in per.items()]
     pd.DataFrame(rows).to_csv(os.path.join(output_dir, "metrics.csv"), index=False)
-    summary = {"part": part, "n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "threshold": threshold,
-               "metrics": scored["metrics"]}  # fmt: skip
+    summary = {
+        "part": part,
+        "n_slices": scored["n_slices"],
+        "n_scans": scored["n_scans"],
+        "threshold": threshold,
+        "metrics": scored["metrics"],
+    }
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     for agg, key in (("mode", "mode"), ("mean", "mean_pred")):
-        plot_confusion_matrices(scored["scan_targets"], scans[key], SCORE_KEYS, os.path.join(output_dir, f"confusion_{agg}.png"),
-                                f"{title} {part} scans ({scored['n_scans']}), verdict by {agg}".strip())  # fmt: skip
+        plot_confusion_matrices(
+            scored["scan_targets"],
+            scans[key],
+            SCORE_KEYS,
+            os.path.join(output_dir, f"confusion_{agg}.png"),
+            f"{title} {part} scans ({scored['n_scans']}), verdict by {agg}".strip(),
+        )
     return summary
 
 
@@ -109,8 +132,11 @@ def report_summary(metrics_file: str, level: str = "mode", label: str = "fibrosi
     with open(metrics_file) as f:
         s = json.load(f)
     m = s["metrics"][level][label]
-    text = " ".join(f"{k}={m[k]:.3f}" for k in ("precision", "recall", "f1", "specificity", "auroc", "balanced_accuracy")
-                    if not math.isnan(m[k]))  # fmt: skip
+    text = " ".join(
+        f"{k}={m[k]:.3f}"
+        for k in ("precision", "recall", "f1", "specificity", "auroc", "balanced_accuracy")
+        if not math.isnan(m[k])
+    )
     line = f"{s['part']} ({s['n_scans']} scans, {s['n_slices']} slices, verdict by {level}): {label} {text}"
     logger.info(line)
     print(line, flush=True)
@@ -151,7 +177,13 @@ class QAReport:
         if projection not in ("tsne", "umap", "none"):
             raise ValueError(f"projection must be 'tsne', 'umap' or 'none', got {projection!r}")
         self.output_dir, self.scan_names, self.part = output_dir, list(scan_names), part
-        self.threshold, self.network, self.projection, self.seed, self.title = threshold, network, projection, seed, title
+        self.threshold, self.network, self.projection, self.seed, self.title = (
+            threshold,
+            network,
+            projection,
+            seed,
+            title,
+        )
         self.summary: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -164,7 +196,9 @@ class QAReport:
 
     def reset(self, engine: Engine) -> None:
         self._vol, self._sl, self._prob, self._tgt, self._emb = [], [], [], [], []
-        self._handle = self.network.encoder.avgpool.register_forward_hook(self._hook) if self.network is not None else None
+        self._handle = (
+            self.network.encoder.avgpool.register_forward_hook(self._hook) if self.network is not None else None
+        )
 
     def collect(self, engine: Engine) -> None:
         prob, target = qa_outputs(engine.state.output)
@@ -183,13 +217,19 @@ class QAReport:
             return
         vol, sl = np.concatenate(self._vol), np.concatenate(self._sl)
         prob, tgt = np.concatenate(self._prob), np.concatenate(self._tgt)
-        self.summary = write_report(self.output_dir, vol, sl, prob, tgt, self.scan_names, self.threshold, self.part,
-                                    self.title)  # fmt: skip
+        self.summary = write_report(
+            self.output_dir, vol, sl, prob, tgt, self.scan_names, self.threshold, self.part, self.title
+        )
         engine.state.metrics.update(flatten_metrics(self.summary["metrics"], self.part))
         if self._emb and sum(map(len, self._emb)) == len(vol):
             emb = np.concatenate(self._emb)
-            np.savez_compressed(os.path.join(self.output_dir, "embeddings.npz"), embeddings=emb.astype(np.float32),
-                                volume=vol, slice=sl, target=tgt.astype(np.int8))  # fmt: skip
+            np.savez_compressed(
+                os.path.join(self.output_dir, "embeddings.npz"),
+                embeddings=emb.astype(np.float32),
+                volume=vol,
+                slice=sl,
+                target=tgt.astype(np.int8),
+            )
             if self.projection != "none" and len(emb) >= 3:
                 from bundle.evaluation.plots import plot_embeddings, project_embeddings
 

@@ -11,7 +11,6 @@ import os
 
 import torch
 from ignite.engine import Engine, Events
-
 from monai.handlers import CheckpointLoader
 
 from bundle.outputs import atomic_write

@@ -157,7 +157,9 @@ class BatchSnapshot:
             pred = [d["pred"] for d in out]
             if isinstance(pred[0], dict):  # multi-task: QA logits and LA logits
                 captions = [f"p {_caption(torch.sigmoid(torch.as_tensor(p['qa'])))}" for p in pred]
-                preds = np.stack([_to_numpy(torch.sigmoid(torch.as_tensor(p["seg"])))[0] > self.threshold for p in pred])
+                preds = np.stack(
+                    [_to_numpy(torch.sigmoid(torch.as_tensor(p["seg"])))[0] > self.threshold for p in pred]
+                )
             elif _to_numpy(pred[0]).ndim == 3:  # a (binarised) LA prediction
                 preds = np.stack([_to_numpy(p)[0] > self.threshold for p in pred])
             elif _to_numpy(pred[0]).ndim == 1:  # QA logits
@@ -177,9 +179,17 @@ class BatchSnapshot:
             names = []
             for i in pick:
                 b = bitems[i // views]
-                name = f"vol {int(b['volume'])} slice {int(b['slice'])}" + (f" view {i % views + 1}" if views > 1 else "")
+                name = f"vol {int(b['volume'])} slice {int(b['slice'])}" + (
+                    f" view {i % views + 1}" if views > 1 else ""
+                )
                 if self.caption_key and self.caption_key in b:
                     name += f"\ny {_caption(b[self.caption_key])} {captions[i // views]}".rstrip()
                 names.append(name)
-        save_slice_grid(images[pick], self.output_file, None if labels is None else labels[pick],
-                        None if preds is None else preds[pick], names, self.title)  # fmt: skip
+        save_slice_grid(
+            images[pick],
+            self.output_file,
+            None if labels is None else labels[pick],
+            None if preds is None else preds[pick],
+            names,
+            self.title,
+        )

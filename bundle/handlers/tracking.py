@@ -10,7 +10,6 @@ import threading
 from collections.abc import Sequence
 
 from ignite.engine import Engine, Events
-
 from monai.handlers import MLFlowHandler
 
 from bundle.errors import TrainingInterrupted
@@ -41,7 +40,7 @@ def prepare_tracking_store(tracking_uri: str, experiment_name: str | None = None
         return uri
     import mlflow
 
-    path = uri[len("sqlite:///"):]
+    path = uri[len("sqlite:///") :]
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     with open(os.path.abspath(path) + ".lock", "a") as lock:
         try:
@@ -145,9 +144,11 @@ class MLflowTracker(MLFlowHandler):
                 self._dispose_sqlite_store()
         if isinstance(e, KeyboardInterrupt):
             epoch, last = getattr(engine.state, "epoch", 0), getattr(engine.state, "last_checkpoint", None)
-            how = (f"continue with --resume_from {last}" if last else "no epoch finished yet")
-            raise TrainingInterrupted(f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; {how} (a "
-                             "cross-validation reruns only its unfinished folds)") from None
+            how = f"continue with --resume_from {last}" if last else "no epoch finished yet"
+            raise TrainingInterrupted(
+                f"interrupted in epoch {epoch}: MLflow run {run_id} marked {status}; {how} (a "
+                "cross-validation reruns only its unfinished folds)"
+            ) from None
         raise e
 
     @property

@@ -1,5 +1,6 @@
 """Two-stage inference: LA detection on every slice, quality assessment of the LA slices, reports."""
 
+from bundle.inference.detector import load_detector, load_volume, plan_inferer, segment_la
 from bundle.inference.report import (
     CSV_COLUMNS,
     STATUSES,
@@ -15,4 +16,3 @@ from bundle.inference.stage1 import ResizedSliceInferer, SliceOutput, SpacingSli
 from bundle.inference.stage2 import QALogits, QAResult, QAStage, qa_verdict
 from bundle.inference.weights import check_qa_input, detector_plan, load_weights, qa_network, qa_plan
 from bundle.inference.workflow import TwoStageStep, VolumeDataset, describe_error, detect_la_volume, volume_problem
-from bundle.inference.detector import load_detector, load_volume, plan_inferer, segment_la

@@ -29,9 +29,14 @@ def load_detector(ckpt_path: str, device: str | torch.device = "cpu") -> tuple[t
 
 def plan_inferer(plan: dict, batch_size: int = 32) -> ResizedSliceInferer:
     """Stage 1's inferer for a plan's preprocessing."""
-    return detector_inferer(spatial_size=plan["spatial_size"], pixel_mm=plan["pixel_mm"],
-                            context=plan["context_slices"], context_mm=plan["context_mm"],
-                            slice_axis=plan["slice_axis"], batch_size=batch_size)  # fmt: skip
+    return detector_inferer(
+        spatial_size=plan["spatial_size"],
+        pixel_mm=plan["pixel_mm"],
+        context=plan["context_slices"],
+        context_mm=plan["context_mm"],
+        slice_axis=plan["slice_axis"],
+        batch_size=batch_size,
+    )
 
 
 def load_volume(path: str) -> torch.Tensor:
@@ -42,8 +47,13 @@ def load_volume(path: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def segment_la(network: torch.nn.Module, plan: dict, volume: torch.Tensor, inferer: ResizedSliceInferer | None = None,
-               device: str | torch.device | None = None) -> dict:  # fmt: skip
+def segment_la(
+    network: torch.nn.Module,
+    plan: dict,
+    volume: torch.Tensor,
+    inferer: ResizedSliceInferer | None = None,
+    device: str | torch.device | None = None,
+) -> dict:
     """Stage 1 on one normalised channel-first volume: :func:`detect_la_volume`'s dict plus ``axis`` and ``logits``.
 
     Args:
@@ -57,7 +67,14 @@ def segment_la(network: torch.nn.Module, plan: dict, volume: torch.Tensor, infer
     device = device or next(network.parameters()).device
     s1 = inferer.predict_slices(volume.to(device), network)
     logits = inferer.to_volume(s1.logits.cpu(), volume, s1.axis)
-    out = detect_la_volume(logits, volume, s1.axis, plan["la_threshold"], plan["keep_largest"],
-                           plan["min_la_area_mm2"], LABounds(**(plan.get("la_bounds") or {})))  # fmt: skip
+    out = detect_la_volume(
+        logits,
+        volume,
+        s1.axis,
+        plan["la_threshold"],
+        plan["keep_largest"],
+        plan["min_la_area_mm2"],
+        LABounds(**(plan.get("la_bounds") or {})),
+    )
     out.update(axis=s1.axis, logits=logits)
     return out

@@ -94,41 +94,54 @@ def _la_chart(la_prob: list[float], threshold: float, selected: set[int]) -> str
         for i, p in enumerate(la_prob)
     )
     ty = h - threshold * h
-    return (f'<svg width="{w}" height="{h + 18}" viewBox="0 0 {w} {h + 18}" role="img">{bars}'
-            f'<line x1="0" x2="{w}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#1d232a" stroke-dasharray="4 3"/>'
-            f'<text x="2" y="{h + 14}" font-size="11">slice 0</text><text x="{w - 2}" y="{h + 14}" font-size="11" '
-            f'text-anchor="end">slice {n - 1}</text><text x="{w - 2}" y="{max(ty - 3, 10):.1f}" font-size="11" '
-            f'text-anchor="end">t = {threshold}</text></svg>')  # fmt: skip
+    return (
+        f'<svg width="{w}" height="{h + 18}" viewBox="0 0 {w} {h + 18}" role="img">{bars}'
+        f'<line x1="0" x2="{w}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#1d232a" stroke-dasharray="4 3"/>'
+        f'<text x="2" y="{h + 14}" font-size="11">slice 0</text><text x="{w - 2}" y="{h + 14}" font-size="11" '
+        f'text-anchor="end">slice {n - 1}</text><text x="{w - 2}" y="{max(ty - 3, 10):.1f}" font-size="11" '
+        f'text-anchor="end">t = {threshold}</text></svg>'
+    )
 
 
 def _header(result) -> str:
     e, d = html.escape, result.detail
     series = f"<br>Series <code>{e(result.series_uid)}</code> {e(d.get('series_description', ''))}"
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>LA LGE-MRI quality: {e(result.name)}"
-            f"</title><style>{CSS}</style></head><body><h1>Left-atrial LGE-MRI: quality for fibrosis assessment</h1>"
-            f"<div class=meta>Input <code>{e(result.input)}</code>{series if result.series_uid else ''}"
-            f"<br>{result.n_slices} slices along voxel axis {d.get('slice_axis', '?')}; {result.n_la_slices} with "
-            f"left atrium<br>Report created {time.strftime('%Y-%m-%d %H:%M')}</div>")  # fmt: skip
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>LA LGE-MRI quality: {e(result.name)}"
+        f"</title><style>{CSS}</style></head><body><h1>Left-atrial LGE-MRI: quality for fibrosis assessment</h1>"
+        f"<div class=meta>Input <code>{e(result.input)}</code>{series if result.series_uid else ''}"
+        f"<br>{result.n_slices} slices along voxel axis {d.get('slice_axis', '?')}; {result.n_la_slices} with "
+        f"left atrium<br>Report created {time.strftime('%Y-%m-%d %H:%M')}</div>"
+    )
 
 
 def _verdict(result, qa_t: float) -> str:
     e, d = html.escape, result.detail
     if result.status == "no_left_atrium":
-        return (f'<div class="verdict none"><div class=big>No left atrium found</div><div>{e(result.message)}</div>'
-                "<div class=refer>REFER: check the scan's field of view and orientation</div></div>")  # fmt: skip
+        return (
+            f'<div class="verdict none"><div class=big>No left atrium found</div><div>{e(result.message)}</div>'
+            "<div class=refer>REFER: check the scan's field of view and orientation</div></div>"
+        )
     if result.diagnostic is None:
-        return (f'<div class="verdict none"><div class=big>Left atrium found; quality not assessed</div>'
-                f"<div>{e(result.message)}</div></div>")  # fmt: skip
+        return (
+            f'<div class="verdict none"><div class=big>Left atrium found; quality not assessed</div>'
+            f"<div>{e(result.message)}</div></div>"
+        )
     votes, n_views = d.get("slice_votes", [0, 0]), len(d.get("verdict", {}).get("tta_p", []))
     word, css = ("DIAGNOSTIC", "ok") if result.diagnostic else ("NON-DIAGNOSTIC", "bad")
-    refer = (f"<div class=refer>REFER to a reader: {e(result.message)}</div>" if result.refer else
-             "<div class=note>Verdict stable under flips; slice vote and mean probability agree.</div>")  # fmt: skip
-    out = [f'<div class="verdict {css}"><div class=big>{word} for fibrosis assessment</div>'
-           f"<div>Mode over the {result.n_la_slices} LA slices: {votes[0]} diagnostic, {votes[1]} non-diagnostic. "
-           f"Mean probability diagnostic: {result.p_fibrosis:.3f} (threshold {qa_t}). Uncertainty (spread over "
-           f"{n_views} flipped views): {result.uncertainty:.3f}.</div>{refer}</div>",
-           "<h2>Image-quality attributes</h2><table><tr><th class=l>attribute</th><th>probability diagnostic</th>"
-           "<th class=l>reading</th></tr>"]  # fmt: skip
+    refer = (
+        f"<div class=refer>REFER to a reader: {e(result.message)}</div>"
+        if result.refer
+        else "<div class=note>Verdict stable under flips; slice vote and mean probability agree.</div>"
+    )
+    out = [
+        f'<div class="verdict {css}"><div class=big>{word} for fibrosis assessment</div>'
+        f"<div>Mode over the {result.n_la_slices} LA slices: {votes[0]} diagnostic, {votes[1]} non-diagnostic. "
+        f"Mean probability diagnostic: {result.p_fibrosis:.3f} (threshold {qa_t}). Uncertainty (spread over "
+        f"{n_views} flipped views): {result.uncertainty:.3f}.</div>{refer}</div>",
+        "<h2>Image-quality attributes</h2><table><tr><th class=l>attribute</th><th>probability diagnostic</th>"
+        "<th class=l>reading</th></tr>",
+    ]
     for k in SCORE_KEYS:
         p = getattr(result, f"p_{k}")
         reading = "diagnostic" if p >= qa_t else "non-diagnostic"
@@ -162,16 +175,20 @@ def _cams(result) -> str:
         return ""
     lookup = {int(i): k for k, i in enumerate(v.get("indices", []))}
     what = "diagnostic" if result.diagnostic else "non-diagnostic"
-    out = [f"<h2>What decided the verdict: HiResCAM</h2><div class=note>The {len(cam_idx)} slice(s) that voted {what} "
-           f"most confidently; red marks the regions whose features pushed the fibrosis-quality output towards {what} "
-           "(HiResCAM, Draelos &amp; Carin 2020, on the QA network's last convolutional stage).</div>"
-           "<div class=grid>"]  # fmt: skip
+    out = [
+        f"<h2>What decided the verdict: HiResCAM</h2><div class=note>The {len(cam_idx)} slice(s) that voted {what} "
+        f"most confidently; red marks the regions whose features pushed the fibrosis-quality output towards {what} "
+        "(HiResCAM, Draelos &amp; Carin 2020, on the QA network's last convolutional stage).</div>"
+        "<div class=grid>"
+    ]
     for cam, idx in zip(cams, cam_idx):
         img = images[lookup[int(idx)]]
         plain, heat = png_base64(_gray(img)), png_base64(heat_overlay(img, cam))
-        out.append(f'<figure class=cam><img alt="slice {idx}" src="{plain}"><figcaption>slice {idx}</figcaption>'
-                   f'</figure><figure class=cam><img alt="HiResCAM slice {idx}" src="{heat}"><figcaption>HiResCAM '
-                   f"slice {idx}</figcaption></figure>")  # fmt: skip
+        out.append(
+            f'<figure class=cam><img alt="slice {idx}" src="{plain}"><figcaption>slice {idx}</figcaption>'
+            f'</figure><figure class=cam><img alt="HiResCAM slice {idx}" src="{heat}"><figcaption>HiResCAM '
+            f"slice {idx}</figcaption></figure>"
+        )
     return "".join(out) + "</div>"
 
 
@@ -180,13 +197,17 @@ def _slice_table(slices: list[dict], qa_t: float) -> str:
     if not rows or rows[0].get("p_fibrosis") is None:
         return ""
     head = "".join(f"<th>{k}</th>" for k in SCORE_KEYS)
-    out = [f"<h2>Per-slice probabilities (LA slices)</h2><table><tr><th>slice</th><th>LA</th>{head}"
-           "<th>spread over flips</th><th>vote</th></tr>"]  # fmt: skip
+    out = [
+        f"<h2>Per-slice probabilities (LA slices)</h2><table><tr><th>slice</th><th>LA</th>{head}"
+        "<th>spread over flips</th><th>vote</th></tr>"
+    ]
     for s in rows:
         cells = "".join(_p_cell(s.get(f"p_{k}"), qa_t) for k in SCORE_KEYS)
         vote = "diagnostic" if s.get("vote") else "non-diagnostic"
-        out.append(f"<tr><td>{s['index']}</td><td>{s['la_prob']:.3f}</td>{cells}"
-                   f"<td>{s.get('fibrosis_spread', 0):.3f}</td><td>{vote}</td></tr>")  # fmt: skip
+        out.append(
+            f"<tr><td>{s['index']}</td><td>{s['la_prob']:.3f}</td>{cells}"
+            f"<td>{s.get('fibrosis_spread', 0):.3f}</td><td>{vote}</td></tr>"
+        )
     return "".join(out) + "</table>"
 
 
@@ -199,14 +220,16 @@ def render_report(result, settings: dict | None = None) -> str:
     selected = {s["index"] for s in slices if s.get("selected")}
     chart = _la_chart([s["la_prob"] for s in slices], la_t, selected)
     footer = html.escape(", ".join(f"{k}={settings[k]}" for k in sorted(settings)))
-    return "".join([
-        _header(result),
-        _verdict(result, qa_t),
-        "<h2>Left-atrium probability per slice</h2><div class=note>Highest LA probability on each slice (stage 1); "
-        f"slices at or above t = {la_t} (red) are assessed.</div>{chart}",
-        _montage(result, slices),
-        _cams(result),
-        _slice_table(slices, qa_t),
-        f"<footer>Settings: {footer}<br>Research use only: flags scans whose quality may be insufficient for "
-        "fibrosis assessment; not for clinical decisions.</footer></body></html>",
-    ])  # fmt: skip
+    return "".join(
+        [
+            _header(result),
+            _verdict(result, qa_t),
+            "<h2>Left-atrium probability per slice</h2><div class=note>Highest LA probability on each slice (stage 1); "
+            f"slices at or above t = {la_t} (red) are assessed.</div>{chart}",
+            _montage(result, slices),
+            _cams(result),
+            _slice_table(slices, qa_t),
+            f"<footer>Settings: {footer}<br>Research use only: flags scans whose quality may be insufficient for "
+            "fibrosis assessment; not for clinical decisions.</footer></body></html>",
+        ]
+    )

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from bundle.errors import InputError
 from bundle.io.dicom_outputs import (
     DicomOutputError,
     dicom_output_names,
@@ -28,7 +29,6 @@ from bundle.io.dicom_outputs import (
     write_seg,
     write_sr,
 )
-from bundle.errors import InputError
 from bundle.io.discover import Discovery, Source
 from bundle.outputs import (
     CSV_COLUMNS,
@@ -43,8 +43,17 @@ from bundle.outputs import (
 )
 from bundle.utils import as_bool
 
-__all__ = ["CSV_COLUMNS", "STATUSES", "ReportWriter", "ScanResult", "exit_status", "pending_volumes", "planned_outputs",
-           "prepare_outputs", "previous_results"]  # fmt: skip
+__all__ = [
+    "CSV_COLUMNS",
+    "STATUSES",
+    "ReportWriter",
+    "ScanResult",
+    "exit_status",
+    "pending_volumes",
+    "planned_outputs",
+    "prepare_outputs",
+    "previous_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +95,15 @@ class ScanResult:
     @classmethod
     def from_source(cls, src: Source) -> ScanResult:
         """The row of an input that discovery skipped or could not read."""
-        return cls(input=src.input, series_uid=src.series_uid, n_slices=src.n_slices, status=src.status,
-                   message=src.message, name=src.name, detail={k: v for k, v in src.info.items() if v})  # fmt: skip
+        return cls(
+            input=src.input,
+            series_uid=src.series_uid,
+            n_slices=src.n_slices,
+            status=src.status,
+            message=src.message,
+            name=src.name,
+            detail={k: v for k, v in src.info.items() if v},
+        )
 
     @classmethod
     def from_dict(cls, record: dict) -> ScanResult:
@@ -223,15 +239,21 @@ def pending_volumes(discovery: Discovery, output_dir: str, resume: bool = False,
     """The dataset items still to assess: every volume, or with ``resume`` those an earlier run did not finish."""
     done = previous_results(output_dir, discovery, as_bool(html)) if as_bool(resume) else {}
     if done:
-        logger.info(f"resuming: {len(done)} scan(s) already assessed in {output_dir}, "
-                    f"{len(discovery.volumes) - len(done)} to go")  # fmt: skip
+        logger.info(
+            f"resuming: {len(done)} scan(s) already assessed in {output_dir}, "
+            f"{len(discovery.volumes) - len(done)} to go"
+        )
     return [v for v in discovery.volumes if v["name"] not in done]
 
 
 def prepare_outputs(
-    discovery: Discovery, output_dir: str, overwrite: bool = False, html: bool = True, resume: bool = False,
+    discovery: Discovery,
+    output_dir: str,
+    overwrite: bool = False,
+    html: bool = True,
+    resume: bool = False,
     dicom: bool = True,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Check, before any work, that ``output_dir`` can be written; create and hold it (a lock against a second run);
     refuse to replace existing outputs unless ``overwrite`` (or ``resume``: an interrupted run is continued).
 
@@ -247,8 +269,10 @@ def prepare_outputs(
         names = ", ".join(os.path.basename(f) for f in existing[:3])
         if len(existing) > 3:
             names += f" and {len(existing) - 3} more"
-        raise OutputError(f"{output_dir} already holds {names}; pass --overwrite to replace them, "
-                         "--resume to continue an interrupted run, or choose another --output_dir")  # fmt: skip
+        raise OutputError(
+            f"{output_dir} already holds {names}; pass --overwrite to replace them, "
+            "--resume to continue an interrupted run, or choose another --output_dir"
+        )
     try:
         check_output_dir(output_dir)
         os.makedirs(output_dir, exist_ok=True)
@@ -299,16 +323,26 @@ class ReportWriter:
     """
 
     def __init__(
-        self, output_dir: str, discovery: Discovery, overwrite: bool = False, html: bool = True,
-        settings: dict | None = None, resume: bool = False, dicom: bool = True, low_memory: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        output_dir: str,
+        discovery: Discovery,
+        overwrite: bool = False,
+        html: bool = True,
+        settings: dict | None = None,
+        resume: bool = False,
+        dicom: bool = True,
+        low_memory: bool = False,
+    ) -> None:
         self.output_dir = output_dir
         self.discovery = discovery
         self.html = as_bool(html)
         self.dicom = as_bool(dicom)
         # the DICOM series' files, by output name: the scans that get a SEG and an SR
-        self._dicom_files = {s.name: s.image for s in discovery.sources
-                             if s.status == "ready" and self.dicom and is_dicom_series(s.image)}  # fmt: skip
+        self._dicom_files = {
+            s.name: s.image
+            for s in discovery.sources
+            if s.status == "ready" and self.dicom and is_dicom_series(s.image)
+        }
         self.resume = as_bool(resume)
         self.overwrite = as_bool(overwrite) or self.resume  # resumed: a scan assessed again replaces its own files
         self.settings = dict(settings or {})
@@ -321,7 +355,8 @@ class ReportWriter:
             fixed_mmap_threshold()
         # reports of another run are kept unless overwrite/resume (prepare_outputs refuses such a folder up front)
         self._keep_reports = not self.overwrite and any(
-            os.path.exists(os.path.join(output_dir, f)) for f in (REPORT_CSV, REPORT_JSON))
+            os.path.exists(os.path.join(output_dir, f)) for f in (REPORT_CSV, REPORT_JSON)
+        )
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
@@ -422,9 +457,17 @@ class ReportWriter:
                 out.append(ScanResult.from_source(src))
             else:
                 res = self.results.get(src.name)
-                out.append(res if res is not None else ScanResult(input=src.input, series_uid=src.series_uid,
-                                                                  name=src.name, status="error",
-                                                                  message=f"{src.input}: {missing}"))  # fmt: skip
+                out.append(
+                    res
+                    if res is not None
+                    else ScanResult(
+                        input=src.input,
+                        series_uid=src.series_uid,
+                        name=src.name,
+                        status="error",
+                        message=f"{src.input}: {missing}",
+                    )
+                )
         return out
 
     def write(self, final: bool = True) -> tuple[str, str]:
@@ -434,9 +477,14 @@ class ReportWriter:
             final: the run is over (``False``: a snapshot during the run; the JSON says ``"complete": false``).
         """
         rows = self.rows(final)
-        report = {"created": self.started, "complete": bool(final and not self.interrupted),
-                  "settings": self.settings, "counts": {s: sum(r.status == s for r in rows) for s in STATUSES},
-                  "ignored_files": self.discovery.ignored, "scans": [r.to_dict() for r in rows]}  # fmt: skip
+        report = {
+            "created": self.started,
+            "complete": bool(final and not self.interrupted),
+            "settings": self.settings,
+            "counts": {s: sum(r.status == s for r in rows) for s in STATUSES},
+            "ignored_files": self.discovery.ignored,
+            "scans": [r.to_dict() for r in rows],
+        }
         csv_path, json_path = os.path.join(self.output_dir, REPORT_CSV), os.path.join(self.output_dir, REPORT_JSON)
         if self._keep_reports:
             if final:
@@ -465,10 +513,13 @@ def exit_status(report: ReportWriter) -> int:
     if not report.written and os.path.isdir(report.output_dir):  # (prepare_outputs made it)
         report.write()
     rows = report.rows()
-    print(f"assessed {report.n_assessed} of {len(rows)} input volume(s)/series; report: "
-          f"{os.path.join(report.output_dir, REPORT_CSV)}")  # fmt: skip
+    print(
+        f"assessed {report.n_assessed} of {len(rows)} input volume(s)/series; report: "
+        f"{os.path.join(report.output_dir, REPORT_CSV)}"
+    )
     if report.n_assessed == 0:
         reasons = "; ".join(r.message for r in rows[:3] if r.message)
-        raise InputError(f"nothing could be assessed ({reasons or 'no input'}); see "
-                         f"{os.path.join(report.output_dir, REPORT_CSV)}")  # fmt: skip
+        raise InputError(
+            f"nothing could be assessed ({reasons or 'no input'}); see {os.path.join(report.output_dir, REPORT_CSV)}"
+        )
     return 0

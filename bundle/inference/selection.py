@@ -13,13 +13,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["LABounds", "LAMask", "LAMaskd", "implausible_la", "la_mask", "la_slices", "largest_component",
-           "voxel_volume_mm3"]
+__all__ = [
+    "LABounds",
+    "LAMask",
+    "LAMaskd",
+    "implausible_la",
+    "la_mask",
+    "la_slices",
+    "largest_component",
+    "voxel_volume_mm3",
+]
 
 
 def voxel_volume_mm3(img: torch.Tensor) -> float:
@@ -131,8 +138,9 @@ class LABounds:
     min_kept: float = 0.75
 
     def __post_init__(self) -> None:
-        if not (0 <= self.min_ml < self.max_ml and 0 <= self.min_extent_mm < self.max_extent_mm
-                and 0 <= self.min_kept <= 1):  # fmt: skip
+        if not (
+            0 <= self.min_ml < self.max_ml and 0 <= self.min_extent_mm < self.max_extent_mm and 0 <= self.min_kept <= 1
+        ):
             raise ValueError(f"inconsistent LA bounds {self}")
 
 
@@ -150,8 +158,9 @@ def implausible_la(volume_ml: float, extent_mm: float, kept: float, bounds: LABo
     if volume_ml < b.min_ml or volume_ml > b.max_ml:
         reasons.append(f"LA volume {volume_ml:.1f} ml outside {b.min_ml:g}-{b.max_ml:g} ml")
     if extent_mm < b.min_extent_mm or extent_mm > b.max_extent_mm:
-        reasons.append(f"LA extent {extent_mm:.1f} mm along the slice axis outside {b.min_extent_mm:g}-"
-                       f"{b.max_extent_mm:g} mm")  # fmt: skip
+        reasons.append(
+            f"LA extent {extent_mm:.1f} mm along the slice axis outside {b.min_extent_mm:g}-{b.max_extent_mm:g} mm"
+        )
     if kept < b.min_kept:
         reasons.append(f"only {100 * kept:.0f}% of the detected LA is one connected piece (< {100 * b.min_kept:.0f}%)")
     return reasons
@@ -182,8 +191,13 @@ class LAMaskd(MapTransform):
 
     backend = LAMask.backend
 
-    def __init__(self, keys: KeysCollection = "pred", threshold: float = 0.5, keep_largest: bool = True,
-                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        threshold: float = 0.5,
+        keep_largest: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.masker = LAMask(threshold, keep_largest)
 

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
-
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import ensure_tuple_rep
@@ -60,9 +59,12 @@ class ResizedSliceInferer(Inferer):
     """
 
     def __init__(
-        self, spatial_size: int | Sequence[int] = 128, slice_axis: int | None = None, batch_size: int = 32,
+        self,
+        spatial_size: int | Sequence[int] = 128,
+        slice_axis: int | None = None,
+        batch_size: int = 32,
         mode: str = "bilinear",
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -129,15 +131,33 @@ class SpacingSliceInferer(ResizedSliceInferer):
     """
 
     def __init__(
-        self, pixel_mm: float = 1.25, roi_size: int | Sequence[int] = 128, slice_axis: int | None = None,
-        batch_size: int = 32, context: int = 0, context_mm: float | None = None, overlap: float = 0.25,
+        self,
+        pixel_mm: float = 1.25,
+        roi_size: int | Sequence[int] = 128,
+        slice_axis: int | None = None,
+        batch_size: int = 32,
+        context: int = 0,
+        context_mm: float | None = None,
+        overlap: float = 0.25,
         mode: str = "bilinear",
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(spatial_size=roi_size, slice_axis=slice_axis, batch_size=batch_size, mode=mode)
-        self.slicer = ExtractSlices(spatial_size=None, slice_axis=slice_axis, mode=mode, pixel_mm=pixel_mm,
-                                    context=context, context_mm=context_mm)  # fmt: skip
-        self.window = SlidingWindowInferer(roi_size=self.spatial_size, sw_batch_size=self.batch_size, overlap=overlap,
-                                           mode="gaussian", padding_mode="constant", cval=0.0)  # fmt: skip
+        self.slicer = ExtractSlices(
+            spatial_size=None,
+            slice_axis=slice_axis,
+            mode=mode,
+            pixel_mm=pixel_mm,
+            context=context,
+            context_mm=context_mm,
+        )
+        self.window = SlidingWindowInferer(
+            roi_size=self.spatial_size,
+            sw_batch_size=self.batch_size,
+            overlap=overlap,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=0.0,
+        )
         self.pixel_mm = float(pixel_mm)
         self.resized_to = None
 
@@ -153,9 +173,13 @@ class SpacingSliceInferer(ResizedSliceInferer):
 
 
 def detector_inferer(
-    spatial_size: int = 128, pixel_mm: float | None = None, context: int = 0, context_mm: float | None = None,
-    slice_axis: int | None = None, batch_size: int = 32,
-) -> ResizedSliceInferer:  # fmt: skip
+    spatial_size: int = 128,
+    pixel_mm: float | None = None,
+    context: int = 0,
+    context_mm: float | None = None,
+    slice_axis: int | None = None,
+    batch_size: int = 32,
+) -> ResizedSliceInferer:
     """Stage 1's inferer for the detector's preprocessing: by pixel size when ``pixel_mm`` is set, else resized.
 
     Args:
@@ -170,5 +194,11 @@ def detector_inferer(
         if int(context):
             raise ValueError("context slices need pixel_mm (the resized-slice inferer is plain 2D)")
         return ResizedSliceInferer(spatial_size=spatial_size, slice_axis=slice_axis, batch_size=batch_size)
-    return SpacingSliceInferer(pixel_mm=pixel_mm, roi_size=spatial_size, slice_axis=slice_axis, batch_size=batch_size,
-                               context=context, context_mm=context_mm)  # fmt: skip
+    return SpacingSliceInferer(
+        pixel_mm=pixel_mm,
+        roi_size=spatial_size,
+        slice_axis=slice_axis,
+        batch_size=batch_size,
+        context=context,
+        context_mm=context_mm,
+    )

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from monai.utils import ensure_tuple_rep
 
 from bundle.data.datalist import SCORE_KEYS
@@ -49,8 +48,10 @@ class QALogits(torch.nn.Module):
         elif isinstance(out, (tuple, list)):
             out = out[0]
         if out.ndim != 2 or out.shape[1] != len(SCORE_KEYS):
-            raise ValueError(f"the QA network must return logits (N, {len(SCORE_KEYS)}) ordered {SCORE_KEYS}, "
-                             f"got shape {tuple(out.shape)}")  # fmt: skip
+            raise ValueError(
+                f"the QA network must return logits (N, {len(SCORE_KEYS)}) ordered {SCORE_KEYS}, "
+                f"got shape {tuple(out.shape)}"
+            )
         return torch.cat([out, -out], dim=1)
 
 
@@ -95,11 +96,19 @@ def qa_verdict(probs: np.ndarray, threshold: float = 0.5, refer_uncertainty: flo
     if any(v != diagnostic for v in tta_verdicts):
         reasons.append(f"flipped inputs change the verdict ({tta_verdicts})")
     return {
-        "p": p, "slice_p": slice_p, "slice_spread": probs[:, :, FIBROSIS].std(0),
-        "slice_votes": is_diagnostic(slice_p[:, FIBROSIS], threshold), "diagnostic": diagnostic,
-        "diagnostic_mean": diagnostic_mean, "tta_p": tta_p, "tta_verdicts": tta_verdicts, "uncertainty": uncertainty,
-        "refer": bool(reasons), "refer_reasons": reasons, "rule": rule,
-    }  # fmt: skip
+        "p": p,
+        "slice_p": slice_p,
+        "slice_spread": probs[:, :, FIBROSIS].std(0),
+        "slice_votes": is_diagnostic(slice_p[:, FIBROSIS], threshold),
+        "diagnostic": diagnostic,
+        "diagnostic_mean": diagnostic_mean,
+        "tta_p": tta_p,
+        "tta_verdicts": tta_verdicts,
+        "uncertainty": uncertainty,
+        "refer": bool(reasons),
+        "refer_reasons": reasons,
+        "rule": rule,
+    }
 
 
 @dataclass
@@ -165,8 +174,11 @@ class QAStage:
             raise ValueError(f"batch_size must be >= 1 and cam_slices >= 0, got {batch_size}, {cam_slices}")
         if rule not in VERDICT_RULES:
             raise ValueError(f"rule must be one of {VERDICT_RULES}, got {rule!r}")
-        t = np.ones(len(SCORE_KEYS)) if temperature is None else np.broadcast_to(
-            np.asarray(temperature, dtype=np.float64), (len(SCORE_KEYS),)).copy()  # fmt: skip
+        t = (
+            np.ones(len(SCORE_KEYS))
+            if temperature is None
+            else np.broadcast_to(np.asarray(temperature, dtype=np.float64), (len(SCORE_KEYS),)).copy()
+        )
         if not (np.isfinite(t).all() and (t > 0).all()):
             raise ValueError(f"temperature must be positive (one or {len(SCORE_KEYS)} values), got {temperature}")
         self.rule, self.temperature = rule, torch.as_tensor(t, dtype=torch.float32)
@@ -175,8 +187,11 @@ class QAStage:
             unknown = set(region) - {"pixel_mm", "size", "normalise"}
             if unknown or float(region.get("pixel_mm", 0)) <= 0 or int(region.get("size", 0)) < 1:
                 raise ValueError(f"region needs a positive pixel_mm and size (and optional normalise), got {region}")
-            self.region = {"pixel_mm": float(region["pixel_mm"]), "size": int(region["size"]),
-                           "normalise": float(region.get("normalise") or 0.0)}  # fmt: skip
+            self.region = {
+                "pixel_mm": float(region["pixel_mm"]),
+                "size": int(region["size"]),
+                "normalise": float(region.get("normalise") or 0.0),
+            }
             spatial_size = self.region["size"]
         self.spatial_size = None if spatial_size is None else tuple(int(s) for s in ensure_tuple_rep(spatial_size, 2))
         if self.spatial_size is not None and min(self.spatial_size) < 1:
@@ -192,8 +207,10 @@ class QAStage:
         self.cam_layer = cam_layer or None
         if self.cam_layer and self.cam_layer not in dict(network.named_modules()):
             children = [n for n, _ in network.named_children()][-3:]
-            raise ValueError(f"cam_layer {cam_layer!r} is not a module of the QA network ({type(network).__name__}); "
-                             f"its last children: {children}")  # fmt: skip
+            raise ValueError(
+                f"cam_layer {cam_layer!r} is not a module of the QA network ({type(network).__name__}); "
+                f"its last children: {children}"
+            )
         self._cam: HiResCAM | None = None
 
     @property
@@ -205,8 +222,12 @@ class QAStage:
         """Sigmoid outputs ``(T, S, 4)`` of the QA network on ``slices`` ``(S, 1, h, w)`` under each flip."""
         x = slices.to(self.device, torch.float32)
         views = torch.cat([x.flip(f) if f else x for f in self.flips])
-        logits = torch.cat([self.model(views[i : i + self.batch_size])[:, : len(SCORE_KEYS)]
-                            for i in range(0, len(views), self.batch_size)])  # fmt: skip
+        logits = torch.cat(
+            [
+                self.model(views[i : i + self.batch_size])[:, : len(SCORE_KEYS)]
+                for i in range(0, len(views), self.batch_size)
+            ]
+        )
         logits = logits / self.temperature.to(logits.device)
         return torch.sigmoid(logits).view(len(self.flips), len(x), -1).cpu().numpy()
 

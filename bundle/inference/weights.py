@@ -18,7 +18,8 @@ WEIGHT_HINTS = {
     "detector": "the bundle ships models/detector.pt (with models/detector.json); or train the LA detector with "
     "`python -m monai.bundle run training --config_file \"['configs/common.yaml','configs/train.yaml']\"` "
     "(writes models/model.pt and its plan models/model.json) and pass --ckpt_path models/model.pt",
-    "qa": "the bundle ships models/qa.pt (with models/qa.json; docs/model_card.md); or train the QA network with `python -m monai.bundle run training --config_file "
+    "qa": "the bundle ships models/qa.pt (with models/qa.json; docs/model_card.md); or train the QA network with "
+    "`python -m monai.bundle run training --config_file "
     "\"['configs/common.yaml','configs/qa_baseline.yaml']\"` (writes models/qa_baseline.pt), or put a trained state "
     "dict there or pass --qa_ckpt <file>; --run_qa false runs LA detection only",
 }
@@ -56,7 +57,7 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
             state = state[key]
     if not isinstance(state, dict):
         raise WeightsError(f"{name} checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -67,13 +68,19 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
         shapes = [k for k in expected & state.keys() if tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
         if shapes:
             k = sorted(shapes)[0]
-            detail = (f"{len(shapes)} tensors of other shapes, e.g. {k}: {tuple(state[k].shape)} in the file, "
-                      f"{tuple(own[k].shape)} in the network")  # fmt: skip
+            detail = (
+                f"{len(shapes)} tensors of other shapes, e.g. {k}: {tuple(state[k].shape)} in the file, "
+                f"{tuple(own[k].shape)} in the network"
+            )
         if missing or unexpected:
-            detail = (f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-                      f"(e.g. {unexpected[:2]})")  # fmt: skip
-        raise WeightsError(f"{name} checkpoint {path} does not fit the configured network ({detail}): "
-                         "was it trained with other network settings?") from None  # fmt: skip
+            detail = (
+                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:2]})"
+            )
+        raise WeightsError(
+            f"{name} checkpoint {path} does not fit the configured network ({detail}): "
+            "was it trained with other network settings?"
+        ) from None
     logger.info(f"{name}: weights from {path}")
     return network.eval()
 
@@ -91,8 +98,10 @@ def _load_problem(path: str, e: Exception) -> str:
         return "not a PyTorch checkpoint (neither the zip archive nor the pickle torch.save writes)"
     text = str(e)
     if "Weights only load failed" in text:
-        return ("it holds Python objects, not only tensors (a whole pickled model?); save the weights with "
-                "torch.save(model.state_dict(), path)")  # fmt: skip
+        return (
+            "it holds Python objects, not only tensors (a whole pickled model?); save the weights with "
+            "torch.save(model.state_dict(), path)"
+        )
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
@@ -108,8 +117,10 @@ def check_qa_input(plan: dict, spatial_size: int) -> None:
         WeightsError: one line when the checkpoint has a plan and ``spatial_size`` differs from it.
     """
     if plan.get("plan_file") and int(spatial_size) != int(plan["spatial_size"]):
-        raise WeightsError(f"qa_spatial_size {spatial_size} differs from the {plan['spatial_size']} that "
-                         f"{plan['plan_file']} was trained at; leave qa_spatial_size unset to use the plan's")
+        raise WeightsError(
+            f"qa_spatial_size {spatial_size} differs from the {plan['spatial_size']} that "
+            f"{plan['plan_file']} was trained at; leave qa_spatial_size unset to use the plan's"
+        )
 
 
 def detector_plan(ckpt_path: str) -> dict:

@@ -15,7 +15,6 @@ import logging
 import numpy as np
 import torch
 from ignite.engine import Engine
-
 from monai.data import Dataset, MetaTensor, list_data_collate
 from monai.engines.utils import IterationEvents
 
@@ -29,8 +28,7 @@ from bundle.io.dicom import MIN_SLICES, NotAVolume, VolumeError
 from bundle.transforms.region import region_to_slice
 from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
 
-__all__ = ["TwoStageStep", "VolumeDataset", "decision_logits", "describe_error", "detect_la_volume",
-           "volume_problem"]
+__all__ = ["TwoStageStep", "VolumeDataset", "decision_logits", "describe_error", "detect_la_volume", "volume_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +62,11 @@ class VolumeDataset(Dataset):
             while root.__cause__ is not None:
                 root = root.__cause__
             out = {k: v for k, v in data.items() if k != "image"}
-            out.update(image=MetaTensor(torch.zeros((1, 0, 0, 0))), error=describe_error(e, str(data.get("input", ""))),
-                       status="skipped" if isinstance(root, NotAVolume) else "error")  # fmt: skip
+            out.update(
+                image=MetaTensor(torch.zeros((1, 0, 0, 0))),
+                error=describe_error(e, str(data.get("input", ""))),
+                status="skipped" if isinstance(root, NotAVolume) else "error",
+            )
             return out
         out.setdefault("error", "")
         out.setdefault("status", "")
@@ -88,9 +89,14 @@ def volume_problem(volume: torch.Tensor, min_slices: int = MIN_SLICES, slice_axi
 
 
 def detect_la_volume(
-    logits: torch.Tensor, volume: torch.Tensor, axis: int, la_threshold: float = 0.5, keep_largest: bool = True,
-    min_la_area_mm2: float = 0.0, bounds: LABounds | None = None,
-) -> dict:  # fmt: skip
+    logits: torch.Tensor,
+    volume: torch.Tensor,
+    axis: int,
+    la_threshold: float = 0.5,
+    keep_largest: bool = True,
+    min_la_area_mm2: float = 0.0,
+    bounds: LABounds | None = None,
+) -> dict:
     """Stage 1's decisions on one volume from the detector's logits in its grid: mask, LA slices, plausibility.
 
     Args:
@@ -115,8 +121,16 @@ def detect_la_volume(
     volume_ml = float(mask.sum()) * voxel_volume_mm3(volume) / 1000.0
     extent = float(selected[-1] - selected[0] + 1) * slice_spacing(volume, axis) if len(selected) else 0.0
     reasons = implausible_la(volume_ml, extent, kept, bounds) if len(selected) else []
-    return {"mask": mask, "la_prob": la_prob, "areas": areas, "selected": selected, "la_volume_ml": volume_ml,
-            "la_extent_mm": extent, "la_kept": kept, "reasons": reasons}  # fmt: skip
+    return {
+        "mask": mask,
+        "la_prob": la_prob,
+        "areas": areas,
+        "selected": selected,
+        "la_volume_ml": volume_ml,
+        "la_extent_mm": extent,
+        "la_kept": kept,
+        "reasons": reasons,
+    }
 
 
 def decision_logits(mask: torch.Tensor) -> torch.Tensor:
@@ -147,10 +161,15 @@ class TwoStageStep:
     """
 
     def __init__(
-        self, qa_stage: QAStage | None = None, la_threshold: float = 0.5, min_slices: int = MIN_SLICES,
-        montage_no_la: int = 4, min_la_area_mm2: float = 0.0, keep_largest: bool = True,
+        self,
+        qa_stage: QAStage | None = None,
+        la_threshold: float = 0.5,
+        min_slices: int = MIN_SLICES,
+        montage_no_la: int = 4,
+        min_la_area_mm2: float = 0.0,
+        keep_largest: bool = True,
         la_bounds: dict | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not 0 < float(la_threshold) < 1:
             raise ValueError(f"la_threshold must be in (0, 1), got {la_threshold}")
         if float(min_la_area_mm2) < 0:
@@ -165,8 +184,10 @@ class TwoStageStep:
 
     def __call__(self, engine: Engine, batchdata: dict) -> dict:
         if not hasattr(engine.inferer, "predict_slices"):  # a configuration error, not a data error: stop
-            raise TypeError(f"the evaluator's inferer must be a bundle.inference.ResizedSliceInferer, got "
-                            f"{type(engine.inferer).__name__}")  # fmt: skip
+            raise TypeError(
+                f"the evaluator's inferer must be a bundle.inference.ResizedSliceInferer, got "
+                f"{type(engine.inferer).__name__}"
+            )
         if len(batchdata["name"]) != 1:
             n = len(batchdata["name"])
             raise ValueError(f"the inference dataloader's batch_size must be 1 (volumes differ in shape), got {n}")
@@ -227,28 +248,36 @@ class TwoStageStep:
         keep_slices = self.qa_stage is not None and self.qa_stage.region is None
         s1 = s1._replace(logits=None, slices=s1.slices if keep_slices else None)
         logits = logits if isinstance(logits, MetaTensor) else MetaTensor(logits, meta=volume.meta)
-        la = detect_la_volume(logits, volume, s1.axis, self.la_threshold, self.keep_largest, self.min_la_area_mm2,
-                              self.la_bounds)  # fmt: skip
+        la = detect_la_volume(
+            logits, volume, s1.axis, self.la_threshold, self.keep_largest, self.min_la_area_mm2, self.la_bounds
+        )
         logits = decision_logits(la["mask"])  # the float logit map is freed here
         la_prob, selected, t = la["la_prob"], la["selected"], self.la_threshold
         result.n_slices, result.n_la_slices = len(la_prob), len(selected)
         result.detail["slice_axis"] = s1.axis
         result.detail.update({k: la[k] for k in ("la_volume_ml", "la_extent_mm", "la_kept")})
         chosen = set(selected.tolist())
-        result.detail["slices"] = [{"index": i, "la_prob": float(p), "la_area_mm2": float(a), "selected": i in chosen}
-                                   for i, (p, a) in enumerate(zip(la_prob, la["areas"]))]  # fmt: skip
+        result.detail["slices"] = [
+            {"index": i, "la_prob": float(p), "la_area_mm2": float(a), "selected": i in chosen}
+            for i, (p, a) in enumerate(zip(la_prob, la["areas"]))
+        ]
         show = selected if len(selected) else np.sort(np.argsort(-la_prob, kind="stable")[: self.montage_no_la])
         # the pictures show the scan's own slices with the mask as written (both in the volume's grid)
         plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
         images = plain.movedim(1 + s1.axis, 0)[torch.as_tensor(show, dtype=torch.long), 0]
         masks = torch.as_tensor(la["mask"]).movedim(1 + s1.axis, 0)[torch.as_tensor(show, dtype=torch.long), 0]
-        result.visuals = {"images": images.float().cpu().numpy().astype(np.float16), "masks": masks.cpu().numpy() > 0,
-                          "indices": [int(i) for i in show]}  # fmt: skip
+        result.visuals = {
+            "images": images.float().cpu().numpy().astype(np.float16),
+            "masks": masks.cpu().numpy() > 0,
+            "indices": [int(i) for i in show],
+        }
         if not len(selected):
             top = int(np.argmax(la_prob))
             result.status, result.refer = "no_left_atrium", 1
-            result.message = (f"no slice with an LA of at least {self.min_la_area_mm2:g} mm2 at probability >= {t} "
-                              f"(highest probability {la_prob[top]:.3f}, slice {top})")  # fmt: skip
+            result.message = (
+                f"no slice with an LA of at least {self.min_la_area_mm2:g} mm2 at probability >= {t} "
+                f"(highest probability {la_prob[top]:.3f}, slice {top})"
+            )
             return logits
         if self.qa_stage is None:
             result.status, result.message = "ok", "stage 2 (QA) not run: LA detection only"
@@ -265,8 +294,14 @@ class TwoStageStep:
             if self.qa_stage.region is not None and "cams" in result.visuals:  # window maps onto the whole slices
                 r = self.qa_stage.region
                 result.visuals["cams"] = region_to_slice(
-                    result.visuals["cams"].astype(np.float32), la["mask"].cpu(), s1.axis, images.shape[1:],
-                    in_plane_spacing(volume, s1.axis), r["pixel_mm"], r["size"]).astype(np.float16)  # fmt: skip
+                    result.visuals["cams"].astype(np.float32),
+                    la["mask"].cpu(),
+                    s1.axis,
+                    images.shape[1:],
+                    in_plane_spacing(volume, s1.axis),
+                    r["pixel_mm"],
+                    r["size"],
+                ).astype(np.float16)
         if la["reasons"]:
             result.status, result.refer = "implausible_la", 1
             result.detail["qa_reliable"] = False
@@ -289,8 +324,14 @@ class TwoStageStep:
             s.update(fibrosis_spread=float(v["slice_spread"][j]), vote=int(v["slice_votes"][j]))
         votes = int(v["slice_votes"].sum())
         result.detail.update(
-            verdict={"rule": v["rule"], "diagnostic_mode": v["diagnostic"], "diagnostic_mean": v["diagnostic_mean"],
-                     "tta_p": v["tta_p"], "tta_verdicts": v["tta_verdicts"], "refer_reasons": v["refer_reasons"]},
+            verdict={
+                "rule": v["rule"],
+                "diagnostic_mode": v["diagnostic"],
+                "diagnostic_mean": v["diagnostic_mean"],
+                "tta_p": v["tta_p"],
+                "tta_verdicts": v["tta_verdicts"],
+                "refer_reasons": v["refer_reasons"],
+            },
             slice_votes=[votes, len(selected) - votes],
             cam_slices=[int(selected[i]) for i in qa.cam_slices],
         )

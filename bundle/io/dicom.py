@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
-
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from pydicom.dataset import Dataset
 
 from bundle.errors import one_line
 
@@ -150,9 +149,16 @@ def frames_from_dataset(ds: Dataset, path: str) -> list[Frame]:
     if per_frame is None:
         spacing = _floats(ds.get("PixelSpacing"), 2)
         slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        frame = Frame(path, None if n_frames == 1 else 0, _floats(ds.get("ImagePositionPatient"), 3),
-                      _floats(ds.get("ImageOrientationPatient"), 6), None if spacing is None else tuple(spacing),
-                      shape, slope, intercept)  # fmt: skip
+        frame = Frame(
+            path,
+            None if n_frames == 1 else 0,
+            _floats(ds.get("ImagePositionPatient"), 3),
+            _floats(ds.get("ImageOrientationPatient"), 6),
+            None if spacing is None else tuple(spacing),
+            shape,
+            slope,
+            intercept,
+        )
         if n_frames == 1:
             return [frame]
         # a multi-frame file without functional groups (e.g. old multi-frame MR): frames stacked along the normal
@@ -180,11 +186,18 @@ def frames_from_dataset(ds: Dataset, path: str) -> list[Frame]:
         spacing = _floats(attr("PixelMeasuresSequence", "PixelSpacing"), 2)
         slope = attr("PixelValueTransformationSequence", "RescaleSlope")
         intercept = attr("PixelValueTransformationSequence", "RescaleIntercept")
-        frames.append(Frame(path, i, _floats(attr("PlanePositionSequence", "ImagePositionPatient"), 3),
-                            _floats(attr("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
-                            None if spacing is None else tuple(spacing), shape,
-                            float(slope) if slope not in (None, "") else 1.0,
-                            float(intercept) if intercept not in (None, "") else 0.0))  # fmt: skip
+        frames.append(
+            Frame(
+                path,
+                i,
+                _floats(attr("PlanePositionSequence", "ImagePositionPatient"), 3),
+                _floats(attr("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+                None if spacing is None else tuple(spacing),
+                shape,
+                float(slope) if slope not in (None, "") else 1.0,
+                float(intercept) if intercept not in (None, "") else 0.0,
+            )
+        )
     return frames
 
 
@@ -213,12 +226,17 @@ def volume_geometry(
         raise NotAVolume("no image frames")
     if n == 1:
         raise NotAVolume("a single 2D image, not a volume")
-    for tag, attr in (("ImagePositionPatient", "position"), ("ImageOrientationPatient", "orientation"),
-                      ("PixelSpacing", "spacing")):  # fmt: skip
+    for tag, attr in (
+        ("ImagePositionPatient", "position"),
+        ("ImageOrientationPatient", "orientation"),
+        ("PixelSpacing", "spacing"),
+    ):
         bad = [f for f in frames if getattr(f, attr) is None]
         if bad:
-            raise NotAVolume(f"{len(bad)} of {n} frames without a valid {tag} (e.g. {os.path.basename(bad[0].path)}): "
-                             "no volume geometry")  # fmt: skip
+            raise NotAVolume(
+                f"{len(bad)} of {n} frames without a valid {tag} (e.g. {os.path.basename(bad[0].path)}): "
+                "no volume geometry"
+            )
     orient = frames[0].orientation
     n_orient = len({tuple(np.round(f.orientation, 3)) for f in frames})
     if n_orient > 1 or any(not np.allclose(f.orientation, orient, atol=1e-3) for f in frames):
@@ -238,14 +256,16 @@ def volume_geometry(
     gaps = np.diff(dist)
     n_pos = int(1 + np.sum(gaps > 1e-3))
     if n_pos < n:
-        raise NotAVolume(f"{n} frames at {n_pos} distinct positions: several echoes, phases or acquisitions "
-                         "in one series")  # fmt: skip
+        raise NotAVolume(
+            f"{n} frames at {n_pos} distinct positions: several echoes, phases or acquisitions in one series"
+        )
     if n < min_slices:
         raise NotAVolume(f"only {n} slices (a localizer or scout?); a volume needs at least {min_slices}")
     median = float(np.median(gaps))
     if np.max(np.abs(gaps - median)) > spacing_tolerance * median:
-        raise NotAVolume(f"uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm): missing or "
-                         "overlapping slices")  # fmt: skip
+        raise NotAVolume(
+            f"uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm): missing or overlapping slices"
+        )
     ordered = [frames[i] for i in order]
     first, last = ordered[0].position, ordered[-1].position
     row_spacing, col_spacing = ordered[0].spacing
@@ -351,11 +371,15 @@ class DicomSeriesReader(ImageReader):
             if bad:  # the series is a volume only with the files that cannot be read: name the first of them
                 name = next(iter(bad))
                 more = f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else ""
-                raise DicomVolumeError(f"{name}: {bad[name]}{more}; the series is not a volume without it ({e})") from None
+                raise DicomVolumeError(
+                    f"{name}: {bad[name]}{more}; the series is not a volume without it ({e})"
+                ) from None
             raise NotAVolume(f"{names[0]}: {e}") from None
         if bad:  # at an end of the series: the others still form a volume, assessed without them
-            logger.warning(f"{os.path.dirname(names[0])}: left out {len(bad)} unreadable file(s): "
-                           + "; ".join(f"{os.path.basename(f)} ({why})" for f, why in bad.items()))  # fmt: skip
+            logger.warning(
+                f"{os.path.dirname(names[0])}: left out {len(bad)} unreadable file(s): "
+                + "; ".join(f"{os.path.basename(f)} ({why})" for f, why in bad.items())
+            )
         return DicomVolume(ordered, affine, datasets, bad)
 
     def _pick_series(self, folder: str) -> list[str]:
@@ -366,7 +390,7 @@ class DicomSeriesReader(ImageReader):
             except DicomVolumeError as e:
                 logger.warning(str(e))
         volumes = []
-        for uid, files in groups.items():
+        for files in groups.values():
             try:
                 frames = [fr for f in files for fr in frames_from_dataset(read_header(f), f)]
                 volume_geometry(frames, self.min_slices, self.spacing_tolerance)
@@ -374,8 +398,10 @@ class DicomSeriesReader(ImageReader):
             except NotAVolume:
                 continue
         if len(volumes) != 1:
-            raise DicomVolumeError(f"{folder}: holds {len(volumes)} DICOM series that form a volume, expected "
-                                   "one (the bundle's input discovery reads them all)")  # fmt: skip
+            raise DicomVolumeError(
+                f"{folder}: holds {len(volumes)} DICOM series that form a volume, expected "
+                "one (the bundle's input discovery reads them all)"
+            )
         return volumes[0]
 
     def get_data(self, img: DicomVolume) -> tuple[np.ndarray, dict]:
@@ -416,8 +442,14 @@ def pixel_data_problem(ds: Dataset) -> str | None:
     if syntax is not None and syntax.is_compressed:
         return None
     try:
-        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
-                    * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8)  # fmt: skip
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * int(ds.BitsAllocated)
+            // 8
+        )
     except (AttributeError, TypeError, ValueError):
         return None  # decoding will say what is wrong
     have = len(ds.PixelData)
@@ -450,8 +482,9 @@ def _decode(ds: Dataset, path: str) -> np.ndarray:
         arr = np.asarray(itk.GetArrayFromImage(itk.imread(path)), dtype=np.float64)
     except Exception as e:
         name = getattr(syntax, "name", syntax)
-        raise DicomVolumeError(f"{path}: cannot decode pixel data ({name}: neither pydicom nor ITK could: "
-                               f"{one_line(e)})") from e  # fmt: skip
+        raise DicomVolumeError(
+            f"{path}: cannot decode pixel data ({name}: neither pydicom nor ITK could: {one_line(e)})"
+        ) from e
     first = frames_from_dataset(ds, path)[0]  # GDCM rescales with the file's (or first frame's) values
     if first.slope != 1 or first.intercept != 0:
         arr = (arr - first.intercept) / first.slope

@@ -32,8 +32,17 @@ from pydicom.dataset import Dataset
 
 from bundle.io.dicom import DicomVolumeError, NotAVolume, frames_from_dataset, read_header, volume_geometry
 
-__all__ = ["CODES", "DicomOutputError", "SEG_SUFFIX", "SR_SUFFIX", "read_seg_mask", "read_sr_values", "series_headers",
-           "write_seg", "write_sr"]  # fmt: skip
+__all__ = [
+    "CODES",
+    "DicomOutputError",
+    "SEG_SUFFIX",
+    "SR_SUFFIX",
+    "read_seg_mask",
+    "read_sr_values",
+    "series_headers",
+    "write_seg",
+    "write_sr",
+]
 
 SEG_SUFFIX, SR_SUFFIX = "_la_seg.dcm", "_qa_sr.dcm"
 SCHEME = "99LALGEQA"
@@ -41,9 +50,17 @@ SOFTWARE = "la-lge-qa"
 SEGMENT_LABEL = "Left atrium blood pool"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9801, 9802
 TYPE2_DEFAULTS = {  # Type 2 in the patient, study and series modules: present, possibly empty
-    "PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "", "StudyDate": "", "StudyTime": "",
-    "ReferringPhysicianName": "", "StudyID": "", "AccessionNumber": "", "SeriesNumber": None,
-}  # fmt: skip
+    "PatientName": "",
+    "PatientID": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "ReferringPhysicianName": "",
+    "StudyID": "",
+    "AccessionNumber": "",
+    "SeriesNumber": None,
+}
 
 
 def _code(value: str, meaning: str):
@@ -140,9 +157,13 @@ def _on_grid(mask: np.ndarray, mask_affine: np.ndarray, affine: np.ndarray, shap
 
 
 def write_seg(
-    path: str, mask: np.ndarray, mask_affine: np.ndarray, files: str | Sequence[str], version: str,
+    path: str,
+    mask: np.ndarray,
+    mask_affine: np.ndarray,
+    files: str | Sequence[str],
+    version: str,
     headers: tuple | None = None,
-) -> Dataset:  # fmt: skip
+) -> Dataset:
     """Write the LA mask as a binary DICOM Segmentation of the source series (atomically).
 
     Args:
@@ -174,19 +195,35 @@ def write_seg(
     if len(srcs) == 1 and len(frames) > 1:  # one multi-frame file: frames in the file's own order
         order = np.argsort([fr.index for fr in frames])
         planes = planes[order]
-    algorithm = hd.AlgorithmIdentificationSequence(name=f"{SOFTWARE} LA detector", version=version,
-                                                   family=codes.DCM.ArtificialIntelligence)  # fmt: skip
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"{SOFTWARE} LA detector", version=version, family=codes.DCM.ArtificialIntelligence
+    )
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=SEGMENT_LABEL, segmented_property_category=codes.SCT.AnatomicalStructure,
-        segmented_property_type=codes.SCT.LeftAtrium, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)  # fmt: skip
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.LeftAtrium,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
     try:
         seg = hd.seg.Segmentation(
-            source_images=srcs, pixel_array=planes, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=SOFTWARE, manufacturer_model_name=SOFTWARE,
-            software_versions=version, device_serial_number="0", series_description=f"LA mask ({SOFTWARE})",
-            content_label="LA_MASK", content_description="Left atrium blood pool found by the LA detector")  # fmt: skip
+            source_images=srcs,
+            pixel_array=planes,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment],
+            series_instance_uid=hd.UID(),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=SOFTWARE,
+            manufacturer_model_name=SOFTWARE,
+            software_versions=version,
+            device_serial_number="0",
+            series_description=f"LA mask ({SOFTWARE})",
+            content_label="LA_MASK",
+            content_description="Left atrium blood pool found by the LA detector",
+        )
     except (ValueError, TypeError, AttributeError) as e:
         raise DicomOutputError(f"{path}: cannot build the Segmentation ({str(e).splitlines()[0]})") from None
     atomic_write(path, lambda p: seg.save_as(p, enforce_file_format=True))
@@ -201,9 +238,13 @@ def _num(x) -> float | None:
 
 
 def write_sr(
-    path: str, result: dict, files: str | Sequence[str], version: str, seg: Dataset | None = None,
+    path: str,
+    result: dict,
+    files: str | Sequence[str],
+    version: str,
+    seg: Dataset | None = None,
     headers: tuple | None = None,
-) -> Dataset:  # fmt: skip
+) -> Dataset:
     """Write the scan's verdict as a Comprehensive SR holding a TID 1500 measurement report (atomically).
 
     Args:
@@ -227,7 +268,9 @@ def write_sr(
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=SOFTWARE, manufacturer_name=SOFTWARE, model_name=f"{SOFTWARE} {version}"))  # fmt: skip
+            uid=hd.UID(), name=SOFTWARE, manufacturer_name=SOFTWARE, model_name=f"{SOFTWARE} {version}"
+        ),
+    )
     context = hd.sr.ObservationContext(observer_device_context=device)
     algorithm = hd.sr.AlgorithmIdentification(name=SOFTWARE, version=version)
     unit_1, slices = codes.UCUM.NoUnits, hd.sr.CodedConcept("{slices}", "UCUM", "slices")
@@ -236,20 +279,33 @@ def write_sr(
     ml = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
     la_measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=volume, unit=ml, algorithm_id=algorithm)]
     if _num(result.get("n_la_slices")) is not None:
-        la_measurements.append(hd.sr.Measurement(name=CODES.n_la_slices, value=float(result["n_la_slices"]),
-                                                 unit=slices, algorithm_id=algorithm))  # fmt: skip
+        la_measurements.append(
+            hd.sr.Measurement(
+                name=CODES.n_la_slices, value=float(result["n_la_slices"]), unit=slices, algorithm_id=algorithm
+            )
+        )
     if seg is not None:
         src_series = hd.sr.SourceSeriesForSegmentation(srcs[0].SeriesInstanceUID)
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=SEGMENT_LABEL),
-            referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID,
-                                                       sop_instance_uid=seg.SOPInstanceUID, segment_number=1,
-                                                       source_series=src_series),
-            finding_type=codes.SCT.LeftAtrium, algorithm_id=algorithm, measurements=la_measurements))  # fmt: skip
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=SEGMENT_LABEL),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=1,
+                    source_series=src_series,
+                ),
+                finding_type=codes.SCT.LeftAtrium,
+                algorithm_id=algorithm,
+                measurements=la_measurements,
+            )
+        )
         la_measurements = []
-    measurements = [hd.sr.Measurement(name=getattr(CODES, k), value=_num(result.get(k)), unit=unit_1,
-                                      algorithm_id=algorithm)
-                    for k in NUMBERS if _num(result.get(k)) is not None] + la_measurements  # fmt: skip
+    measurements = [
+        hd.sr.Measurement(name=getattr(CODES, k), value=_num(result.get(k)), unit=unit_1, algorithm_id=algorithm)
+        for k in NUMBERS
+        if _num(result.get(k)) is not None
+    ] + la_measurements
     evaluations = []
     if result.get("diagnostic") is not None:
         verdict = CODES.diagnostic if int(result["diagnostic"]) == 1 else CODES.non_diagnostic
@@ -257,26 +313,44 @@ def write_sr(
     elif result.get("status") == "no_left_atrium":
         evaluations.append(hd.sr.QualitativeEvaluation(name=CODES.status, value=CODES.no_la))
     if result.get("refer") is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(name=CODES.refer,
-                                                       value=codes.SCT.Yes if int(result["refer"]) else codes.SCT.No))
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(name=CODES.refer, value=codes.SCT.Yes if int(result["refer"]) else codes.SCT.No)
+        )
     quality = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="LGE-MRI quality"),
-        finding_type=CODES.quality_group, algorithm_id=algorithm, measurements=measurements or None,
-        qualitative_evaluations=evaluations or None)  # fmt: skip
+        finding_type=CODES.quality_group,
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+    )
     reason = str(result.get("message") or "")
     if reason:  # free text: one TEXT item in the group (DICOM text: no control characters, at most 1024 chars)
         text = "".join(c if c.isprintable() else " " for c in reason)[:1024]
-        quality[0].ContentSequence.append(hd.sr.TextContentItem(
-            name=CODES.reason, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))  # fmt: skip
+        quality[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=CODES.reason, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+        )
     groups.append(quality)
-    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.CardiacMRI,
-                                     imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)  # fmt: skip
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.SCT.CardiacMRI,
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
     evidence = list(srcs) + ([seg] if seg is not None else [])
     try:
         sr = hd.sr.ComprehensiveSR(
-            evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=SOFTWARE, is_complete=True,
-            series_description=f"LGE-MRI quality ({SOFTWARE})")  # fmt: skip
+            evidence=evidence,
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=SOFTWARE,
+            is_complete=True,
+            series_description=f"LGE-MRI quality ({SOFTWARE})",
+        )
     except (ValueError, TypeError, AttributeError) as e:
         raise DicomOutputError(f"{path}: cannot build the Structured Report ({str(e).splitlines()[0]})") from None
     sr.SoftwareVersions = version
@@ -308,15 +382,21 @@ def read_seg_mask(path: str, files: str | Sequence[str]) -> np.ndarray:
     out = np.zeros((cols, rows, len(frames)), dtype=np.uint8)
     if len(by_path) == 1 and len(frames) > 1:
         src = next(iter(by_path.values()))
-        pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid=str(src.SOPInstanceUID),
-                                                source_frame_numbers=[fr.index + 1 for fr in frames],
-                                                segment_numbers=[1], assert_missing_frames_are_empty=True,
-                                                ignore_spatial_locations=True)  # fmt: skip
+        pixels = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=str(src.SOPInstanceUID),
+            source_frame_numbers=[fr.index + 1 for fr in frames],
+            segment_numbers=[1],
+            assert_missing_frames_are_empty=True,
+            ignore_spatial_locations=True,
+        )
     else:
         uids = [str(by_path[fr.path].SOPInstanceUID) for fr in frames]
-        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1],
-                                                   assert_missing_frames_are_empty=True,
-                                                   ignore_spatial_locations=True)  # fmt: skip
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids,
+            segment_numbers=[1],
+            assert_missing_frames_are_empty=True,
+            ignore_spatial_locations=True,
+        )
     for k in range(len(frames)):
         out[:, :, k] = pixels[k, :, :, 0].T
     return out

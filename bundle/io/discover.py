@@ -30,8 +30,25 @@ __all__ = ["Discovery", "Source", "discover_inputs", "volume_name"]
 logger = logging.getLogger(__name__)
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-NOT_DICOM_SUFFIXES = (".txt", ".xml", ".json", ".html", ".htm", ".pdf", ".csv", ".md", ".ini", ".log", ".zip",
-                      ".exe", ".inf", ".js", ".css", ".raw", ".img")  # fmt: skip  (.raw/.img: MetaImage/Analyze data)
+NOT_DICOM_SUFFIXES = (
+    ".txt",
+    ".xml",
+    ".json",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".csv",
+    ".md",
+    ".ini",
+    ".log",
+    ".zip",
+    ".exe",
+    ".inf",
+    ".js",
+    ".css",
+    ".raw",
+    ".img",
+)  # (.raw/.img: MetaImage/Analyze data)
 NON_IMAGE_SOP_CLASSES = {"1.2.840.10008.1.3.10": "a DICOMDIR"}
 
 
@@ -61,8 +78,13 @@ class Source:
 
     def as_data(self) -> dict:
         """The dataset item of a ready source: ``image`` plus the fields the report needs."""
-        return {"image": self.image, "input": self.input, "name": self.name, "series_uid": self.series_uid,
-                "series_description": self.info.get("series_description", "")}  # fmt: skip
+        return {
+            "image": self.image,
+            "input": self.input,
+            "name": self.name,
+            "series_uid": self.series_uid,
+            "series_description": self.info.get("series_description", ""),
+        }
 
 
 @dataclass
@@ -149,16 +171,28 @@ def _dicom_sources(files: Sequence[str], min_slices: int, spacing_tolerance: flo
         files_ = [f for f, _ in items]
         first = items[0][1]
         folder = os.path.commonpath([os.path.dirname(f) for f in files_])
-        info = {k: str(first.get(tag, "")) for k, tag in (("modality", "Modality"), ("series_number", "SeriesNumber"),
-                                                          ("series_description", "SeriesDescription"),
-                                                          ("patient_id", "PatientID"))}  # fmt: skip
+        info = {
+            k: str(first.get(tag, ""))
+            for k, tag in (
+                ("modality", "Modality"),
+                ("series_number", "SeriesNumber"),
+                ("series_description", "SeriesDescription"),
+                ("patient_id", "PatientID"),
+            )
+        }
         info["sop_class"] = getattr(first.get("SOPClassUID"), "name", str(first.get("SOPClassUID", "")))
-        src = Source(input=folder, image=files_ if len(files_) > 1 else files_[0],
-                     series_uid="" if uid.startswith("no-series-uid:") else uid, info=info)  # fmt: skip
+        src = Source(
+            input=folder,
+            image=files_ if len(files_) > 1 else files_[0],
+            series_uid="" if uid.startswith("no-series-uid:") else uid,
+            info=info,
+        )
         if dupes:  # the same instance twice (a copied file, the series exported twice): each counted once
             info["duplicate_files"] = len(dupes)
-            logger.warning(f"{folder}: {len(dupes)} duplicate instance(s) of series {uid} (same SOPInstanceUID) "
-                           f"counted once, e.g. {dupes[0]}")  # fmt: skip
+            logger.warning(
+                f"{folder}: {len(dupes)} duplicate instance(s) of series {uid} (same SOPInstanceUID) "
+                f"counted once, e.g. {dupes[0]}"
+            )
         number, text = info["series_number"], info["series_description"]
         desc = " ".join(v for v in (f"series {number}" if number else "", repr(text) if text else "") if v)
         parts = (info["patient_id"] or os.path.basename(folder), f"s{number}" if number else "", text)

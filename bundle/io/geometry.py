@@ -6,7 +6,6 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-
 from monai.transforms import LoadImage
 
 __all__ = ["Geometry", "read_geometry", "same_geometry", "slice_axis_from_affine"]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-
 import gzip
 import os
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from monai.config import DtypeLike, KeysCollection
 from monai.transforms import LoadImage, LoadImaged
 from monai.utils import ensure_tuple
@@ -46,8 +44,9 @@ class LoadVolume(LoadImage):
         ensure_channel_first: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(reader=None, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first,
-                         **kwargs)  # fmt: skip
+        super().__init__(
+            reader=None, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first, **kwargs
+        )
         self.dicom_reader = DicomSeriesReader(min_slices=min_slices, spacing_tolerance=spacing_tolerance)
 
     def __call__(self, filename: Sequence[str] | str, reader=None):
@@ -91,16 +90,19 @@ def check_geometry(image, name: str) -> None:
     """
     written = _nifti_voxel_size(name)
     if written is not None and (not np.all(np.isfinite(written)) or np.any(written <= 0)):
-        raise VolumeError(f"{name}: no usable geometry: the header's voxel size (pixdim) is "
-                          f"{tuple(float(v) for v in written)} mm")  # fmt: skip
+        raise VolumeError(
+            f"{name}: no usable geometry: the header's voxel size (pixdim) is {tuple(float(v) for v in written)} mm"
+        )
     affine = getattr(image, "affine", None)
     if affine is None:
         return
     a = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     spacing = np.sqrt((a[:3, :3] ** 2).sum(0))
     if not np.all(np.isfinite(a)) or np.any(spacing < 1e-6) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
-        raise VolumeError(f"{name}: no usable geometry (voxel size {tuple(round(float(v), 4) for v in spacing)} mm "
-                          "from its affine): the header's qform/sform or pixel spacing is missing or zero")
+        raise VolumeError(
+            f"{name}: no usable geometry (voxel size {tuple(round(float(v), 4) for v in spacing)} mm "
+            "from its affine): the header's qform/sform or pixel spacing is missing or zero"
+        )
 
 
 def check_finite(image, name: str) -> None:
@@ -113,8 +115,9 @@ def check_finite(image, name: str) -> None:
     if arr.is_floating_point():
         bad = int((~torch.isfinite(arr)).sum())
         if bad:
-            raise VolumeError(f"{name}: {bad} of {arr.numel()} voxels are NaN or infinite (a corrupt or wrongly "
-                              "converted image)")  # fmt: skip
+            raise VolumeError(
+                f"{name}: {bad} of {arr.numel()} voxels are NaN or infinite (a corrupt or wrongly converted image)"
+            )
 
 
 class LoadVolumed(LoadImaged):
@@ -140,10 +143,20 @@ class LoadVolumed(LoadImaged):
         ensure_channel_first: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first,
-                         allow_missing_keys=allow_missing_keys)  # fmt: skip
-        self._loader = LoadVolume(min_slices=min_slices, spacing_tolerance=spacing_tolerance, image_only=image_only,
-                                  dtype=dtype, ensure_channel_first=ensure_channel_first)  # fmt: skip
+        super().__init__(
+            keys,
+            image_only=image_only,
+            dtype=dtype,
+            ensure_channel_first=ensure_channel_first,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self._loader = LoadVolume(
+            min_slices=min_slices,
+            spacing_tolerance=spacing_tolerance,
+            image_only=image_only,
+            dtype=dtype,
+            ensure_channel_first=ensure_channel_first,
+        )
 
     def __call__(self, data: Mapping[Hashable, object], reader=None) -> dict:
         return super().__call__(data, reader)

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
 from monai.losses import DiceLoss
+from torch import nn
 
 from bundle.data.datalist import SCORE_KEYS
 from bundle.networks.qa import qa_logits
@@ -52,7 +51,9 @@ class QALoss(nn.Module):
             if w is not None and (len(w) != len(SCORE_KEYS) or any(float(v) < 0 for v in w)):
                 raise ValueError(f"{name} needs {len(SCORE_KEYS)} non-negative values, got {list(w)}")
         pw = None if pos_weight is None else torch.as_tensor([float(v) for v in pos_weight])
-        lw = torch.ones(len(SCORE_KEYS)) if label_weights is None else torch.as_tensor([float(v) for v in label_weights])
+        lw = (
+            torch.ones(len(SCORE_KEYS)) if label_weights is None else torch.as_tensor([float(v) for v in label_weights])
+        )
         self.register_buffer("pos_weight", pw)
         self.register_buffer("label_weights", lw / lw.mean())
 

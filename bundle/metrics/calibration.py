@@ -57,8 +57,9 @@ def _bins(probs: np.ndarray, n_bins: int) -> np.ndarray:
     return np.minimum((probs * n_bins).astype(int), n_bins - 1)
 
 
-def expected_calibration_error(probs: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[float],
-                               n_bins: int = 10) -> float:  # fmt: skip
+def expected_calibration_error(
+    probs: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[float], n_bins: int = 10
+) -> float:
     """ECE: the mean over equal-width probability bins, weighted by their share of samples, of
     ``|mean target - mean probability|``.
 
@@ -68,8 +69,9 @@ def expected_calibration_error(probs: np.ndarray | Sequence[float], targets: np.
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     y = np.asarray(targets, dtype=np.float64).reshape(-1)
     if p.shape != y.shape or p.size == 0 or int(n_bins) < 1:
-        raise ValueError(f"need probs and targets of one non-zero length and n_bins >= 1, got {p.size}, {y.size}, "
-                         f"{n_bins}")  # fmt: skip
+        raise ValueError(
+            f"need probs and targets of one non-zero length and n_bins >= 1, got {p.size}, {y.size}, {n_bins}"
+        )
     b = _bins(p, int(n_bins))
     ece = 0.0
     for k in np.unique(b):
@@ -78,12 +80,16 @@ def expected_calibration_error(probs: np.ndarray | Sequence[float], targets: np.
     return float(ece)
 
 
-def reliability_curve(probs: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[float],
-                      n_bins: int = 10) -> dict[str, np.ndarray]:  # fmt: skip
+def reliability_curve(
+    probs: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[float], n_bins: int = 10
+) -> dict[str, np.ndarray]:
     """Per non-empty bin (as :func:`expected_calibration_error`): ``mean_prob``, ``frac_pos`` and ``count``."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     y = np.asarray(targets, dtype=np.float64).reshape(-1)
     b = _bins(p, int(n_bins))
     ks = np.unique(b)
-    return {"mean_prob": np.array([p[b == k].mean() for k in ks]), "frac_pos": np.array([y[b == k].mean() for k in ks]),
-            "count": np.array([(b == k).sum() for k in ks])}  # fmt: skip
+    return {
+        "mean_prob": np.array([p[b == k].mean() for k in ks]),
+        "frac_pos": np.array([y[b == k].mean() for k in ks]),
+        "count": np.array([(b == k).sum() for k in ks]),
+    }

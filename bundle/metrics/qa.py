@@ -10,8 +10,19 @@ import torch
 from bundle.data.datalist import SCORE_KEYS
 from bundle.networks.qa import qa_logits
 
-__all__ = ["AGGREGATIONS", "VERDICT_RULES", "QALabelOutput", "aggregate_scans", "binary_metrics", "is_diagnostic",
-           "mode_vote", "qa_mse_output", "qa_outputs", "scan_verdict", "seg_output"]  # fmt: skip
+__all__ = [
+    "AGGREGATIONS",
+    "VERDICT_RULES",
+    "QALabelOutput",
+    "aggregate_scans",
+    "binary_metrics",
+    "is_diagnostic",
+    "mode_vote",
+    "qa_mse_output",
+    "qa_outputs",
+    "scan_verdict",
+    "seg_output",
+]
 
 AGGREGATIONS = ("mode", "mean")
 VERDICT_RULES = ("mode", "mean", "mean_logit")  # how a scan's slice probabilities become its verdict
@@ -24,7 +35,9 @@ def is_diagnostic(p: float | np.ndarray, threshold: float = 0.5) -> np.ndarray |
     return int(out) if out.ndim == 0 else out.astype(int)
 
 
-def scan_verdict(slice_probs: Sequence[float] | np.ndarray, threshold: float = 0.5, rule: str = "mode") -> tuple[float, int]:
+def scan_verdict(
+    slice_probs: Sequence[float] | np.ndarray, threshold: float = 0.5, rule: str = "mode"
+) -> tuple[float, int]:
     """The bundle's one verdict rule: a scan's probability and verdict from the probabilities of its LA slices.
 
     Training's validation, evaluation, inference and MONAI Label all call this (through :func:`aggregate_scans` and
@@ -68,8 +81,14 @@ def qa_outputs(output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tenso
     The target is the engine's ``label``: the ``(N, 4)`` tensor, or the ``"qa"`` entry of the multi-task dict.
     """
     if isinstance(output, (list, tuple)):
-        pred = torch.stack([qa_logits({k: v[None] for k, v in o["pred"].items()} if isinstance(o["pred"], dict)
-                                      else o["pred"][None])[0] for o in output])  # fmt: skip
+        pred = torch.stack(
+            [
+                qa_logits(
+                    {k: v[None] for k, v in o["pred"].items()} if isinstance(o["pred"], dict) else o["pred"][None]
+                )[0]
+                for o in output
+            ]
+        )
         labels = [o["label"]["qa"] if isinstance(o["label"], dict) else o["label"] for o in output]
         label = torch.stack([torch.as_tensor(x) for x in labels])
     else:
@@ -167,8 +186,14 @@ def binary_metrics(
     Returns:
         ``{"precision", "recall", "f1", "specificity", "balanced_accuracy", "auroc", "accuracy", "n"}``.
     """
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, precision_score, recall_score,
-                                 roc_auc_score)  # fmt: skip
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
 
     t = np.asarray(y_true).astype(int).reshape(-1)
     p = np.asarray(y_pred).astype(int).reshape(-1)

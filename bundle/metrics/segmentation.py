@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
-
 from monai.handlers import from_engine
 from monai.utils import evenly_divisible_all_gather
+
+_PRED_LABEL = from_engine(["pred", "label"])  # the default output transform: one callable, built once
 
 __all__ = ["VolumeDice", "la_presence", "mask_metrics", "volume_dice"]
 
@@ -57,9 +58,7 @@ class VolumeDice(Metric):
         volume_key: key of the volume id in the engine's batch items.
     """
 
-    def __init__(
-        self, output_transform: Callable = from_engine(["pred", "label"]), volume_key: str = "volume"
-    ) -> None:
+    def __init__(self, output_transform: Callable = _PRED_LABEL, volume_key: str = "volume") -> None:
         self.volume_key = volume_key
         super().__init__(output_transform=output_transform)
 
@@ -100,9 +99,12 @@ class VolumeDice(Metric):
 
 
 def mask_metrics(
-    pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, spacing: Sequence[float], axis: int,
+    pred: np.ndarray | torch.Tensor,
+    label: np.ndarray | torch.Tensor,
+    spacing: Sequence[float],
+    axis: int,
     selected: Sequence[int] | None = None,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Stage 1 scored in a scan's own grid: 3D Dice, HD95 and average surface distance (mm), LA slices, volume.
 
     HD95 and the (symmetric) average surface distance are MONAI's ``compute_hausdorff_distance`` (95th percentile)
@@ -134,8 +136,9 @@ def mask_metrics(
     if ps and gs:
         pt, gt = (torch.as_tensor(x[None, None].astype(np.float32)) for x in (p, g))
         out["hd95_mm"] = float(compute_hausdorff_distance(pt, gt, include_background=True, percentile=95, spacing=sp))
-        out["asd_mm"] = float(compute_average_surface_distance(pt, gt, include_background=True, symmetric=True,
-                                                               spacing=sp))  # fmt: skip
+        out["asd_mm"] = float(
+            compute_average_surface_distance(pt, gt, include_background=True, symmetric=True, spacing=sp)
+        )
     else:
         out["hd95_mm"] = out["asd_mm"] = float("nan")
     other = tuple(i for i in range(3) if i != int(axis))
@@ -145,9 +148,14 @@ def mask_metrics(
     tp, fp, fn = float((chosen & truth).sum()), float((chosen & ~truth).sum()), float((~chosen & truth).sum())
     prec = tp / (tp + fp) if tp + fp else float("nan")
     rec = tp / (tp + fn) if tp + fn else float("nan")
-    out.update(slice_precision=prec, slice_recall=rec,
-               slice_f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"))  # fmt: skip
+    out.update(
+        slice_precision=prec, slice_recall=rec, slice_f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    )
     voxel_ml = float(np.prod(sp)) / 1000.0
-    out.update(volume_ml=ps * voxel_ml, label_volume_ml=gs * voxel_ml, volume_error_ml=(ps - gs) * voxel_ml,
-               abs_volume_error_ml=abs(ps - gs) * voxel_ml)  # fmt: skip
+    out.update(
+        volume_ml=ps * voxel_ml,
+        label_volume_ml=gs * voxel_ml,
+        volume_error_ml=(ps - gs) * voxel_ml,
+        abs_volume_error_ml=abs(ps - gs) * voxel_ml,
+    )
     return out

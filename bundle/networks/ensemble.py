@@ -70,6 +70,8 @@ class FlipTTA(nn.Module):
         self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = [torch.sigmoid(self.network(x.flip(f)).float()).flip(f) if f else torch.sigmoid(self.network(x).float())
-                 for f in self.flips]  # fmt: skip
+        probs = [
+            torch.sigmoid(self.network(x.flip(f)).float()).flip(f) if f else torch.sigmoid(self.network(x).float())
+            for f in self.flips
+        ]
         return torch.logit(torch.stack(probs).mean(0), eps=1e-6)

@@ -11,7 +11,6 @@ from torch import nn
 
 from bundle.errors import ConfigError, WeightsError
 
-
 __all__ = ["build_network", "load_network"]
 
 logger = logging.getLogger(__name__)

@@ -20,19 +20,42 @@ import torch
 from bundle.errors import WeightsError
 from bundle.utils import git_commit
 
-__all__ = ["QA_DEFAULTS", "PlanError", "build_from_plan", "load_plan", "load_qa_plan", "plan_path", "write_detector_plan",
-           "write_plan"]  # fmt: skip
+__all__ = [
+    "QA_DEFAULTS",
+    "PlanError",
+    "build_from_plan",
+    "load_plan",
+    "load_qa_plan",
+    "plan_path",
+    "write_detector_plan",
+    "write_plan",
+]
 
 logger = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
 # the detector settings a plan records, with the values that reproduce a checkpoint trained before plans existed
-DETECTOR_KEYS = {"spatial_size": 128, "pixel_mm": None, "context_slices": 0, "context_mm": None, "slice_axis": None,
-                 "la_threshold": 0.5, "min_la_area_mm2": 0.0, "keep_largest": True}  # fmt: skip
+DETECTOR_KEYS = {
+    "spatial_size": 128,
+    "pixel_mm": None,
+    "context_slices": 0,
+    "context_mm": None,
+    "slice_axis": None,
+    "la_threshold": 0.5,
+    "min_la_area_mm2": 0.0,
+    "keep_largest": True,
+}
 # the QA settings a plan records, with the values of a checkpoint without a plan (a configs/qa_*.yaml training: whole
 # slices resized to spatial_size, the paper's mode verdict, no calibration; its network comes from the QA config)
-QA_DEFAULTS = {"rule": "mode", "threshold": 0.5, "temperature": None, "region": None, "spatial_size": 128,
-               "cam_layer": "encoder.layer4", "refer_uncertainty": 0.05}  # fmt: skip
+QA_DEFAULTS = {
+    "rule": "mode",
+    "threshold": 0.5,
+    "temperature": None,
+    "region": None,
+    "spatial_size": 128,
+    "cam_layer": "encoder.layer4",
+    "refer_uncertainty": 0.05,
+}
 INTENSITY = {"rule": "percentiles of the non-zero voxels mapped to 0..1, clipped", "lower": 0.5, "upper": 99.5}
 
 
@@ -49,8 +72,12 @@ def write_plan(ckpt_path: str, plan: dict) -> str:
     """Write ``plan`` (plus version and time) beside ``ckpt_path``, atomically; returns the plan's path."""
     path = plan_path(ckpt_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    body = {"plan_version": PLAN_VERSION, "checkpoint": os.path.basename(ckpt_path),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **plan}  # fmt: skip
+    body = {
+        "plan_version": PLAN_VERSION,
+        "checkpoint": os.path.basename(ckpt_path),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **plan,
+    }
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(body, f, indent=1, default=str)
@@ -97,12 +124,18 @@ def write_detector_plan(ckpt_path: str, config_file: str, extra: dict | None = N
     plan = {
         "kind": "detector",
         "network_def": _concrete_network_def(parser),
-        "preprocessing": {"intensity": INTENSITY, **{k: settings[k] for k in
-                          ("spatial_size", "pixel_mm", "context_slices", "context_mm", "slice_axis")}},  # fmt: skip
+        "preprocessing": {
+            "intensity": INTENSITY,
+            **{k: settings[k] for k in ("spatial_size", "pixel_mm", "context_slices", "context_mm", "slice_axis")},
+        },
         "postprocessing": {k: settings[k] for k in ("la_threshold", "keep_largest", "min_la_area_mm2")},
-        "provenance": {"data": data, "config": os.path.abspath(config_file), "command": " ".join(sys.argv),
-                       "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
-                       "torch": torch.__version__},  # fmt: skip
+        "provenance": {
+            "data": data,
+            "config": os.path.abspath(config_file),
+            "command": " ".join(sys.argv),
+            "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+            "torch": torch.__version__,
+        },
         **(extra or {}),
     }
     path = write_plan(ckpt_path, plan)
@@ -137,8 +170,10 @@ def load_plan(ckpt_path: str, kind: str = "detector", required: bool = True) -> 
     path = plan_path(ckpt_path)
     if not os.path.isfile(path):
         if required:
-            raise PlanError(f"{path}: no plan beside the checkpoint {ckpt_path} (training writes it; it records "
-                            "the network, preprocessing and thresholds the checkpoint needs)")  # fmt: skip
+            raise PlanError(
+                f"{path}: no plan beside the checkpoint {ckpt_path} (training writes it; it records "
+                "the network, preprocessing and thresholds the checkpoint needs)"
+            )
         return {**DETECTOR_KEYS, "network_def": None, "plan_file": None}
     plan = _read_plan(path, kind)
     flat = {**DETECTOR_KEYS, **plan.get("preprocessing", {}), **plan.get("postprocessing", {})}

@@ -8,16 +8,14 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from monai.networks.nets import ResNet
 from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
+from torch import nn
 
 from bundle.data.datalist import SCORE_KEYS  # the order of the network's 4 logits
 from bundle.networks.pooling import AttentionPooling
 
-__all__ = ["CAM_LAYER", "LA_STAT_QUANTILES", "QANet", "SupConNet", "la_statistics", "load_encoder_weights",
-           "qa_logits"]
+__all__ = ["CAM_LAYER", "LA_STAT_QUANTILES", "QANet", "SupConNet", "la_statistics", "load_encoder_weights", "qa_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +38,10 @@ def qa_logits(output: torch.Tensor | dict) -> torch.Tensor:
     if isinstance(output, dict):
         output = output.get("qa")
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] != len(SCORE_KEYS):
-        raise ValueError(f"expected QA logits of shape (N, {len(SCORE_KEYS)}) or a dict holding them under 'qa', "
-                         f"got {type(output).__name__} {getattr(output, 'shape', '')}")  # fmt: skip
+        raise ValueError(
+            f"expected QA logits of shape (N, {len(SCORE_KEYS)}) or a dict holding them under 'qa', "
+            f"got {type(output).__name__} {getattr(output, 'shape', '')}"
+        )
     return output
 
 
@@ -61,7 +61,7 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a classifier's last layer is unused
     try:
         encoder.load_state_dict(state, strict=True)
@@ -99,8 +99,10 @@ def slice_statistics(x: torch.Tensor) -> torch.Tensor:
     img = x[:, :1].float()
     m = (img > 0).float()
     dx, dy = (img[..., :, 1:] - img[..., :, :-1]).abs(), (img[..., 1:, :] - img[..., :-1, :]).abs()
-    grad = (dx[..., 1:-1, 1:] * m[..., 1:-1, 1:-1]).flatten(1).sum(1) + (dy[..., 1:, 1:-1] * m[..., 1:-1, 1:-1]).flatten(1).sum(1)
-    lap = (img[..., 1:-1, 2:] + img[..., 1:-1, :-2] + img[..., 2:, 1:-1] + img[..., :-2, 1:-1] - 4 * img[..., 1:-1, 1:-1])
+    grad = (dx[..., 1:-1, 1:] * m[..., 1:-1, 1:-1]).flatten(1).sum(1) + (
+        dy[..., 1:, 1:-1] * m[..., 1:-1, 1:-1]
+    ).flatten(1).sum(1)
+    lap = img[..., 1:-1, 2:] + img[..., 1:-1, :-2] + img[..., 2:, 1:-1] + img[..., :-2, 1:-1] - 4 * img[..., 1:-1, 1:-1]
     lap = (lap.abs() * m[..., 1:-1, 1:-1]).flatten(1).sum(1)
     n_core = m[..., 1:-1, 1:-1].flatten(1).sum(1).clamp_min(1)
     out = torch.cat([quantiles, (grad / n_core)[:, None], (lap / n_core)[:, None]], dim=1)
@@ -137,8 +139,11 @@ def la_statistics(x: torch.Tensor, mask: torch.Tensor, ring: int = 3, eps: float
     ring_px = (dil.flatten(1) > 0) & ~mf
 
     b = _selected_quantiles(flat, mf, (0.5,))[:, 0].clamp_min(eps)
-    feats = [_selected_quantiles(flat, tissue, LA_STAT_QUANTILES) / b[:, None],
-             _selected_quantiles(flat, ring_px, (0.5,)) / b[:, None], torch.log(b)[:, None]]  # fmt: skip
+    feats = [
+        _selected_quantiles(flat, tissue, LA_STAT_QUANTILES) / b[:, None],
+        _selected_quantiles(flat, ring_px, (0.5,)) / b[:, None],
+        torch.log(b)[:, None],
+    ]
     inner = ero.flatten(1) > 0
     cnt = inner.sum(1).clamp_min(1).float()
     mean = (flat * inner).sum(1) / cnt
@@ -241,8 +246,15 @@ class QANet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if segmentation and len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 entries, got {list(decoder_channels)}")
-        self.encoder = ResNet(block="basic", layers=list(layers), block_inplanes=list(block_inplanes), spatial_dims=2,
-                              n_input_channels=in_channels, conv1_t_stride=conv1_t_stride, feed_forward=False)  # fmt: skip
+        self.encoder = ResNet(
+            block="basic",
+            layers=list(layers),
+            block_inplanes=list(block_inplanes),
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            conv1_t_stride=conv1_t_stride,
+            feed_forward=False,
+        )
         self.num_features = int(block_inplanes[-1])
         self.qa_input = qa_input
         self.intensity_stats = bool(intensity_stats)
@@ -253,17 +265,27 @@ class QANet(nn.Module):
             raise ValueError("stats_skip needs intensity_stats or la_stats")
         self.stats_skip = nn.Linear(n_stats, 3) if stats_skip else None
         self.pool = AttentionPooling(self.num_features + n_stats, head_channels) if pooling == "attention" else None
-        self.attribute_heads = nn.ModuleList(_mlp(self.num_features + n_stats, head_channels, dropout)
-                                             for _ in range(3))  # fmt: skip
+        self.attribute_heads = nn.ModuleList(
+            _mlp(self.num_features + n_stats, head_channels, dropout) for _ in range(3)
+        )
         self.qa_head = _mlp(3 if qa_input == "logits" else 3 * head_channels, qa_channels, dropout)
         self.segmentation = bool(segmentation)
         if self.segmentation:
             encoder_channels = (in_channels, block_inplanes[0], *block_inplanes)
-            self.decoder = UNetDecoder(spatial_dims=2, encoder_channels=encoder_channels,
-                                       decoder_channels=list(decoder_channels), act=("relu", {"inplace": True}),
-                                       norm=("batch", {"eps": 1e-3, "momentum": 0.1}), dropout=0.0, bias=False,
-                                       upsample="nontrainable", pre_conv="default", interp_mode="nearest",
-                                       align_corners=None, is_pad=True)  # fmt: skip  (FlexibleUNet's defaults)
+            self.decoder = UNetDecoder(
+                spatial_dims=2,
+                encoder_channels=encoder_channels,
+                decoder_channels=list(decoder_channels),
+                act=("relu", {"inplace": True}),
+                norm=("batch", {"eps": 1e-3, "momentum": 0.1}),
+                dropout=0.0,
+                bias=False,
+                upsample="nontrainable",
+                pre_conv="default",
+                interp_mode="nearest",
+                align_corners=None,
+                is_pad=True,
+            )  # (FlexibleUNet's defaults)
             self.seg_head = SegmentationHead(spatial_dims=2, in_channels=decoder_channels[-1], out_channels=1)
         if pretrained_path:
             load_encoder_weights(self.encoder, pretrained_path)
@@ -418,8 +440,9 @@ class SupConNet(nn.Module):
         if min(in_features, hidden, projection_dim) < 1:
             raise ValueError(f"sizes must be >= 1, got {in_features}, {hidden}, {projection_dim}")
         self.encoder = encoder
-        self.projection = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                                        nn.Linear(hidden, projection_dim))  # fmt: skip
+        self.projection = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:

@@ -47,10 +47,17 @@ class LARS(Optimizer):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if weight_decay < 0 or trust_coefficient <= 0:
-            raise ValueError(f"need weight_decay >= 0 and trust_coefficient > 0, got {weight_decay}, "
-                             f"{trust_coefficient}")  # fmt: skip
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-                        exclude_1d=exclude_1d, eps=eps)  # fmt: skip
+            raise ValueError(
+                f"need weight_decay >= 0 and trust_coefficient > 0, got {weight_decay}, {trust_coefficient}"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            exclude_1d=exclude_1d,
+            eps=eps,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -69,9 +76,11 @@ class LARS(Optimizer):
                     if group["weight_decay"]:
                         g = g.add(p, alpha=group["weight_decay"])
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    ratio = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
-                                        torch.ones_like(w_norm))  # fmt: skip
+                    ratio = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
+                        torch.ones_like(w_norm),
+                    )
                     g = g * ratio
                 state = self.state[p]
                 if "momentum_buffer" not in state:

@@ -42,7 +42,9 @@ def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 128, scali
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
     if batch_size < 1 or reference_batch < 1 or base_lr <= 0:
-        raise ValueError(f"need positive base_lr, batch_size, reference_batch; got {base_lr}, {batch_size}, {reference_batch}")
+        raise ValueError(
+            f"need positive base_lr, batch_size, reference_batch; got {base_lr}, {batch_size}, {reference_batch}"
+        )
     ratio = batch_size * world_size() / reference_batch
     return float(base_lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[scaling])
 
@@ -80,8 +82,10 @@ def warmup_schedule(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if max_epochs < 1 or warmup_epochs < 0 or cycle_epochs < 1 or not 0.0 <= min_factor <= 1.0:
-        raise ValueError(f"invalid lengths: max_epochs={max_epochs}, warmup_epochs={warmup_epochs}, "
-                         f"cycle_epochs={cycle_epochs}, min_factor={min_factor}")  # fmt: skip
+        raise ValueError(
+            f"invalid lengths: max_epochs={max_epochs}, warmup_epochs={warmup_epochs}, "
+            f"cycle_epochs={cycle_epochs}, min_factor={min_factor}"
+        )
 
     from torch.optim import lr_scheduler as lrs
 

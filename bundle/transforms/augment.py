@@ -6,7 +6,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from monai.config import KeysCollection
 from monai.transforms import Affine, MapTransform, RandomizableTransform
 from monai.utils import ensure_tuple_rep
@@ -46,8 +45,12 @@ class RandSliceAffine(RandomizableTransform):
     ) -> None:
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be in [0, 1], got {prob}")
-        ranges = [rotate_range, *ensure_tuple_rep(shear_range, 2), *ensure_tuple_rep(translate_range, 2),
-                  *ensure_tuple_rep(scale_range, 2)]  # fmt: skip
+        ranges = [
+            rotate_range,
+            *ensure_tuple_rep(shear_range, 2),
+            *ensure_tuple_rep(translate_range, 2),
+            *ensure_tuple_rep(scale_range, 2),
+        ]
         if any(float(r) < 0 for r in ranges):
             raise ValueError(f"ranges must be >= 0, got {ranges}")
         RandomizableTransform.__init__(self, prob=1.0)
@@ -120,8 +123,9 @@ class RandSliceAffined(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
-        self.affine = RandSliceAffine(prob, rotate_range, shear_range, translate_range, scale_range, "bilinear",
-                                      padding_mode)  # fmt: skip
+        self.affine = RandSliceAffine(
+            prob, rotate_range, shear_range, translate_range, scale_range, "bilinear", padding_mode
+        )
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSliceAffined:
         super().set_random_state(seed, state)
@@ -200,7 +204,9 @@ class BatchRandSliceAffine:
             mat = mat * flips[:, None, :]
         return torch.cat([mat, shift[..., None]], dim=2)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             image: ``(N, C, h, w)`` float batch.
@@ -213,6 +219,7 @@ class BatchRandSliceAffine:
         grid = torch.nn.functional.affine_grid(theta, list(image.shape), align_corners=False)
         out = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if label is not None:
-            label = torch.nn.functional.grid_sample(label.to(grid.dtype), grid.to(grid.dtype), mode="nearest",
-                                                    padding_mode="zeros", align_corners=False).to(label.dtype)  # fmt: skip
+            label = torch.nn.functional.grid_sample(
+                label.to(grid.dtype), grid.to(grid.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+            ).to(label.dtype)
         return out, label

@@ -6,7 +6,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
@@ -49,7 +48,10 @@ class DecodeSliced(MapTransform):
     backend = DecodeSlice.backend
 
     def __init__(
-        self, keys: KeysCollection = "image", scale_uint8: bool | Sequence[bool] = True, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection = "image",
+        scale_uint8: bool | Sequence[bool] = True,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.decoders = [DecodeSlice(s) for s in ensure_tuple_rep(scale_uint8, len(self.keys))]
@@ -105,8 +107,9 @@ class ScaleForegroundPercentilesd(MapTransform):
 
     backend = ScaleForegroundPercentiles.backend
 
-    def __init__(self, keys: KeysCollection = "image", lower: float = 0.5, upper: float = 99.5,
-                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, keys: KeysCollection = "image", lower: float = 0.5, upper: float = 99.5, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.scaler = ScaleForegroundPercentiles(lower, upper)
 

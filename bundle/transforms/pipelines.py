@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from monai.transforms import Compose, EnsureTyped, RandSpatialCropd
 
 from bundle.transforms.intensity import DecodeSliced

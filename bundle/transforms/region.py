@@ -109,16 +109,25 @@ def normalise_region(stack: torch.Tensor | np.ndarray, target: float = 0.5) -> t
     values = stack[stack > 0]
     if values.numel() if isinstance(values, torch.Tensor) else values.size:
         # the interpolated median, as numpy's (torch.median gives the lower middle value): both paths agree
-        med = float(torch.quantile(values.double(), 0.5)) if isinstance(values, torch.Tensor) else float(np.median(values))
+        med = (
+            float(torch.quantile(values.double(), 0.5))
+            if isinstance(values, torch.Tensor)
+            else float(np.median(values))
+        )
         if med > 0:
             return stack * (float(target) / med)
     return stack
 
 
 def region_to_slice(
-    maps: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, axis: int, shape: Sequence[int],
-    spacing: Sequence[float], pixel_mm: float, size: int,
-) -> np.ndarray:  # fmt: skip
+    maps: torch.Tensor | np.ndarray,
+    mask: torch.Tensor | np.ndarray,
+    axis: int,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    pixel_mm: float,
+    size: int,
+) -> np.ndarray:
     """Maps ``(k, size, size)`` on :func:`la_region_slices` windows put back into the slices' grid ``(k, *shape)``
     (0 outside the window): a HiResCAM map of the LA region overlaid on the whole slice."""
     m = torch.as_tensor(np.asarray(maps, dtype=np.float32))

@@ -6,7 +6,6 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
@@ -39,9 +38,12 @@ class RestoreSlices(Transform):
     backend = [torch.Tensor]
 
     def __init__(
-        self, slice_axis: int | None = None, mode: str = "bilinear", dtype: torch.dtype | None = None,
+        self,
+        slice_axis: int | None = None,
+        mode: str = "bilinear",
+        dtype: torch.dtype | None = None,
         chunk: int = 8_000_000,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if slice_axis is not None and not -3 <= int(slice_axis) <= 2:
             raise ValueError(f"slice_axis must be in [-3, 2] or None, got {slice_axis}")
         if int(chunk) < 1:

@@ -6,7 +6,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
@@ -14,7 +13,14 @@ from monai.utils import ensure_tuple_rep, look_up_option
 
 from bundle.io.geometry import slice_axis_from_affine
 
-__all__ = ["ExtractSlices", "ExtractSlicesd", "in_plane_spacing", "resolve_slice_axis", "slice_spacing", "voxel_spacing"]
+__all__ = [
+    "ExtractSlices",
+    "ExtractSlicesd",
+    "in_plane_spacing",
+    "resolve_slice_axis",
+    "slice_spacing",
+    "voxel_spacing",
+]
 
 _MODES = ("bilinear", "nearest", "bicubic", "area", "nearest-exact")
 
@@ -224,8 +230,10 @@ class ExtractSlicesd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
         contexts = ensure_tuple_rep(context, len(self.keys))
-        self.slicers = [ExtractSlices(spatial_size, slice_axis, m, pixel_mm=pixel_mm, context=c, context_mm=context_mm)
-                        for m, c in zip(self.mode, contexts)]  # fmt: skip
+        self.slicers = [
+            ExtractSlices(spatial_size, slice_axis, m, pixel_mm=pixel_mm, context=c, context_mm=context_mm)
+            for m, c in zip(self.mode, contexts)
+        ]
         self.slice_axis = slice_axis
         self.slice_axis_key = slice_axis_key
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 
 import torch
-
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 

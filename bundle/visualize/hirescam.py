@@ -14,7 +14,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
-
 from monai.visualize import GradCAM
 from monai.visualize.class_activation_maps import default_upsampler
 
@@ -55,8 +54,9 @@ class HiResCAM(GradCAM):
         postprocessing: Callable = scale_to_unit,
         truncate_graph: bool = True,
     ) -> None:
-        super().__init__(nn_module=nn_module, target_layers=target_layers, upsampler=upsampler,
-                         postprocessing=postprocessing)  # fmt: skip
+        super().__init__(
+            nn_module=nn_module, target_layers=target_layers, upsampler=upsampler, postprocessing=postprocessing
+        )
         self.truncate_graph = bool(truncate_graph)
 
     @contextmanager

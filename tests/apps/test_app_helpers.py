@@ -56,8 +56,10 @@ def test_convert_series_folders_skips_bad_and_done_folders(tmp_path, caplog):
 
 
 def test_datalist_from_pairs_and_patients(tmp_path):
-    pairs = [{"image": "/s/P02_b.nii.gz", "label": "/s/labels/final/P02_b.nii.gz"},
-             {"image": "/s/P01.nii", "label": "/s/labels/final/P01.nii"}]  # fmt: skip
+    pairs = [
+        {"image": "/s/P02_b.nii.gz", "label": "/s/labels/final/P02_b.nii.gz"},
+        {"image": "/s/P01.nii", "label": "/s/labels/final/P01.nii"},
+    ]
     assert [e["patient"] for e in datalist_from_pairs(pairs)["segmentation"]] == ["P01", "P02_b"]
     by_pattern = datalist_from_pairs(pairs, r"^(P\d+)")["segmentation"]
     assert by_pattern[1] == {"image": "/s/P02_b.nii.gz", "label": "/s/labels/final/P02_b.nii.gz", "patient": "P02"}

@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from monai.bundle import ConfigWorkflow
 
 from tests.apps.dicom_series import write_series
@@ -41,14 +40,19 @@ from tests.conftest import write_nifti
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV = os.environ.get("LA_LGE_QA_MONAILABEL_VENV") or os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "la_lge_qa", "monailabel-venv")  # fmt: skip
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "la_lge_qa", "monailabel-venv"
+)
 REQUIRED = os.environ.get("LA_LGE_QA_REQUIRE_MONAILABEL") == "1"
 # every workflow: small slices, quick epochs; the QA network reads its LA slices at its own size (24); the phantoms
 # have 8 slices, fewer than the inference's localizer cut-off (10)
 SITE = {"spatial_size": 32, "qa_spatial_size": 24, "batch_size": 16, "num_workers": 0, "min_slices": 4}
 LA_NET = {"network_def#channels": [4, 8, 16, 32, 64]}  # the detector only: a small UNet
-QA_SMALL = {"encoder_layers": [1, 1, 1, 1], "encoder_widths": [8, 16, 32, 64], "head_channels": 8,
-            "qa_channels": 4}  # the QA network only: configs/qa_baseline.yaml's QANet, shrunk  # fmt: skip
+QA_SMALL = {
+    "encoder_layers": [1, 1, 1, 1],
+    "encoder_widths": [8, 16, 32, 64],
+    "head_channels": 8,
+    "qa_channels": 4,
+}  # the QA network only: configs/qa_baseline.yaml's QANet, shrunk
 
 
 def _oblique(ax: float = 0.21, az: float = -0.14, spacing=(1.2, 1.25, 2.5), origin=(-31.0, 18.5, 40.0)) -> np.ndarray:
@@ -69,8 +73,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.monailabel]
 def _environment_problem() -> str | None:
     """Why the MONAI Label environment cannot be used (absent, unfinished, or built from other requirements)."""
     stamp, cfg = os.path.join(VENV, ".la_lge_qa_requirements.sha256"), os.path.join(VENV, "pyvenv.cfg")
-    if not os.path.isfile(stamp) or not os.path.isfile(cfg) or not os.access(os.path.join(VENV, "bin", "monailabel"),
-                                                                              os.X_OK):  # fmt: skip
+    if (
+        not os.path.isfile(stamp)
+        or not os.path.isfile(cfg)
+        or not os.access(os.path.join(VENV, "bin", "monailabel"), os.X_OK)
+    ):
         return f"no MONAI Label environment at {VENV}"
     version = re.search(r"^version(?:_info)?\s*=\s*(\S+)", open(cfg).read(), re.M)
     lines = open(os.path.join(ROOT, "requirements-monailabel.txt")).read().splitlines()
@@ -99,8 +106,12 @@ def _free_port() -> int:
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 300) -> tuple[int, dict, bytes]:
     data = json.dumps(body).encode() if body is not None else b""
-    req = urllib.request.Request(url, data=data if method != "GET" else None, method=method,
-                                 headers={"Content-Type": "application/json"} if body is not None else {})  # fmt: skip
+    req = urllib.request.Request(
+        url,
+        data=data if method != "GET" else None,
+        method=method,
+        headers={"Content-Type": "application/json"} if body is not None else {},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
@@ -111,8 +122,10 @@ def _http(method: str, url: str, body: dict | None = None, timeout: float = 300)
 def _multipart(headers: dict, body: bytes) -> dict[str, bytes]:
     content_type = next(v for k, v in headers.items() if k.lower() == "content-type")
     message = email.parser.BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in message.get_payload()}  # fmt: skip
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.get_payload()
+    }
 
 
 def _md5(path) -> str:
@@ -143,12 +156,20 @@ def server(tmp_path_factory, request):
     dicom_affine = write_series(str(studies / "dicom_study"), phantom.astype(np.uint16) * 4)
 
     # a detector trained for one epoch on the demo data, and an untrained QA network
-    wf = ConfigWorkflow(config_file=[os.path.join(ROOT, "configs", f) for f in ("common.yaml", "train.yaml")],
-                        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                        logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="train",
-                        datalist=tiny_demo, output_dir=str(tmp / "runs"),
-                        ckpt_dir=str(bundle_root / "models"), max_epochs=1, test_size=2, val_fraction=0.2,
-                        **SITE, **LA_NET)  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=[os.path.join(ROOT, "configs", f) for f in ("common.yaml", "train.yaml")],
+        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+        logging_file=os.path.join(ROOT, "configs", "logging.conf"),
+        workflow_type="train",
+        datalist=tiny_demo,
+        output_dir=str(tmp / "runs"),
+        ckpt_dir=str(bundle_root / "models"),
+        max_epochs=1,
+        test_size=2,
+        val_fraction=0.2,
+        **SITE,
+        **LA_NET,
+    )
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -160,8 +181,15 @@ def server(tmp_path_factory, request):
     torch.save(qa_net.state_dict(), bundle_root / "models" / "qa_small.pt")
 
     with _running(exe, str(studies), bundle_root, tmp) as (url, info, tail):
-        yield {"url": url, "info": info, "studies": studies, "bundle_root": bundle_root, "tail": tail,
-               "dicom_affine": dicom_affine, "phantom": phantom}  # fmt: skip
+        yield {
+            "url": url,
+            "info": info,
+            "studies": studies,
+            "bundle_root": bundle_root,
+            "tail": tail,
+            "dicom_affine": dicom_affine,
+            "phantom": phantom,
+        }
 
 
 @contextlib.contextmanager
@@ -172,18 +200,55 @@ def _running(exe: str, studies: str, bundle_root, tmp, env: dict | None = None):
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "server.log", "w")
     log_config = tmp / "logging.json"  # to the console, captured in server.log (not <app>/logs/app.log)
-    log_config.write_text(json.dumps({
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "[%(asctime)s] [%(process)s] [%(levelname)s] (%(name)s) - %(message)s"}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "root": {"level": "INFO", "handlers": ["console"]}}))  # fmt: skip
-    cmd = [exe, "start_server", "--app", os.path.join(ROOT, "apps", "monailabel"), "--studies", studies,
-           "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config),
-           "--conf", "bundle_root", str(bundle_root),
-           "--conf", "overlays", "site.yaml", "--conf", "la_overlays", "la_net.yaml",
-           "--conf", "qa_overlays", "qa_small.yaml", "--conf", "qa_checkpoint", "models/qa_small.pt"]  # fmt: skip
-    env = {**os.environ, "PATH": os.path.join(VENV, "bin") + os.pathsep + os.environ.get("PATH", ""),
-           "MONAI_LABEL_SESSIONS": "false", "PYTHONPATH": "", **(env or {})}  # fmt: skip
+    log_config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {
+                    "plain": {"format": "[%(asctime)s] [%(process)s] [%(levelname)s] (%(name)s) - %(message)s"}
+                },
+                "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+                "root": {"level": "INFO", "handlers": ["console"]},
+            }
+        )
+    )
+    cmd = [
+        exe,
+        "start_server",
+        "--app",
+        os.path.join(ROOT, "apps", "monailabel"),
+        "--studies",
+        studies,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log_config",
+        str(log_config),
+        "--conf",
+        "bundle_root",
+        str(bundle_root),
+        "--conf",
+        "overlays",
+        "site.yaml",
+        "--conf",
+        "la_overlays",
+        "la_net.yaml",
+        "--conf",
+        "qa_overlays",
+        "qa_small.yaml",
+        "--conf",
+        "qa_checkpoint",
+        "models/qa_small.pt",
+    ]
+    env = {
+        **os.environ,
+        "PATH": os.path.join(VENV, "bin") + os.pathsep + os.environ.get("PATH", ""),
+        "MONAI_LABEL_SESSIONS": "false",
+        "PYTHONPATH": "",
+        **(env or {}),
+    }
     env.pop("VIRTUAL_ENV", None)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp), start_new_session=True)
 
@@ -275,13 +340,27 @@ def test_qa_scores(server, tmp_path):
     root = server["bundle_root"]
     out = tmp_path / "cli"
     # (the detector's network comes from its checkpoint's plan: la_net.yaml is the training overlay only)
-    wf = ConfigWorkflow(config_file=[str(root / "configs" / "common.yaml"), str(root / "configs" / "inference.yaml"),
-                                     str(root / "site.yaml")],
-                        meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer", ckpt_name="model.pt",
-                        bundle_root=str(root), input=str(server["studies"] / "oblique.nii.gz"), output_dir=str(out),
-                        qa_config=[str(root / "configs" / "common.yaml"), str(root / "configs" / "qa_baseline.yaml"),
-                                   str(root / "site.yaml"), str(root / "qa_small.yaml")],
-                        qa_ckpt=str(root / "models" / "qa_small.pt"), device="$torch.device('cpu')")  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=[
+            str(root / "configs" / "common.yaml"),
+            str(root / "configs" / "inference.yaml"),
+            str(root / "site.yaml"),
+        ],
+        meta_file=str(root / "configs" / "metadata.json"),
+        workflow_type="infer",
+        ckpt_name="model.pt",
+        bundle_root=str(root),
+        input=str(server["studies"] / "oblique.nii.gz"),
+        output_dir=str(out),
+        qa_config=[
+            str(root / "configs" / "common.yaml"),
+            str(root / "configs" / "qa_baseline.yaml"),
+            str(root / "site.yaml"),
+            str(root / "qa_small.yaml"),
+        ],
+        qa_ckpt=str(root / "models" / "qa_small.pt"),
+        device="$torch.device('cpu')",
+    )
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -289,8 +368,9 @@ def test_qa_scores(server, tmp_path):
     assert row["status"] == "ok" and int(row["n_la_slices"]) == len(qa["la_slices"])
     for k in ("nulling", "sharpness", "enhancement", "fibrosis"):
         assert float(row[f"p_{k}"]) == pytest.approx(qa["probabilities"][k], abs=1e-4)
-    assert int(row["diagnostic"]) == qa["diagnostic"] and float(row["uncertainty"]) == pytest.approx(qa["uncertainty"],
-                                                                                                     abs=1e-4)
+    assert int(row["diagnostic"]) == qa["diagnostic"] and float(row["uncertainty"]) == pytest.approx(
+        qa["uncertainty"], abs=1e-4
+    )
 
 
 def test_training_through_the_server(server, tmp_path):
@@ -315,8 +395,9 @@ def test_training_through_the_server(server, tmp_path):
     assert [_md5(b) for b in backups] == [before]
     # the bundle's own MLflow run, with the datastore's patients in its split
     client = mlflow.MlflowClient(f"sqlite:///{server['bundle_root']}/runs/mlruns.db")
-    runs = client.search_runs([client.get_experiment_by_name("la_lge_qa").experiment_id],
-                              filter_string=f"attributes.run_name = '{run_name}'")  # fmt: skip
+    runs = client.search_runs(
+        [client.get_experiment_by_name("la_lge_qa").experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val_mean_dice" in runs[0].data.metrics and runs[0].data.params["max_epochs"] == "1"
     datalist = json.load(open(server["bundle_root"] / "runs" / "monailabel" / run_name / "datalist.json"))
@@ -339,8 +420,14 @@ def dicomweb_server(server, tmp_path_factory):
     from tests.orthanc import Orthanc
 
     tmp = tmp_path_factory.mktemp("monailabel_dicomweb")
-    files, affine = write_dicom(str(tmp / "series"), server["phantom"].astype(np.uint16) * 4, study_uid=DW_STUDY,
-                                series_uid=DW_SERIES, patient_id="DW01", spacing=(1.0, 1.0, 2.0))  # fmt: skip
+    files, affine = write_dicom(
+        str(tmp / "series"),
+        server["phantom"].astype(np.uint16) * 4,
+        study_uid=DW_STUDY,
+        series_uid=DW_SERIES,
+        patient_id="DW01",
+        spacing=(1.0, 1.0, 2.0),
+    )
     orthanc = Orthanc(str(tmp / "orthanc"))
     try:
         orthanc.upload(files)
@@ -368,11 +455,21 @@ def test_dicomweb_round_trip_mask_saved_back_as_dicom_seg(dicomweb_server, tmp_p
     # the annotator accepts the mask: MONAI Label stores it on the server as a DICOM SEG (STOW-RS)
     label = (tmp_path / f"{DW_SERIES}_mask.nii.gz").read_bytes()
     boundary = "la-lge-qa-boundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'
             f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="label.nii.gz"\r\n'
-            "Content-Type: application/gzip\r\n\r\n").encode() + label + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-    req = urllib.request.Request(f"{srv['url']}/datastore/label?image={DW_SERIES}&tag=final", data=body, method="PUT",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+            "Content-Type: application/gzip\r\n\r\n"
+        ).encode()
+        + label
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        f"{srv['url']}/datastore/label?image={DW_SERIES}&tag=final",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(req, timeout=300) as r:
         assert r.status == 200, srv["tail"]()
     series = {s["modality"]: s for s in orthanc.series_of(DW_STUDY)}

@@ -85,16 +85,23 @@ def test_curation_end_to_end_flags_the_odd_scan(tmp_path):
     """Four scans of 12 slices in 8-d embeddings; scan 2's slices lie far from every other slice of their class: the
     pipeline (PCA, then DBSCAN on the PCA features) flags its slices and the scan, and the curated datalist drops it."""
     rng = np.random.default_rng(3)
-    emb = np.concatenate([_blob(rng, np.zeros(8), 12), _blob(rng, np.zeros(8), 12),
-                          rng.uniform(-30, 30, (12, 8)), _blob(rng, np.full(8, 3.0), 12)])  # fmt: skip
+    emb = np.concatenate(
+        [
+            _blob(rng, np.zeros(8), 12),
+            _blob(rng, np.zeros(8), 12),
+            rng.uniform(-30, 30, (12, 8)),
+            _blob(rng, np.full(8, 3.0), 12),
+        ]
+    )
     volumes = np.repeat([0, 1, 2, 3], 12)
     classes = np.repeat([1, 1, 1, 0], 12)
     res = curate_embeddings(emb, classes, volumes, pca_components=4, projection="none", min_samples=5, eps=2.0)
     assert res["noise"][24:36].all() and not res["noise"][:24].any() and not res["noise"][36:].any()
     assert [v for v, s in res["scans"].items() if s["flagged"]] == [2]
 
-    entries = [{"image": str(tmp_path / f"s{v}.nii.gz"), "patient": f"p{v}", "_index": v + 1, "fibrosis": 4}
-               for v in range(4)]
+    entries = [
+        {"image": str(tmp_path / f"s{v}.nii.gz"), "patient": f"p{v}", "_index": v + 1, "fibrosis": 4} for v in range(4)
+    ]
     quality = [{"image": "val.nii.gz", "patient": "pv"}]
     quality += [{"image": f"s{v}.nii.gz", "patient": f"p{v}"} for v in range(4)]
     raw = {"segmentation": [{"image": "seg.nii.gz", "label": "lab.nii.gz", "patient": "p0"}], "quality": quality}
@@ -103,8 +110,18 @@ def test_curation_end_to_end_flags_the_odd_scan(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "datalist_curated.json").write_text("earlier")  # kept, not overwritten
-    summary = write_curation(str(out), res, classes, volumes, np.tile(np.arange(12), 4), entries, str(datalist),
-                             str(tmp_path), "fibrosis", {"scan_share": 0.5})  # fmt: skip
+    summary = write_curation(
+        str(out),
+        res,
+        classes,
+        volumes,
+        np.tile(np.arange(12), 4),
+        entries,
+        str(datalist),
+        str(tmp_path),
+        "fibrosis",
+        {"scan_share": 0.5},
+    )
     curated = json.loads((out / "datalist_curated.json").read_text())
     assert curated["segmentation"] == raw["segmentation"]  # untouched
     assert [e["image"] for e in curated["quality"]] == ["val.nii.gz", "s0.nii.gz", "s1.nii.gz", "s3.nii.gz"]
@@ -142,13 +159,31 @@ def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_dem
     noise = np.zeros(len(rec), bool)
     noise[np.flatnonzero(volumes == 0)[:1]] = True  # one slice of scan 0: the scan is kept (share < 0.5)
     noise[volumes == 1] = True  # all of scan 1: the scan is dropped
-    res = {"noise": noise, "cluster": np.where(noise, -1, 0), "points": np.zeros((len(rec), 2)), "projection": "none",
-           "classes": {0: {"n": 1, "eps": 1.0, "n_clusters": 1, "n_noise": 0, "clustered": True},
-                       1: {"n": 1, "eps": 1.0, "n_clusters": 1, "n_noise": 0, "clustered": True}},
-           "scans": flag_scans(volumes, noise, 0.5)}  # fmt: skip
+    res = {
+        "noise": noise,
+        "cluster": np.where(noise, -1, 0),
+        "points": np.zeros((len(rec), 2)),
+        "projection": "none",
+        "classes": {
+            0: {"n": 1, "eps": 1.0, "n_clusters": 1, "n_noise": 0, "clustered": True},
+            1: {"n": 1, "eps": 1.0, "n_clusters": 1, "n_noise": 0, "clustered": True},
+        },
+        "scans": flag_scans(volumes, noise, 0.5),
+    }
     classes = full.slice_targets()[:, 3].astype(int)
-    summary = write_curation(str(tmp_path / "out"), res, classes, volumes, slices, full.cache.entries, tiny_demo,
-                             data.dataset_dir, "fibrosis", {"scan_share": 0.5}, drop_slices=True)  # fmt: skip
+    summary = write_curation(
+        str(tmp_path / "out"),
+        res,
+        classes,
+        volumes,
+        slices,
+        full.cache.entries,
+        tiny_demo,
+        data.dataset_dir,
+        "fibrosis",
+        {"scan_share": 0.5},
+        drop_slices=True,
+    )
     assert summary["flagged_scans"] == 1 and summary["excluded_slices"] == 1
     curated_path = str(tmp_path / "out" / "datalist_curated.json")
     curated = json.load(open(curated_path))
@@ -156,8 +191,14 @@ def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_dem
     excluded = [e.get("exclude_slices") for e in curated["quality"] if e["image"] in e0["image"]]
     assert excluded == [[int(slices[noise][0])]]
     assert not any(e1["image"].endswith(e["image"]) for e in curated["quality"])
-    data2 = prepare_data(datalist=curated_path, dataset_dir=data.dataset_dir, output_dir=str(tmp_path / "runs"),
-                         split_file=None, test_size=2, val_fraction=0.2)  # fmt: skip
+    data2 = prepare_data(
+        datalist=curated_path,
+        dataset_dir=data.dataset_dir,
+        output_dir=str(tmp_path / "runs"),
+        split_file=None,
+        test_size=2,
+        val_fraction=0.2,
+    )
     cur = qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"))
     assert len(cur) == len(full) - int(noise.sum())
     names = lambda s: {(s.cache.entries[r["volume"]]["image"], r["slice"]) for r in s.records()}  # noqa: E731

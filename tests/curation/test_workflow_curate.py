@@ -10,7 +10,6 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-
 from monai.bundle import ConfigWorkflow
 
 from bundle.curation import curation_encoder
@@ -44,10 +43,17 @@ def test_curate_workflow(tiny_demo, tmp_path):
     ckpt = tmp_path / "qa_baseline.pt"
     torch.save(_tiny_qanet().state_dict(), ckpt)
     out = tmp_path / "runs"
-    wf = ConfigWorkflow(config_file=CONFIGS, meta_file=os.path.join(ROOT, "configs", "metadata.json"),
-                        logging_file=os.path.join(ROOT, "configs", "logging.conf"), workflow_type="infer",
-                        datalist=tiny_demo, output_dir=str(out), qa_ckpt=str(ckpt), dbscan_eps=1e-6,
-                        **TINY)  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=CONFIGS,
+        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+        logging_file=os.path.join(ROOT, "configs", "logging.conf"),
+        workflow_type="infer",
+        datalist=tiny_demo,
+        output_dir=str(out),
+        qa_ckpt=str(ckpt),
+        dbscan_eps=1e-6,
+        **TINY,
+    )
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -85,9 +91,26 @@ def test_curate_cli_with_an_encoder_checkpoint(tiny_demo, tmp_path):
     ckpt = tmp_path / "supcon_encoder.pt"
     torch.save(_tiny_qanet().encoder.state_dict(), ckpt)
     args = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "curate", "--config_file", json.dumps(CONFIGS),
-           "--meta_file", os.path.join(ROOT, "configs", "metadata.json"), "--datalist", tiny_demo,
-           "--output_dir", str(tmp_path / "runs"), "--qa_ckpt", str(ckpt), "--projection", "none", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "curate",
+        "--config_file",
+        json.dumps(CONFIGS),
+        "--meta_file",
+        os.path.join(ROOT, "configs", "metadata.json"),
+        "--datalist",
+        tiny_demo,
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--qa_ckpt",
+        str(ckpt),
+        "--projection",
+        "none",
+        *args,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     line = res.stdout.strip().splitlines()[-1]
@@ -121,8 +144,13 @@ def test_curate_compare(tiny_demo, tmp_path):
     curated = {**source, "quality": [e for e in source["quality"] if e["image"] not in dropped]}
     (cur_dir / "datalist_curated.json").write_text(json.dumps(curated))
     (cur_dir / "split.json").write_text(json.dumps(split))
-    summary = {"datalist": tiny_demo, "dataset_dir": os.path.dirname(tiny_demo), "scans": 10, "flagged_scans": 2,
-               "curated_datalist": str(cur_dir / "datalist_curated.json")}  # fmt: skip
+    summary = {
+        "datalist": tiny_demo,
+        "dataset_dir": os.path.dirname(tiny_demo),
+        "scans": 10,
+        "flagged_scans": 2,
+        "curated_datalist": str(cur_dir / "datalist_curated.json"),
+    }
     (cur_dir / "curation_summary.json").write_text(json.dumps(summary))
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     from curate_compare import main
@@ -142,8 +170,9 @@ def test_curate_compare(tiny_demo, tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs'}/mlruns.db")
     runs = client.search_runs([client.get_experiment_by_name("la_lge_qa").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("workflow") == "curate_compare"]
-    children = {r.data.tags["datalist_kind"]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}  # fmt: skip
+    children = {
+        r.data.tags["datalist_kind"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert set(children) == {"full", "curated"} and all(r.info.status == "FINISHED" for r in children.values())
     assert int(children["curated"].data.params["train_slices"]) < int(children["full"].data.params["train_slices"])
     assert children["curated"].data.params["datalist"] == summary["curated_datalist"]

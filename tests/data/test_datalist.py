@@ -22,9 +22,13 @@ def test_dataset_dir_overrides_datalist_folder(toy_dataset, tmp_path_factory):
     validate_datalist(lists)
 
 
-SEG = lambda **kw: [{"image": "images/a.nii.gz", "label": "labels/a.nii.gz", "patient": "a", **kw}]  # noqa: E731
-Q = lambda **kw: [{"image": "images/a.nii.gz", "patient": "a", "nulling": 3, "sharpness": 3, "enhancement": 3,  # noqa: E731
-                   "fibrosis": 3, **kw}]
+def SEG(**kw):
+    return [{"image": "images/a.nii.gz", "label": "labels/a.nii.gz", "patient": "a", **kw}]
+
+
+def Q(**kw):
+    scores = {"nulling": 3, "sharpness": 3, "enhancement": 3, "fibrosis": 3}
+    return [{"image": "images/a.nii.gz", "patient": "a", **scores, **kw}]
 
 
 @pytest.mark.parametrize(
@@ -68,9 +72,15 @@ def test_all_problems_counted_first_raised(toy_dataset):
         validate_datalist(load_datalist(path))
 
 
-@pytest.mark.parametrize("content, message", [("{not json", "not a readable JSON"), ('{"other": []}', "holds none"),
-                                              ('{"segmentation": {}}', "must be a list"),
-                                              ('{"segmentation": [3]}', r"segmentation\[0\]: entry must be an object")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not a readable JSON"),
+        ('{"other": []}', "holds none"),
+        ('{"segmentation": {}}', "must be a list"),
+        ('{"segmentation": [3]}', r"segmentation\[0\]: entry must be an object"),
+    ],
+)
 def test_malformed_files(tmp_path, content, message):
     path = tmp_path / "d.json"
     path.write_text(content)

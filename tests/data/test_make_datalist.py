@@ -23,8 +23,15 @@ def test_csv_and_folders_to_valid_datalist(toy_dataset, tmp_path):
     root = str(toy_dataset.root)
     csv_path = _csv(tmp_path, ["images/a.nii.gz,labels/a.nii.gz,a,3,4,2,3\n", "images/b.nii.gz,,b,1,1,1,2\n"])
     d = datalist_from_csv(csv_path, root, "images", "labels")
-    assert d["quality"][0] == {"image": "images/a.nii.gz", "label": "labels/a.nii.gz", "patient": "a", "nulling": 3,
-                               "sharpness": 4, "enhancement": 2, "fibrosis": 3}  # fmt: skip
+    assert d["quality"][0] == {
+        "image": "images/a.nii.gz",
+        "label": "labels/a.nii.gz",
+        "patient": "a",
+        "nulling": 3,
+        "sharpness": 4,
+        "enhancement": 2,
+        "fibrosis": 3,
+    }
     assert "label" not in d["quality"][1]
     assert [e["patient"] for e in d["segmentation"]] == ["a", "b"]
     out = tmp_path / "dl.json"
@@ -34,8 +41,9 @@ def test_csv_and_folders_to_valid_datalist(toy_dataset, tmp_path):
 
 def test_patient_from_name(toy_dataset, tmp_path):
     toy_dataset()
-    csv_path = _csv(tmp_path, ["images/a.nii.gz,,,3,3,3,3\n"], header="image,label,patient,nulling,sharpness,"
-                    "enhancement,fibrosis\n")  # fmt: skip
+    csv_path = _csv(
+        tmp_path, ["images/a.nii.gz,,,3,3,3,3\n"], header="image,label,patient,nulling,sharpness,enhancement,fibrosis\n"
+    )
     assert datalist_from_csv(csv_path, str(toy_dataset.root))["quality"][0]["patient"] == "a"
     d = datalist_from_csv(None, str(toy_dataset.root), "images", "labels", patient_pattern=r"^(\w)")
     assert [e["patient"] for e in d["segmentation"]] == ["a", "b"]

@@ -7,8 +7,13 @@ from tests.error_helpers import raises_error
 
 
 def test_split_saved_and_parts_disjoint(tiny_demo, tmp_path):
-    data = prepare_data(datalist=tiny_demo, output_dir=str(tmp_path), test_size=0.25, seed=1,
-                        save_split_to=str(tmp_path / "run" / "split.json"))  # fmt: skip
+    data = prepare_data(
+        datalist=tiny_demo,
+        output_dir=str(tmp_path),
+        test_size=0.25,
+        seed=1,
+        save_split_to=str(tmp_path / "run" / "split.json"),
+    )
     saved = json.load(open(tmp_path / "run" / "split.json"))
     assert saved["test"] == data.split["test"] and len(saved["test"]) == 2
     assert set(saved["images"]) == {"segmentation", "quality"}
@@ -26,8 +31,11 @@ def test_no_dataset_makes_the_demo_inside_output_dir(tmp_path):
 
 
 def test_bad_entry_stops_with_one_line_and_writes_nothing(toy_dataset, tmp_path):
-    path = toy_dataset(quality=[{"image": "images/a.nii.gz", "patient": "a", "nulling": 7, "sharpness": 3,
-                                 "enhancement": 3, "fibrosis": 3}])  # fmt: skip
+    path = toy_dataset(
+        quality=[
+            {"image": "images/a.nii.gz", "patient": "a", "nulling": 7, "sharpness": 3, "enhancement": 3, "fibrosis": 3}
+        ]
+    )
     out = tmp_path / "out"
     with raises_error(DataError) as err:
         prepare_data(datalist=path, output_dir=str(out), save_split_to=str(out / "run" / "split.json"))
@@ -45,8 +53,9 @@ def test_user_split_with_leak_is_refused(toy_dataset, tmp_path):
 
 def test_dataset_dir_without_datalist(toy_dataset, tmp_path):
     toy_dataset()
-    data = prepare_data(dataset_dir=str(toy_dataset.root), output_dir=str(tmp_path / "o"), test_size=0,
-                        val_fraction=0.5)  # fmt: skip
+    data = prepare_data(
+        dataset_dir=str(toy_dataset.root), output_dir=str(tmp_path / "o"), test_size=0, val_fraction=0.5
+    )
     assert sorted(data.split["train"] + data.split["val"]) == ["a", "b"]
     with raises_error(DataError, "no dataset.json"):
         prepare_data(dataset_dir=str(tmp_path / "o"), output_dir=str(tmp_path / "o2"))

@@ -31,8 +31,12 @@ def _inference_selection(ckpt, entries):
     from bundle.inference import ScanResult, TwoStageStep, load_detector, load_volume, plan_inferer
 
     network, plan = load_detector(ckpt)
-    step = TwoStageStep(la_threshold=plan["la_threshold"], min_slices=4, min_la_area_mm2=plan["min_la_area_mm2"],
-                        keep_largest=plan["keep_largest"])  # fmt: skip
+    step = TwoStageStep(
+        la_threshold=plan["la_threshold"],
+        min_slices=4,
+        min_la_area_mm2=plan["min_la_area_mm2"],
+        keep_largest=plan["keep_largest"],
+    )
     out = []
     for e in entries:
         result = ScanResult(input=e["image"])
@@ -51,7 +55,9 @@ def test_mask_selection_targets_and_step(demo_split, tmp_path):
     assert rec["target"].tolist() == [to_binary(entry[k]) for k in ("nulling", "sharpness", "enhancement", "fibrosis")]
     assert rec["target"].dtype == np.float32 and rec["image"].shape == (1, 16, 16) and rec["label"].any()
     assert s.slice_targets().shape == (len(s), 4)
-    every_other = qa_slices(demo_split, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
+    every_other = qa_slices(
+        demo_split, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2
+    )
     for v in np.unique(c.volume[s.indices]):
         kept = s.indices[c.volume[s.indices] == v]
         assert every_other.indices[c.volume[every_other.indices] == v].tolist() == kept[::2].tolist()
@@ -100,7 +106,12 @@ def test_missing_detector_is_one_clear_line(demo_split, tmp_path):
     with raises_error(WeightsError) as e:
         qa_slices(demo_split, "train", mode="detector", spatial_size=16, detector_ckpt=str(tmp_path / "model.pt"))
     msg = error_line(e.value)
-    assert "\n" not in msg and "no LA detector checkpoint at" in msg and "configs/train.yaml" in msg and "--qa_slices mask" in msg
+    assert (
+        "\n" not in msg
+        and "no LA detector checkpoint at" in msg
+        and "configs/train.yaml" in msg
+        and "--qa_slices mask" in msg
+    )
     with raises_error(ConfigError, "qa_slices must be one of"):
         qa_slices(demo_split, "train", mode="other")
 

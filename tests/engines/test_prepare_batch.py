@@ -7,7 +7,8 @@ from bundle.transforms import BatchRandSliceAffine
 def test_to_device_channels_last_and_augment_switch():
     batch = {"image": torch.rand(4, 1, 16, 16), "label": (torch.rand(4, 1, 16, 16) > 0.5).float(), "volume": [0] * 4}
     img, lab = SlicePrepareBatch(augment=BatchRandSliceAffine(prob=1.0, seed=0), enabled=False, channels_last=True)(
-        batch, torch.device("cpu"))
+        batch, torch.device("cpu")
+    )
     assert img.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(img, batch["image"])  # disabled: untouched values
     img2, lab2 = SlicePrepareBatch(augment=BatchRandSliceAffine(prob=1.0, seed=0))(batch, "cpu")

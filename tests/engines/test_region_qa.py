@@ -30,8 +30,14 @@ def test_ordinal_loss_by_hand():
     b = loss.cutpoints()[0].detach()
     assert b[1] == 0 and b[0] < 0 < b[2] < b[3]
     z, score = torch.tensor([[0.7]]), torch.tensor([[4.0]])  # score 4: >= 2, 3, 4 true; >= 5 false
-    expected = np.mean([-math.log(1 / (1 + math.exp(-(0.7 - float(bk))))) if k <= 4 else
-                        -math.log(1 - 1 / (1 + math.exp(-(0.7 - float(bk))))) for k, bk in zip((2, 3, 4, 5), b)])
+    expected = np.mean(
+        [
+            -math.log(1 / (1 + math.exp(-(0.7 - float(bk)))))
+            if k <= 4
+            else -math.log(1 - 1 / (1 + math.exp(-(0.7 - float(bk)))))
+            for k, bk in zip((2, 3, 4, 5), b)
+        ]
+    )
     assert float(loss(z, score)) == pytest.approx(expected, rel=1e-5)
     weighted = OrdinalBCE(1, pos_weight=[3.0])  # the score >= 3 term's positive counts 3 times
     extra = 2 * -math.log(1 / (1 + math.exp(-0.7))) / 4
@@ -50,9 +56,17 @@ def _scans(n=8, size=20, seed=0):
         noisy = i % 2 == 1
         img = base + rng.normal(0, 0.25 if noisy else 0.01, base.shape).astype(np.float32)
         scores = np.full(4, 1.0 + i % 3 * 0.5 if noisy else 4.0 + (i // 2) % 2, np.float32).round()
-        out.append(RegionScan(name=f"s{i}", patient=f"p{i}", images=np.clip(img, 0.01, 2).astype(np.float16),
-                              masks=np.zeros_like(img, bool), slices=np.arange(6), scores=scores,
-                              target=(scores >= 3).astype(np.float32)))  # fmt: skip
+        out.append(
+            RegionScan(
+                name=f"s{i}",
+                patient=f"p{i}",
+                images=np.clip(img, 0.01, 2).astype(np.float16),
+                masks=np.zeros_like(img, bool),
+                slices=np.arange(6),
+                scores=scores,
+                target=(scores >= 3).astype(np.float32),
+            )
+        )
     return out
 
 
@@ -60,13 +74,22 @@ def _scans(n=8, size=20, seed=0):
 def test_training_learns_a_known_cue(ordinal, loss_level):
     torch.set_num_threads(1)
     train, test = _scans(8), _scans(4, seed=1)
-    model = train_region_qa(train, network={"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4},
-                            size=16, epochs=25, slices_per_scan=4, scans_per_batch=4, lr=1e-2, ordinal=ordinal,
-                            loss_level=loss_level, ema_decay=0.5)  # fmt: skip
+    model = train_region_qa(
+        train,
+        network={"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4},
+        size=16,
+        epochs=25,
+        slices_per_scan=4,
+        scans_per_batch=4,
+        lr=1e-2,
+        ordinal=ordinal,
+        loss_level=loss_level,
+        ema_decay=0.5,
+    )
     logits = scan_logits(model, test, 16, ((), (0,)))
     assert logits.shape == (4, 4)
     clean, noisy = logits[[0, 2]], logits[[1, 3]]
-    assert (clean[:, 1].min() > noisy[:, 1].max()), logits  # sharpness/noise cue ranks every test scan right
+    assert clean[:, 1].min() > noisy[:, 1].max(), logits  # sharpness/noise cue ranks every test scan right
 
 
 def test_statistics_prior_is_the_logistic_regression_and_stays_fixed():
@@ -76,12 +99,19 @@ def test_statistics_prior_is_the_logistic_regression_and_stays_fixed():
 
     torch.set_num_threads(1)
     train = _scans(8)
-    small = {"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4, "intensity_stats": True,
-             "stats_skip": True}  # fmt: skip
+    small = {
+        "block_inplanes": [4, 8, 8, 8],
+        "head_channels": 4,
+        "qa_channels": 4,
+        "intensity_stats": True,
+        "stats_skip": True,
+    }
     model = fit_statistics_prior(build_region_network(**small), train, 16)
     # by hand: the statistics of every training slice, standardised, averaged per scan, one regression per attribute
-    stats = [model.statistics(center_crop(torch.from_numpy(s.images.astype(np.float32))[:, None], 16)).double()
-             for s in train]  # fmt: skip
+    stats = [
+        model.statistics(center_crop(torch.from_numpy(s.images.astype(np.float32))[:, None], 16)).double()
+        for s in train
+    ]
     every = torch.cat(stats)
     mean, std = every.mean(0), every.std(0)
     x = np.stack([((v - mean) / std).mean(0).numpy() for v in stats])
@@ -92,11 +122,16 @@ def test_statistics_prior_is_the_logistic_regression_and_stays_fixed():
     # the network's own normalisation gives the same standardised statistics, in training mode too
     model.train()
     slice_x = center_crop(torch.from_numpy(train[0].images.astype(np.float32))[:, None], 16)
-    np.testing.assert_allclose(model.stats_norm(model.statistics(slice_x)).detach().numpy(),
-                               ((stats[0] - mean) / std).numpy(), rtol=1e-3, atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        model.stats_norm(model.statistics(slice_x)).detach().numpy(),
+        ((stats[0] - mean) / std).numpy(),
+        rtol=1e-3,
+        atol=1e-3,
+    )
     # training keeps the fitted part as it is and learns the rest
-    trained = train_region_qa(train, network=small, size=16, epochs=3, slices_per_scan=4, scans_per_batch=4,
-                              stats_prior=True, ema_decay=0.5)  # fmt: skip
+    trained = train_region_qa(
+        train, network=small, size=16, epochs=3, slices_per_scan=4, scans_per_batch=4, stats_prior=True, ema_decay=0.5
+    )
     torch.testing.assert_close(trained.stats_skip.weight, model.stats_skip.weight)
     torch.testing.assert_close(trained.stats_norm.running_mean, model.stats_norm.running_mean)
     with pytest.raises(ValueError, match="stats_skip"):

@@ -15,8 +15,14 @@ from bundle.evaluation.crossval import CV_METRICS, cross_validate, export_ensemb
 from bundle.inference import load_detector, load_volume, segment_la
 from bundle.metrics import mask_metrics
 
-TINY = {"max_epochs": 1, "spatial_size": 32, "train_crop": 32, "batch_size": 16, "num_workers": 0,
-        "network_def#channels": [4, 8, 16, 32, 64]}  # fmt: skip
+TINY = {
+    "max_epochs": 1,
+    "spatial_size": 32,
+    "train_crop": 32,
+    "batch_size": 16,
+    "num_workers": 0,
+    "network_def#channels": [4, 8, 16, 32, 64],
+}
 
 
 def test_folds_are_disjoint_stratified_and_deterministic():
@@ -32,8 +38,10 @@ def test_folds_are_disjoint_stratified_and_deterministic():
     assert folds == cv_folds(list(reversed(patients)), strata, folds=5, n_val=4, seed=0)
     with pytest.raises(DatalistError, match="too few"):
         cv_folds(patients[:6], None, folds=5, n_val=4)
-    assert patient_strata([{"patient": "a", "fibrosis": 3}, {"patient": "a", "fibrosis": 2}, {"patient": "b"}]) == \
-        {"a": 1, "b": 0}
+    assert patient_strata([{"patient": "a", "fibrosis": 3}, {"patient": "a", "fibrosis": 2}, {"patient": "b"}]) == {
+        "a": 1,
+        "b": 0,
+    }
 
 
 def test_mask_metrics_by_hand():

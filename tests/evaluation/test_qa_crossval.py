@@ -16,9 +16,22 @@ from bundle.inference import qa_network, qa_plan
 from tests.conftest import write_known_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = {"pixel_mm": 2.5, "size": 16, "margin": 2, "epochs": 1, "pretrain_epochs": 1, "slices_per_scan": 2,
-        "scans_per_batch": 4, "network": {"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4,
-                                          "intensity_stats": True, "stats_skip": True}}  # the default recipe's heads
+TINY = {
+    "pixel_mm": 2.5,
+    "size": 16,
+    "margin": 2,
+    "epochs": 1,
+    "pretrain_epochs": 1,
+    "slices_per_scan": 2,
+    "scans_per_batch": 4,
+    "network": {
+        "block_inplanes": [4, 8, 8, 8],
+        "head_channels": 4,
+        "qa_channels": 4,
+        "intensity_stats": True,
+        "stats_skip": True,
+    },
+}  # the default recipe's heads
 
 
 @pytest.mark.slow
@@ -62,11 +75,16 @@ def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     detector = write_known_detector(models, 0.6, name="detector.pt", spatial_size=32, la_bounds=open_bounds)
     image = os.path.join(os.path.dirname(tiny_demo), quality[0]["image"])
     report_dir = tmp_path / "report"
-    wf = ConfigWorkflow(config_file=[os.path.join(ROOT, "configs", "common.yaml"),
-                                     os.path.join(ROOT, "configs", "inference.yaml")],
-                        meta_file=os.path.join(ROOT, "configs", "metadata.json"), workflow_type="infer",
-                        input=image, output_dir=str(report_dir), ckpt_path=detector, qa_ckpt=ckpt,
-                        min_slices=4)  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=[os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "inference.yaml")],
+        meta_file=os.path.join(ROOT, "configs", "metadata.json"),
+        workflow_type="infer",
+        input=image,
+        output_dir=str(report_dir),
+        ckpt_path=detector,
+        qa_ckpt=ckpt,
+        min_slices=4,
+    )
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -84,11 +102,20 @@ def test_seed_ensembles_average_the_seeds_of_each_fold():
     from bundle.metrics.calibration import fit_temperature
 
     def pred(fold, seed, val, test):
-        return {"strategy": "region", "fold": fold, "seed": seed, "seconds": 10.0 + seed,
-                "val_logits": [[v] * 4 for v in val], "test_logits": [[v] * 4 for v in test],
-                "val_targets": [[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]], "test_targets": [[1, 1, 1, 1]],
-                "val_scans": ["a", "b", "c"], "test_scans": ["t"], "val_patients": ["A", "B", "C"],
-                "test_patients": ["T"]}  # fmt: skip
+        return {
+            "strategy": "region",
+            "fold": fold,
+            "seed": seed,
+            "seconds": 10.0 + seed,
+            "val_logits": [[v] * 4 for v in val],
+            "test_logits": [[v] * 4 for v in test],
+            "val_targets": [[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]],
+            "test_targets": [[1, 1, 1, 1]],
+            "val_scans": ["a", "b", "c"],
+            "test_scans": ["t"],
+            "val_patients": ["A", "B", "C"],
+            "test_patients": ["T"],
+        }
 
     preds = [pred(0, 0, [1.0, -2.0, 0.5], [3.0]), pred(0, 1, [3.0, 0.0, -0.5], [1.0]), pred(1, 0, [0, 0, 0], [0])]
     out = seed_ensembles(preds)
@@ -107,8 +134,9 @@ def test_seed_ensembles_average_the_seeds_of_each_fold():
 def test_two_seeds_give_an_ensemble_row_and_the_export_takes_every_seed(tiny_demo, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "qa_cv"
-    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=("region",), seeds=(0, 1), folds=2, n_val=1,
-                            recipe=TINY)  # fmt: skip
+    res = qa_cross_validate(
+        str(out), datalist=tiny_demo, strategies=("region",), seeds=(0, 1), folds=2, n_val=1, recipe=TINY
+    )
     assert set(res["table"]) == {"region", "region_ensemble"}
     assert res["table"]["region"]["runs"] == 4 and res["table"]["region_ensemble"]["runs"] == 2
     with open(out / "oof_predictions.csv", newline="") as f:

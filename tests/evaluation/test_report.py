@@ -8,7 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bundle.evaluation import FEATURES, fit_predict_reference, flatten_metrics, score_predictions, slice_features, write_report
+from bundle.evaluation import (
+    FEATURES,
+    fit_predict_reference,
+    flatten_metrics,
+    score_predictions,
+    slice_features,
+    write_report,
+)
 
 
 def _example():
@@ -34,15 +41,37 @@ def test_score_predictions_per_slice_and_scan():
     nulling = s["metrics"]["mode"]["nulling"]  # everything predicted diagnostic
     assert nulling["recall"] == 1.0 and nulling["specificity"] == 0.0
     flat = flatten_metrics(s["metrics"], "test")
-    assert flat["test_mode_fibrosis_f1"] == 1.0 and "test_slice_nulling_auroc" in flat and not any(k.endswith("_n") for k in flat)
+    assert (
+        flat["test_mode_fibrosis_f1"] == 1.0
+        and "test_slice_nulling_auroc" in flat
+        and not any(k.endswith("_n") for k in flat)
+    )
 
 
 def test_write_report_files(tmp_path):
-    summary = write_report(str(tmp_path), *_example()[:1], np.array([3, 4, 5, 3, 4]), *_example()[1:], ["a.nii.gz", "b.nii.gz"],
-                           part="test", title="baseline")  # fmt: skip
-    for f in ("metrics.json", "metrics.csv", "slice_predictions.csv", "scan_predictions.csv", "confusion_mode.png", "confusion_mean.png"):
+    summary = write_report(
+        str(tmp_path),
+        *_example()[:1],
+        np.array([3, 4, 5, 3, 4]),
+        *_example()[1:],
+        ["a.nii.gz", "b.nii.gz"],
+        part="test",
+        title="baseline",
+    )
+    for f in (
+        "metrics.json",
+        "metrics.csv",
+        "slice_predictions.csv",
+        "scan_predictions.csv",
+        "confusion_mode.png",
+        "confusion_mean.png",
+    ):
         assert os.path.getsize(tmp_path / f) > 0, f
-    assert json.load(open(tmp_path / "metrics.json"))["metrics"]["mode"]["fibrosis"]["f1"] == 1.0 == summary["metrics"]["mode"]["fibrosis"]["f1"]
+    assert (
+        json.load(open(tmp_path / "metrics.json"))["metrics"]["mode"]["fibrosis"]["f1"]
+        == 1.0
+        == summary["metrics"]["mode"]["fibrosis"]["f1"]
+    )
     import pandas as pd
 
     scans = pd.read_csv(tmp_path / "scan_predictions.csv")

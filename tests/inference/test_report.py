@@ -14,9 +14,21 @@ from tests.error_helpers import raises_error
 
 
 def test_row_format():
-    r = ScanResult(input="/x", series_uid="1.2", n_slices=88, n_la_slices=30, p_nulling=0.123456, p_sharpness=0.5,
-                   p_enhancement=1.0, p_fibrosis=0.3333333, diagnostic=0, uncertainty=float("nan"), refer=True,
-                   status="ok", message="m")  # fmt: skip
+    r = ScanResult(
+        input="/x",
+        series_uid="1.2",
+        n_slices=88,
+        n_la_slices=30,
+        p_nulling=0.123456,
+        p_sharpness=0.5,
+        p_enhancement=1.0,
+        p_fibrosis=0.3333333,
+        diagnostic=0,
+        uncertainty=float("nan"),
+        refer=True,
+        status="ok",
+        message="m",
+    )
     row = r.row()
     assert tuple(row) == CSV_COLUMNS
     assert row["p_nulling"] == 0.1235 and row["p_fibrosis"] == 0.3333 and row["uncertainty"] == "" and row["refer"] == 1
@@ -33,8 +45,17 @@ def test_report_lists_every_source_in_order(tmp_path):
     files = prepare_outputs(found, str(tmp_path / "out"))
     assert [f.split("/")[-1] for f in files] == ["qa_report.csv", "qa_report.json", "a_la_mask.nii.gz", "a_report.html"]
     writer = ReportWriter(str(tmp_path / "out"), found, html=False)
-    writer.add(ScanResult(input=found.sources[0].input, name="a", status="no_left_atrium", n_slices=12, n_la_slices=0,
-                          refer=1, message="no slice"))  # fmt: skip
+    writer.add(
+        ScanResult(
+            input=found.sources[0].input,
+            name="a",
+            status="no_left_atrium",
+            n_slices=12,
+            n_la_slices=0,
+            refer=1,
+            message="no slice",
+        )
+    )
     writer.write()
     rows = list(csv.DictReader(open(tmp_path / "out" / "qa_report.csv", encoding="utf-8")))
     assert [(r["status"], r["n_la_slices"]) for r in rows] == [("no_left_atrium", "0"), ("error", "")]

@@ -6,7 +6,6 @@ import os
 import nibabel as nib
 import numpy as np
 import torch
-
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
@@ -85,8 +84,16 @@ def test_slices_are_the_training_slices(tmp_path):
     volume = parser.get_parsed_content("preprocessing")({"image": path})["image"]
     train = volume_transform(spatial_size=16, with_label=False)({"image": path})["image"]  # (S, 1, h, w)
     torch.testing.assert_close(torch.as_tensor(ExtractSlices(spatial_size=16)(volume)), torch.as_tensor(train))
-    parser["network_def"] = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
-                             "channels": [4, 8, 16, 32, 64], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
+    parser["network_def"] = {
+        "_target_": "UNet",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": 1,
+        "channels": [4, 8, 16, 32, 64],
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 2,
+        "norm": "batch",
+    }
     net = parser.get_parsed_content("network_def").eval()
     with torch.no_grad():
         s1 = parser.get_parsed_content("inferer").predict_slices(volume, net)  # in batches of 4

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from bundle.inference import LABounds, SpacingSliceInferer, detect_la_volume, implausible_la, la_mask, la_slices
@@ -77,7 +76,9 @@ def test_same_mask_and_slices_for_a_scan_inside_a_wider_field_of_view():
     img += rng.uniform(0, 0.2, img.shape).astype(np.float32)
     affine = torch.diag(torch.tensor([0.625, 0.625, 1.25, 1.0], dtype=torch.float64))
     small = MetaTensor(torch.as_tensor(img)[None], affine=affine)
-    wide = np.zeros((160, 120, 12), np.float32)  # twice the field of view (even offsets: see the model card on odd ones)
+    wide = np.zeros(
+        (160, 120, 12), np.float32
+    )  # twice the field of view (even offsets: see the model card on odd ones)
     wide[40:120, 30:90] = img
     big = MetaTensor(torch.as_tensor(wide)[None], affine=affine)
     inferer = SpacingSliceInferer(pixel_mm=1.25, roi_size=32, context=1, batch_size=4)
@@ -103,7 +104,9 @@ def test_ensemble_averages_probabilities():
     out = ens(torch.zeros(1, 1, 2, 2))
     expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
     assert torch.allclose(torch.sigmoid(out), expected.expand_as(out), atol=1e-5)
-    assert set(Ensemble(a, members=3).state_dict()) == {f"members.{k}.{p}" for k in range(3) for p in ("weight", "bias")}
+    assert set(Ensemble(a, members=3).state_dict()) == {
+        f"members.{k}.{p}" for k in range(3) for p in ("weight", "bias")
+    }
 
 
 def test_an_implausible_la_is_referred_not_ok():

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from bundle.data import volume_transform
@@ -38,8 +37,9 @@ AFFINES = {
 
 def test_slices_are_the_training_slices(tmp_path):
     rng = np.random.default_rng(0)
-    path = write_nifti(str(tmp_path / "v.nii.gz"), rng.integers(0, 255, (37, 29, 11)).astype(np.uint8),
-                       AFFINES["axial"])  # fmt: skip
+    path = write_nifti(
+        str(tmp_path / "v.nii.gz"), rng.integers(0, 255, (37, 29, 11)).astype(np.uint8), AFFINES["axial"]
+    )
     train = volume_transform(spatial_size=32, with_label=False)({"image": path})["image"]
     from monai.transforms import LoadImage
 

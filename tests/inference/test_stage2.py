@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
 
 from bundle.errors import ConfigError, WeightsError
@@ -21,9 +20,14 @@ SMALL_QA = {"encoder_layers": [1, 1, 1, 1], "encoder_widths": [4, 8, 16, 32], "h
 def small_qanet(seed: int = 0, segmentation: bool = False) -> QANet:
     """The bundle's QA network (resnet layout shrunk): (N, 1, h, w) -> logits (N, 4) or, multi-task, a dict."""
     torch.manual_seed(seed)
-    return QANet(layers=SMALL_QA["encoder_layers"], block_inplanes=SMALL_QA["encoder_widths"],
-                 head_channels=SMALL_QA["head_channels"], qa_channels=SMALL_QA["qa_channels"],
-                 segmentation=segmentation, decoder_channels=(16, 8, 8, 4, 4))  # fmt: skip
+    return QANet(
+        layers=SMALL_QA["encoder_layers"],
+        block_inplanes=SMALL_QA["encoder_widths"],
+        head_channels=SMALL_QA["head_channels"],
+        qa_channels=SMALL_QA["qa_channels"],
+        segmentation=segmentation,
+        decoder_channels=(16, 8, 8, 4, 4),
+    )
 
 
 def probs_of(fibrosis, attributes=0.5):
@@ -99,8 +103,13 @@ def test_multitask_network_dict_output_and_contract_check(tmp_path):
         out = net.eval()(x)
     assert set(out) == {"qa", "seg"}  # the multi-task network returns a dict; stage 2 reads its "qa" entry
     torch.save(net.state_dict(), tmp_path / "qa_multitask.pt")
-    stage = QAStage(small_qanet(5, segmentation=True), checkpoint=str(tmp_path / "qa_multitask.pt"),
-                    cam_layer=CAM_LAYER, cam_slices=1, output_key="qa")  # fmt: skip
+    stage = QAStage(
+        small_qanet(5, segmentation=True),
+        checkpoint=str(tmp_path / "qa_multitask.pt"),
+        cam_layer=CAM_LAYER,
+        cam_slices=1,
+        output_key="qa",
+    )
     np.testing.assert_allclose(stage.predict(x)[0], torch.sigmoid(out["qa"]).numpy(), rtol=1e-5, atol=1e-6)
     assert stage.assess(x).cams.shape == (1, 32, 32)
     with pytest.raises(ValueError, match="logits"):

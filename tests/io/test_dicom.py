@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pydicom
 import pytest
-
 from monai.data import ITKReader
 from monai.transforms import LoadImage
 
@@ -110,8 +109,10 @@ def test_folder_with_two_volumes_is_ambiguous(tmp_path):
 
 
 def _frames(positions, orientation=(1, 0, 0, 0, 1, 0), spacing=(1.0, 1.0), shape=(4, 4)):
-    return [Frame(f"f{i}", None, np.asarray(p, float), np.asarray(orientation, float), spacing, shape)
-            for i, p in enumerate(positions)]  # fmt: skip
+    return [
+        Frame(f"f{i}", None, np.asarray(p, float), np.asarray(orientation, float), spacing, shape)
+        for i, p in enumerate(positions)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -121,8 +122,10 @@ def _frames(positions, orientation=(1, 0, 0, 0, 1, 0), spacing=(1.0, 1.0), shape
         (_frames([(0, 0, z) for z in (0, 1, 2)]), "only 3 slices"),
         (_frames([(0, 0, z) for z in (0, 1, 1, 2, 3, 4)]), "6 frames at 5 distinct positions"),
         (_frames([(0, 0, z) for z in (0, 1, 2, 3, 5, 6)]), "uneven slice spacing"),
-        (_frames([(0, 0, 0), (0, 0, 1)]) + _frames([(0, 0, 2), (0, 0, 3)], orientation=(0, 1, 0, 0, 0, -1)),
-         "mixed slice orientations"),  # fmt: skip
+        (
+            _frames([(0, 0, 0), (0, 0, 1)]) + _frames([(0, 0, 2), (0, 0, 3)], orientation=(0, 1, 0, 0, 0, -1)),
+            "mixed slice orientations",
+        ),
         (_frames([(0, 0, z) for z in range(4)]) + _frames([(0, 0, 4)], shape=(5, 4)), "mixed image sizes"),
         (_frames([(0, 0, z) for z in range(4)]) + _frames([(0, 0, 4)], spacing=(1.0, 2.0)), "mixed pixel spacings"),
         ([Frame(f, None, None, None, None, (4, 4)) for f in "fg"], "no volume geometry"),
@@ -135,8 +138,9 @@ def test_not_a_volume(frames, reason):
 
 def test_volume_geometry_sorts_by_position_along_the_normal():
     # the normal of rows (0,1,0) x columns (0,0,-1) is (-1,0,0): ascending position means decreasing x
-    frames = _frames([(x, 5, 7) for x in (3.0, -1.0, 1.0, 5.0, -3.0)], orientation=(0, 1, 0, 0, 0, -1),
-                     spacing=(0.5, 0.25))  # fmt: skip
+    frames = _frames(
+        [(x, 5, 7) for x in (3.0, -1.0, 1.0, 5.0, -3.0)], orientation=(0, 1, 0, 0, 0, -1), spacing=(0.5, 0.25)
+    )
     ordered, affine = volume_geometry(frames, min_slices=2)
     assert [f.position[0] for f in ordered] == [5.0, 3.0, 1.0, -1.0, -3.0]
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine

@@ -30,9 +30,19 @@ from tests.dicom_helpers import box_mask, phantom, write_enhanced, write_series
 
 SHAPE = (40, 36, 24)
 REQUIRED = os.environ.get("LA_LGE_QA_REQUIRE_DICOM_TOOLS") == "1"
-RESULT = {"p_nulling": 0.91, "p_sharpness": 0.125, "p_enhancement": 0.3333, "p_fibrosis": 0.618034,
-          "uncertainty": 0.042, "diagnostic": 1, "refer": 1, "n_la_slices": 11, "la_volume_ml": 1.7766,
-          "status": "ok", "message": "uncertain: fibrosis probability spreads 0.21 over flipped views <b>"}  # fmt: skip
+RESULT = {
+    "p_nulling": 0.91,
+    "p_sharpness": 0.125,
+    "p_enhancement": 0.3333,
+    "p_fibrosis": 0.618034,
+    "uncertainty": 0.042,
+    "diagnostic": 1,
+    "refer": 1,
+    "n_la_slices": 11,
+    "la_volume_ml": 1.7766,
+    "status": "ok",
+    "message": "uncertain: fibrosis probability spreads 0.21 over flipped views <b>",
+}
 
 
 def dciodvfy_errors(path: str) -> list[str]:
@@ -52,8 +62,15 @@ def dciodvfy_errors(path: str) -> list[str]:
 def series(tmp_path_factory):
     """An oblique, shuffled, RLE-compressed classic series lacking some Type 2 attributes, and its volume."""
     folder = tmp_path_factory.mktemp("series")
-    files, affine = write_series(str(folder / "S1"), phantom(SHAPE), rle=True, series_uid="1.2.826.1.77",
-                                 study_uid="1.2.826.1.70", row=(0.96, 0.28, 0.0), col=(0.0, 0.0, -1.0))  # fmt: skip
+    files, affine = write_series(
+        str(folder / "S1"),
+        phantom(SHAPE),
+        rle=True,
+        series_uid="1.2.826.1.77",
+        study_uid="1.2.826.1.70",
+        row=(0.96, 0.28, 0.0),
+        col=(0.0, 0.0, -1.0),
+    )
     reader = DicomSeriesReader()
     volume, meta = reader.get_data(reader.read(files))
     return {"files": files, "affine": affine, "volume": volume, "mtimes": {f: os.stat(f).st_mtime_ns for f in files}}
@@ -81,8 +98,10 @@ def test_segmentation_holds_the_mask_on_the_source_frames(series, tmp_path):
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodingSchemeDesignator == "SCT"
     # frames: only those holding LA (the box spans 11 of 24 slices), each referencing its source image
     assert int(ds.NumberOfFrames) == 11
-    refs = [fr.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-            for fr in ds.PerFrameFunctionalGroupsSequence]  # fmt: skip
+    refs = [
+        fr.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for fr in ds.PerFrameFunctionalGroupsSequence
+    ]
     assert len(set(refs)) == 11 and set(refs) <= set(sources)
     assert {str(r.SeriesInstanceUID) for r in ds.ReferencedSeriesSequence} == {"1.2.826.1.77"}
     assert seg.SOPInstanceUID == ds.SOPInstanceUID
@@ -131,8 +150,11 @@ def test_structured_report_holds_the_result_and_references_the_segment(series, t
     title = ds.ConceptNameCodeSequence[0]
     assert (title.CodeValue, title.CodingSchemeDesignator) == ("126000", "DCM")  # Imaging Measurement Report
     assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
-    evidence = {str(s.SeriesInstanceUID): len(s.ReferencedSOPSequence)
-                for st in ds.CurrentRequestedProcedureEvidenceSequence for s in st.ReferencedSeriesSequence}
+    evidence = {
+        str(s.SeriesInstanceUID): len(s.ReferencedSOPSequence)
+        for st in ds.CurrentRequestedProcedureEvidenceSequence
+        for s in st.ReferencedSeriesSequence
+    }
     assert evidence == {"1.2.826.1.77": 24, seg.SeriesInstanceUID: 1}  # the source series and the SEG
     assert ds.SoftwareVersions == "9.9.9"
     report = hd.sr.srread(tmp_path / "sr.dcm")
@@ -141,8 +163,14 @@ def test_structured_report_holds_the_result_and_references_the_segment(series, t
 
 
 def test_structured_report_without_a_left_atrium(series, tmp_path):
-    result = {"status": "no_left_atrium", "refer": 1, "diagnostic": None, "n_la_slices": 0, "la_volume_ml": 0.0,
-              "message": "no slice above the LA threshold"}  # fmt: skip
+    result = {
+        "status": "no_left_atrium",
+        "refer": 1,
+        "diagnostic": None,
+        "n_la_slices": 0,
+        "la_volume_ml": 0.0,
+        "message": "no slice above the LA threshold",
+    }
     write_sr(str(tmp_path / "sr.dcm"), result, series["files"], "9.9.9")
     values = read_sr_values(str(tmp_path / "sr.dcm"))
     assert values["refer"] == 1 and values["la_volume_ml"] == 0 and "diagnostic" not in values

@@ -16,19 +16,62 @@ def messy_export(tmp_path):
     """A PACS-like export: nested folders, opaque names, RLE, a localizer, junk, a CT series, a single image."""
     root = tmp_path / "export"
     study = "1.2.3.4.5"
-    write_series(str(root / "DICOM" / "S0001" / "A"), phantom((20, 18, 14)), rle=True, study_uid=study, prefix="I",
-                 series_uid="1.2.3.4.5.7", description="LGE 3D PSIR", series_number=7)  # fmt: skip
-    write_series(str(root / "DICOM" / "S0001" / "B"), phantom((20, 18, 14)), study_uid=study, prefix="J",
-                 series_uid="1.2.3.4.5.7", description="LGE 3D PSIR", series_number=7, seed=1,
-                 origin=(-40.0, 30.0, 12.0 + 14 * 1.5))  # the same series split over two folders  # fmt: skip
-    write_series(str(root / "DICOM" / "S0002"), phantom((16, 16, 3)), spacing=(2, 2, 8), row=(0, 1, 0), col=(0, 0, -1),
-                 study_uid=study, series_uid="1.2.3.4.5.1", description="localizer", series_number=1)  # fmt: skip
-    write_series(str(root / "DICOM" / "S0003"), phantom((20, 18, 14)), modality="CT", study_uid=study,
-                 series_uid="1.2.3.4.5.3", description="calcium score", series_number=3)  # fmt: skip
-    write_series(str(root / "DICOM" / "S0004"), phantom((20, 18, 1)), study_uid=study, series_uid="1.2.3.4.5.4",
-                 description="single", series_number=4)  # fmt: skip
-    write_enhanced(str(root / "DICOM" / "S0005" / "MF0001"), phantom((20, 18, 12)), series_uid="1.2.3.4.5.5",
-                   description="enhanced", series_number=5)  # fmt: skip
+    write_series(
+        str(root / "DICOM" / "S0001" / "A"),
+        phantom((20, 18, 14)),
+        rle=True,
+        study_uid=study,
+        prefix="I",
+        series_uid="1.2.3.4.5.7",
+        description="LGE 3D PSIR",
+        series_number=7,
+    )
+    write_series(
+        str(root / "DICOM" / "S0001" / "B"),
+        phantom((20, 18, 14)),
+        study_uid=study,
+        prefix="J",
+        series_uid="1.2.3.4.5.7",
+        description="LGE 3D PSIR",
+        series_number=7,
+        seed=1,
+        origin=(-40.0, 30.0, 12.0 + 14 * 1.5),
+    )  # the same series split over two folders
+    write_series(
+        str(root / "DICOM" / "S0002"),
+        phantom((16, 16, 3)),
+        spacing=(2, 2, 8),
+        row=(0, 1, 0),
+        col=(0, 0, -1),
+        study_uid=study,
+        series_uid="1.2.3.4.5.1",
+        description="localizer",
+        series_number=1,
+    )
+    write_series(
+        str(root / "DICOM" / "S0003"),
+        phantom((20, 18, 14)),
+        modality="CT",
+        study_uid=study,
+        series_uid="1.2.3.4.5.3",
+        description="calcium score",
+        series_number=3,
+    )
+    write_series(
+        str(root / "DICOM" / "S0004"),
+        phantom((20, 18, 1)),
+        study_uid=study,
+        series_uid="1.2.3.4.5.4",
+        description="single",
+        series_number=4,
+    )
+    write_enhanced(
+        str(root / "DICOM" / "S0005" / "MF0001"),
+        phantom((20, 18, 12)),
+        series_uid="1.2.3.4.5.5",
+        description="enhanced",
+        series_number=5,
+    )
     write_junk(str(root))
     write_corrupt_dicom(str(root / "DICOM" / "S0006" / "BROKEN"))
     return root

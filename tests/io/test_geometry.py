@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from monai.transforms import LoadImage
 
 from bundle.io.geometry import Geometry, read_geometry, same_geometry, slice_axis_from_affine

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.losses import MultiLabelSupConLoss, MultiTaskLoss, QALoss, SupConLoss, balanced_pos_weight, resolve_pos_weight
+from bundle.losses import (
+    MultiLabelSupConLoss,
+    MultiTaskLoss,
+    QALoss,
+    SupConLoss,
+    balanced_pos_weight,
+    resolve_pos_weight,
+)
 
 LOG2 = math.log(2.0)
 
@@ -74,9 +81,13 @@ def test_supcon_hand_computed():
     e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     feats = torch.stack([torch.stack([e1, e1]), torch.stack([e2, e2])])  # 2 samples x 2 identical views
     # different labels: each anchor has 1 positive (dot 1) and 2 negatives (dot 0): log(e + 2) - 1
-    assert SupConLoss(temperature=1.0)(feats, torch.tensor([0, 1])).item() == pytest.approx(math.log(math.e + 2) - 1, rel=1e-6)
+    assert SupConLoss(temperature=1.0)(feats, torch.tensor([0, 1])).item() == pytest.approx(
+        math.log(math.e + 2) - 1, rel=1e-6
+    )
     # one label: 3 positives with dots 1, 0, 0: log(e + 2) - 1/3
-    assert SupConLoss(temperature=1.0)(feats, torch.tensor([1, 1])).item() == pytest.approx(math.log(math.e + 2) - 1 / 3, rel=1e-6)
+    assert SupConLoss(temperature=1.0)(feats, torch.tensor([1, 1])).item() == pytest.approx(
+        math.log(math.e + 2) - 1 / 3, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("n, v, d, tau", [(4, 2, 3, 0.1), (5, 2, 4, 0.5), (3, 3, 2, 1.0), (6, 2, 8, 0.07)])
@@ -93,9 +104,13 @@ def test_supcon_base_temperature_scales_and_singletons_are_skipped():
     feats = torch.nn.functional.normalize(torch.randn(4, 2, 3, generator=g), dim=-1)
     labels = torch.tensor([0, 1, 1, 0])
     plain = SupConLoss(temperature=0.1)(feats, labels).item()
-    assert SupConLoss(temperature=0.1, base_temperature=0.07)(feats, labels).item() == pytest.approx(plain * 0.1 / 0.07, rel=1e-6)
+    assert SupConLoss(temperature=0.1, base_temperature=0.07)(feats, labels).item() == pytest.approx(
+        plain * 0.1 / 0.07, rel=1e-6
+    )
     one_view = feats[:, :1]  # one view each: sample 0 and 3 share label 0, samples 1 and 2 label 1
-    assert SupConLoss(temperature=0.1)(one_view, labels).item() == pytest.approx(supcon_direct(one_view, labels, 0.1), rel=1e-5)
+    assert SupConLoss(temperature=0.1)(one_view, labels).item() == pytest.approx(
+        supcon_direct(one_view, labels, 0.1), rel=1e-5
+    )
     lonely = SupConLoss(temperature=0.1)(feats[:2, :1], torch.tensor([0, 1]))  # no anchor has a positive
     assert lonely.item() == 0.0
 
@@ -106,4 +121,6 @@ def test_multilabel_supcon_is_the_sum_over_labels():
     labels = torch.randint(0, 2, (6, 4), generator=g)
     per = [SupConLoss(0.2)(feats, labels[:, k]).item() for k in range(4)]
     assert MultiLabelSupConLoss(0.2)(feats, labels).item() == pytest.approx(sum(per), rel=1e-6)
-    assert MultiLabelSupConLoss(0.2, label_weights=[1, 0, 0, 2])(feats, labels).item() == pytest.approx(per[0] + 2 * per[3], rel=1e-6)
+    assert MultiLabelSupConLoss(0.2, label_weights=[1, 0, 0, 2])(feats, labels).item() == pytest.approx(
+        per[0] + 2 * per[3], rel=1e-6
+    )

@@ -36,9 +36,17 @@ def test_mode_vote_rejects_bad_input():
 
 def test_aggregate_scans():
     volumes = np.array([3, 3, 3, 1, 1, 7, 7])
-    probs = np.array([[0.9, 0.2], [0.8, 0.6], [0.1, 0.7],  # scan 3: mode 1 / 1, mean 0.6 / 0.5
-                      [0.6, 0.1], [0.3, 0.9],  # scan 1: tie / tie -> 0 / 0, mean 0.45 / 0.5
-                      [0.51, 0.49], [0.2, 0.4]])  # fmt: skip
+    probs = np.array(
+        [
+            [0.9, 0.2],
+            [0.8, 0.6],
+            [0.1, 0.7],  # scan 3: mode 1 / 1, mean 0.6 / 0.5
+            [0.6, 0.1],
+            [0.3, 0.9],  # scan 1: tie / tie -> 0 / 0, mean 0.45 / 0.5
+            [0.51, 0.49],
+            [0.2, 0.4],
+        ]
+    )
     out = aggregate_scans(volumes, probs)
     assert out["volume"].tolist() == [1, 3, 7] and out["slices"].tolist() == [2, 3, 2]
     assert out["mode"].tolist() == [[0, 0], [1, 1], [0, 0]]
@@ -67,7 +75,9 @@ def test_binary_metrics_hand_computed_and_undefined():
     # truth 1 1 1 0 0, prediction 1 1 0 1 0: TP 2, FN 1, FP 1, TN 1
     m = binary_metrics([1, 1, 1, 0, 0], [1, 1, 0, 1, 0])
     assert (m["precision"], m["recall"], m["specificity"]) == pytest.approx((2 / 3, 2 / 3, 1 / 2))
-    assert m["f1"] == pytest.approx(2 / 3) and m["balanced_accuracy"] == pytest.approx(7 / 12) and math.isnan(m["auroc"])
+    assert (
+        m["f1"] == pytest.approx(2 / 3) and m["balanced_accuracy"] == pytest.approx(7 / 12) and math.isnan(m["auroc"])
+    )
     only_pos = binary_metrics([1, 1], [1, 0], [0.9, 0.1])
     assert math.isnan(only_pos["specificity"]) and math.isnan(only_pos["auroc"]) and only_pos["recall"] == 0.5
     assert binary_metrics([0, 1], [0, 0])["precision"] == 0.0
@@ -83,7 +93,9 @@ def test_output_transforms_on_batched_and_decollated_outputs():
         prob, tgt = qa_outputs(out)
         assert torch.allclose(prob, torch.sigmoid(logits)) and torch.equal(tgt, target)
     p, t = qa_mse_output(batched)
-    assert p.shape == (8,) and float(((p - t) ** 2).mean()) == pytest.approx(float(((torch.sigmoid(logits) - target) ** 2).mean()))
+    assert p.shape == (8,) and float(((p - t) ** 2).mean()) == pytest.approx(
+        float(((torch.sigmoid(logits) - target) ** 2).mean())
+    )
     pred, tgt = QALabelOutput("fibrosis")(batched)
     assert pred.tolist() == [[1.0], [0.0]] and tgt.tolist() == [[0.0], [0.0]]
     assert QALabelOutput(0)(batched)[0].tolist() == [[1.0], [1.0]]  # sigmoid(0) = 0.5 is at 0.5: diagnostic

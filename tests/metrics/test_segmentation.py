@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from sklearn.metrics import f1_score, precision_score, recall_score
-
 from monai.handlers import ConfusionMatrix, MeanDice
+from sklearn.metrics import f1_score, precision_score, recall_score
 
 from bundle.metrics import VolumeDice, la_presence, volume_dice
 
@@ -29,9 +28,16 @@ def test_volume_dice_sums_slices_per_volume_across_batches():
     m.reset()
     # volume 0, two slices over two batches: pred 3 px, label 4 px, overlap 2 -> 4/7
     # volume 1: pred 2 px, label 2 px, overlap 1 -> 1/2; volume 2: empty both -> left out
-    m.update(([_slice([(0, 0), (0, 1)]), _slice([(3, 3)])], [_slice([(0, 0), (1, 1)]), _slice([(3, 3), (2, 2)])], [0, 1]))
-    m.update(([_slice([(2, 2)]), _slice([]), _slice([])], [_slice([(2, 2), (3, 3)]), _slice([(0, 0)]), _slice([])],
-              [0, 1, 2]))  # fmt: skip
+    m.update(
+        ([_slice([(0, 0), (0, 1)]), _slice([(3, 3)])], [_slice([(0, 0), (1, 1)]), _slice([(3, 3), (2, 2)])], [0, 1])
+    )
+    m.update(
+        (
+            [_slice([(2, 2)]), _slice([]), _slice([])],
+            [_slice([(2, 2), (3, 3)]), _slice([(0, 0)]), _slice([])],
+            [0, 1, 2],
+        )
+    )
     # volume 0: pred {00,01,22}=3, label {00,11,22,33}=4, overlap {00,22}=2 -> 4/7
     # volume 1: pred {33}=1, label {33,22,00}=3, overlap {33}=1 -> 2/4
     assert m.compute() == pytest.approx(np.mean([4 / 7, 0.5]))

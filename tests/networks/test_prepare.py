@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from monai.networks.nets import UNet
 
 from bundle.networks import prepare_network

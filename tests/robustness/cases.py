@@ -60,8 +60,14 @@ def not_dicom(root: str) -> str:
 
 
 def localizer(root: str) -> str:
-    write_series(os.path.join(root, "localizer"), phantom((16, 16, 3)), spacing=(2, 2, 8), series_uid="1.2.826.9.4",
-                 description="localizer", series_number=1)  # fmt: skip
+    write_series(
+        os.path.join(root, "localizer"),
+        phantom((16, 16, 3)),
+        spacing=(2, 2, 8),
+        series_uid="1.2.826.9.4",
+        description="localizer",
+        series_number=1,
+    )
     return os.path.join(root, "localizer")
 
 
@@ -143,8 +149,13 @@ def odd_path(root: str) -> str:
 
 def hostile_tags(root: str) -> str:
     """Tag values that try to climb out of the output folder and inject markup."""
-    write_series(os.path.join(root, "tags"), phantom(SHAPE), series_uid="1.2.826.9.8", patient_id="../../evil",
-                 description="<script>alert(1)</script>/../../x")  # fmt: skip
+    write_series(
+        os.path.join(root, "tags"),
+        phantom(SHAPE),
+        series_uid="1.2.826.9.8",
+        patient_id="../../evil",
+        description="<script>alert(1)</script>/../../x",
+    )
     return os.path.join(root, "tags")
 
 

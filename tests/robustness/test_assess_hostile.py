@@ -37,8 +37,9 @@ def tree(folder, skip: str | None = None) -> set[str]:
 
 
 def assess(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, ASSESS, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, ASSESS, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def rows(out) -> list[dict]:
@@ -106,21 +107,54 @@ def test_refused_before_any_work(detector, tmp_path):
         (tmp_path / "ro").mkdir()
         os.chmod(tmp_path / "ro", 0o555)
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"\x80\x05" + os.urandom(3000))  # a protocol-5 pickle start (torch.save never writes one), noise
+    garbage.write_bytes(
+        b"\x80\x05" + os.urandom(3000)
+    )  # a protocol-5 pickle start (torch.save never writes one), noise
     checks = [
         ([good, "--output_dir", unwritable, "--weights", detector, "--la_only"], 2, "cannot write there"),
-        ([good, "--output_dir", tmp_path / "o1", "--weights", tmp_path / "none.pt", "--la_only"], 2,
-         "LA detector weights"),
-        ([good, "--output_dir", tmp_path / "o2", "--weights", detector, "--qa_weights", tmp_path / "none.pt"], 2,
-         "QA network weights"),
-        ([good, "--output_dir", tmp_path / "o3", "--weights", detector, "--config", tmp_path / "none.yaml",
-          "--la_only"], 2, "config overlay"),
-        ([tmp_path / "missing1", tmp_path / "missing2", "--output_dir", tmp_path / "o4", "--weights", detector,
-          "--la_only"], 1, "missing1: not found and 1 more"),
-    ]  # fmt: skip
+        (
+            [good, "--output_dir", tmp_path / "o1", "--weights", tmp_path / "none.pt", "--la_only"],
+            2,
+            "LA detector weights",
+        ),
+        (
+            [good, "--output_dir", tmp_path / "o2", "--weights", detector, "--qa_weights", tmp_path / "none.pt"],
+            2,
+            "QA network weights",
+        ),
+        (
+            [
+                good,
+                "--output_dir",
+                tmp_path / "o3",
+                "--weights",
+                detector,
+                "--config",
+                tmp_path / "none.yaml",
+                "--la_only",
+            ],
+            2,
+            "config overlay",
+        ),
+        (
+            [
+                tmp_path / "missing1",
+                tmp_path / "missing2",
+                "--output_dir",
+                tmp_path / "o4",
+                "--weights",
+                detector,
+                "--la_only",
+            ],
+            1,
+            "missing1: not found and 1 more",
+        ),
+    ]
     for args, status, fragment in checks:
-        code = ("import sys; sys.argv = ['assess'] + sys.argv[1:]; from scripts import assess; rc = assess.main("
-                "sys.argv[1:]); print('heavy imported:', 'torch' in sys.modules); sys.exit(rc)")  # fmt: skip
+        code = (
+            "import sys; sys.argv = ['assess'] + sys.argv[1:]; from scripts import assess; rc = assess.main("
+            "sys.argv[1:]); print('heavy imported:', 'torch' in sys.modules); sys.exit(rc)"
+        )
         res = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
         assert res.returncode == status, (args, res.stderr)
         lines = error_lines(res)
@@ -129,7 +163,9 @@ def test_refused_before_any_work(detector, tmp_path):
         assert "Traceback" not in res.stderr
     # every input missing: the refusals are the report
     assert [(r["status"], r["message"]) for r in rows(tmp_path / "o4")] == [
-        ("error", f"{tmp_path / 'missing1'}: not found"), ("error", f"{tmp_path / 'missing2'}: not found")]
+        ("error", f"{tmp_path / 'missing1'}: not found"),
+        ("error", f"{tmp_path / 'missing2'}: not found"),
+    ]
     # weights that exist but are not weights: one short line after loading
     for weights, fragment in ((garbage, "not a PyTorch checkpoint"), (tmp_path / "wrong.pt", "does not fit")):
         if weights.name == "wrong.pt":
@@ -193,14 +229,24 @@ def test_interrupted_run_keeps_finished_rows_and_resumes(detector, tmp_path, sig
     for i in range(5):
         write_nifti(str(folder / f"scan{i}.nii.gz"), phantom((40, 36, 24), seed=i).astype("int16"))
     overlay = tmp_path / "interrupt.json"
-    overlay.write_text(json.dumps({"handlers": ["@report", {"_target_": "tests.robustness.helpers.InterruptAfter",
-                                                            "n": 2, "signal_name": signal_name}]}))  # fmt: skip
+    overlay.write_text(
+        json.dumps(
+            {
+                "handlers": [
+                    "@report",
+                    {"_target_": "tests.robustness.helpers.InterruptAfter", "n": 2, "signal_name": signal_name},
+                ]
+            }
+        )
+    )
     out = tmp_path / "out"
     res = assess(folder, "--output_dir", out, "--weights", detector, "--la_only", "--config", overlay)
     assert res.returncode == 130, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
-    assert error_lines(res) == [f"interrupted: 2 of 5 scan(s) assessed, kept in {out / 'qa_report.csv'}; continue "
-                                "with the same command and --resume"]  # fmt: skip
+    assert error_lines(res) == [
+        f"interrupted: 2 of 5 scan(s) assessed, kept in {out / 'qa_report.csv'}; continue "
+        "with the same command and --resume"
+    ]
     got = rows(out)
     assert [r["status"] for r in got] == ["ok", "ok", "error", "error", "error"]
     assert all("the run was interrupted (rerun with --resume" in r["message"] for r in got[2:])
@@ -219,8 +265,9 @@ def test_interrupted_run_keeps_finished_rows_and_resumes(detector, tmp_path, sig
 def test_qa_input_size_must_match_its_plan(detector, tmp_path):
     good = good_nifti(str(tmp_path / "in"))
     qa = os.path.join(ROOT, "models", "qa.pt")  # the shipped QA network, with its plan (64-pixel LA regions)
-    res = assess(good, "--output_dir", tmp_path / "out", "--weights", detector, "--qa_weights", qa,
-                 "--qa_spatial_size", 96)  # fmt: skip
+    res = assess(
+        good, "--output_dir", tmp_path / "out", "--weights", detector, "--qa_weights", qa, "--qa_spatial_size", 96
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = error_lines(res)
     assert len(lines) == 1 and "qa_spatial_size 96 differs from the 64" in lines[0], res.stderr[-2000:]

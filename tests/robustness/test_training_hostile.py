@@ -21,8 +21,20 @@ from tests.error_helpers import raises_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = ["configs/common.yaml", "configs/train.yaml"]
-TINY = ["--spatial_size", "32", "--batch_size", "16", "--max_epochs", "3", "--num_workers", "0", "--test_size", "2",
-        "--val_fraction", "0.2"]  # fmt: skip
+TINY = [
+    "--spatial_size",
+    "32",
+    "--batch_size",
+    "16",
+    "--max_epochs",
+    "3",
+    "--num_workers",
+    "0",
+    "--test_size",
+    "2",
+    "--val_fraction",
+    "0.2",
+]
 
 
 def variant(datalist: str, folder, name: str, change) -> str:
@@ -59,8 +71,11 @@ def test_one_image_under_two_patients_is_an_error(tiny_demo, tmp_path):
     def same_file(d):
         d["quality"].append({**d["quality"][0], "patient": "someone_else"})
 
-    with pytest.raises(DatalistError, match=r"quality\[\d+\] \(patient someone_else\): the same image file as "
-                                            r"leak.json: quality\[0\] \(patient demo000\)"):  # fmt: skip
+    with pytest.raises(
+        DatalistError,
+        match=r"quality\[\d+\] \(patient someone_else\): the same image file as "
+        r"leak.json: quality\[0\] \(patient demo000\)",
+    ):
         check(variant(tiny_demo, tmp_path, "leak.json", same_file))
     # the same voxels in another file (a copy with another name and header) under another patient
     first = json.load(open(tiny_demo))["quality"][0]
@@ -84,8 +99,12 @@ def test_exact_duplicates_are_counted_once(tiny_demo, tmp_path, caplog):
     assert len(lists["quality"]) == n - 1
     assert "dupe.json: quality[" in caplog.text and "the same entry as dupe.json: quality[3]" in caplog.text
     # the same image and patient with other scores is not a duplicate: both stay (two raters)
-    path = variant(tiny_demo, tmp_path, "two.json",
-                   lambda d: d["quality"].append({**d["quality"][3], "fibrosis": 6 - d["quality"][3]["fibrosis"]}))
+    path = variant(
+        tiny_demo,
+        tmp_path,
+        "two.json",
+        lambda d: d["quality"].append({**d["quality"][3], "fibrosis": 6 - d["quality"][3]["fibrosis"]}),
+    )
     lists = load_datalist(path)
     validate_datalist(lists, check_geometry=False)
     assert len(lists["quality"]) == n
@@ -94,8 +113,11 @@ def test_exact_duplicates_are_counted_once(tiny_demo, tmp_path, caplog):
 def test_empty_list_is_one_line(tiny_demo, tmp_path):
     path = variant(tiny_demo, tmp_path, "noq.json", lambda d: d.update(quality=[]))
     data = prepare_data(datalist=path, output_dir=str(tmp_path), test_size=2, val_fraction=0.2)
-    with raises_error(DataError, r"ERROR data: noq.json: no 'quality' entries for the train part \(\d+ "
-                                         r"patients\); the workflow needs at least one"):  # fmt: skip
+    with raises_error(
+        DataError,
+        r"ERROR data: noq.json: no 'quality' entries for the train part \(\d+ "
+        r"patients\); the workflow needs at least one",
+    ):
         cached_slices(data, "quality", "train", spatial_size=16)
 
 
@@ -109,19 +131,40 @@ def test_training_on_a_nan_score_stops_in_one_line(tiny_demo, tmp_path):
     path = variant(tiny_demo, tmp_path, "nan.json", lambda d: d["quality"][0].update(nulling=float("nan")))
     res = _bundle_run("--datalist", path, "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path), *TINY)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.stderr.strip().splitlines()[-1] == ("ERROR data: nan.json: quality[0] (patient demo000): score "
-                                                   "'nulling' must be an integer in 1..5, got nan")  # fmt: skip
+    assert res.stderr.strip().splitlines()[-1] == (
+        "ERROR data: nan.json: quality[0] (patient demo000): score 'nulling' must be an integer in 1..5, got nan"
+    )
 
 
 @pytest.mark.slow
 def test_interrupted_training_is_killed_in_mlflow_and_resumes(tiny_demo, tmp_path):
     overlay = tmp_path / "stop.json"
-    overlay.write_text(json.dumps({"+train#handlers": [{"_target_": "tests.robustness.helpers.InterruptAfter", "n": 1,
-                                                        "signal_name": "SIGTERM", "event": "EPOCH_COMPLETED"}]}))
+    overlay.write_text(
+        json.dumps(
+            {
+                "+train#handlers": [
+                    {
+                        "_target_": "tests.robustness.helpers.InterruptAfter",
+                        "n": 1,
+                        "signal_name": "SIGTERM",
+                        "event": "EPOCH_COMPLETED",
+                    }
+                ]
+            }
+        )
+    )
     out = tmp_path / "runs"
     common = ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"), *TINY]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps([*TRAIN, str(overlay)]),
-           *common]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps([*TRAIN, str(overlay)]),
+        *common,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
@@ -150,9 +193,26 @@ def test_two_trainings_logging_into_one_sqlite_store_both_finish(tiny_demo, tmp_
     uri = f"sqlite:///{tmp_path / 'store' / 'mlruns.db'}"
     procs = []
     for i in (0, 1):
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(TRAIN),
-               "--datalist", tiny_demo, "--output_dir", str(tmp_path / f"runs{i}"), "--ckpt_dir",
-               str(tmp_path / f"models{i}"), "--tracking_uri", uri, "--run_name", f"parallel{i}", *TINY]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            json.dumps(TRAIN),
+            "--datalist",
+            tiny_demo,
+            "--output_dir",
+            str(tmp_path / f"runs{i}"),
+            "--ckpt_dir",
+            str(tmp_path / f"models{i}"),
+            "--tracking_uri",
+            uri,
+            "--run_name",
+            f"parallel{i}",
+            *TINY,
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     for rc, err in results:

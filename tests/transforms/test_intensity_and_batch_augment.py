@@ -5,15 +5,22 @@ import torch
 from bundle.transforms import BatchRandSliceAffine, DecodeSlice, DecodeSliced, slice_pipeline
 
 
-@pytest.mark.parametrize("array, expected", [(np.array([[0, 51, 255]], np.uint8), [[0.0, 0.2, 1.0]]),
-                                             (np.array([[0.0, 0.5, 1.0]], np.float16), [[0.0, 0.5, 1.0]])])
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.array([[0, 51, 255]], np.uint8), [[0.0, 0.2, 1.0]]),
+        (np.array([[0.0, 0.5, 1.0]], np.float16), [[0.0, 0.5, 1.0]]),
+    ],
+)
 def test_decode(array, expected):
     out = DecodeSlice()(array)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor(expected))
     d = DecodeSliced(keys="image")({"image": array, "label": np.ones(3, np.uint8)})
     assert d["label"].dtype == np.uint8  # only the keys given are decoded
-    d = DecodeSliced(keys=["image", "label"], scale_uint8=[True, False])({"image": array, "label": np.ones(3, np.uint8)})
+    d = DecodeSliced(keys=["image", "label"], scale_uint8=[True, False])(
+        {"image": array, "label": np.ones(3, np.uint8)}
+    )
     torch.testing.assert_close(d["label"], torch.ones(3))  # masks keep their values
     readonly = np.frombuffer(bytes([0, 255, 51]), np.uint8)
     assert not readonly.flags.writeable

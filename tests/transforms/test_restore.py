@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from bundle.transforms import ExtractSlices, ExtractSlicesd, RestoreSlices, RestoreSlicesd

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from bundle.transforms import ExtractSlices, ExtractSlicesd
@@ -49,7 +48,8 @@ def test_dict_version_shares_axis_and_modes():
     img = MetaTensor(torch.rand(1, 4, 6, 8), affine=affine)
     lab = (torch.rand(1, 4, 6, 8) > 0.5).to(torch.uint8)  # no affine: must follow the image's axis
     out = ExtractSlicesd(keys=["image", "label"], spatial_size=16, mode=["bilinear", "nearest"])(
-        {"image": img, "label": lab})
+        {"image": img, "label": lab}
+    )
     assert out["image"].shape == out["label"].shape == (6, 1, 16, 16)
     assert out["slice_axis"] == 1
     assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from bundle.transforms import ExtractSlices, ScaleForegroundPercentiles, random_crop
@@ -26,8 +25,10 @@ def test_pixel_size_sets_the_slice_size_and_the_canvas_pads_or_crops():
 
 
 def test_context_channels_are_the_neighbours_in_order_edges_repeated():
-    v = MetaTensor(torch.arange(4.0).reshape(1, 1, 1, 4).expand(1, 2, 2, 4).clone(),
-                   affine=torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)))  # fmt: skip
+    v = MetaTensor(
+        torch.arange(4.0).reshape(1, 1, 1, 4).expand(1, 2, 2, 4).clone(),
+        affine=torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)),
+    )
     out = ExtractSlices(None, pixel_mm=1.0, context=1)(v)
     assert out.shape == (4, 3, 2, 2)
     assert out[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.transforms import Compose, RandAxisFlipd
 
 from bundle.transforms import MultiView, MultiViewd, RandSliceAffined
@@ -11,8 +10,12 @@ from bundle.transforms import MultiView, MultiViewd, RandSliceAffined
 
 def test_multiviewd_stacks_independent_views_with_shared_draw_per_view():
     img = torch.arange(64, dtype=torch.float32).reshape(1, 8, 8)
-    aug = Compose([RandAxisFlipd(keys=["image", "label"], prob=1.0),
-                   RandSliceAffined(keys=["image", "label"], prob=1.0, translate_range=2, mode="bilinear")])  # fmt: skip
+    aug = Compose(
+        [
+            RandAxisFlipd(keys=["image", "label"], prob=1.0),
+            RandSliceAffined(keys=["image", "label"], prob=1.0, translate_range=2, mode="bilinear"),
+        ]
+    )
     t = MultiViewd(keys=["image", "label"], transform=aug, views=3)
     aug.set_random_state(0)
     out = t({"image": img, "label": img.clone(), "target": np.ones(4)})

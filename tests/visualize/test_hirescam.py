@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from monai.visualize import GradCAM
 
 from bundle.visualize import HiResCAM, scale_to_unit

@@ -31,12 +31,18 @@ LA_SEGMENT = {  # dcmqi meta-information of the one segment (pydicom-seg reads t
     "SegmentDescription": "Left atrium blood pool (la-lge-qa)",
     "SegmentAlgorithmType": "AUTOMATIC",
     "SegmentAlgorithmName": "la-lge-qa LA detector",
-    "SegmentedPropertyCategoryCodeSequence": {"CodeValue": "91723000", "CodingSchemeDesignator": "SCT",
-                                              "CodeMeaning": "Anatomical Structure"},
-    "SegmentedPropertyTypeCodeSequence": {"CodeValue": "82471001", "CodingSchemeDesignator": "SCT",
-                                          "CodeMeaning": "Left atrium"},
+    "SegmentedPropertyCategoryCodeSequence": {
+        "CodeValue": "91723000",
+        "CodingSchemeDesignator": "SCT",
+        "CodeMeaning": "Anatomical Structure",
+    },
+    "SegmentedPropertyTypeCodeSequence": {
+        "CodeValue": "82471001",
+        "CodingSchemeDesignator": "SCT",
+        "CodeMeaning": "Left atrium",
+    },
     "recommendedDisplayRGBValue": [206, 110, 84],
-}  # fmt: skip
+}
 
 
 class LADICOMWebDatastore(DICOMWebDatastore):
@@ -44,7 +50,7 @@ class LADICOMWebDatastore(DICOMWebDatastore):
 
     def save_label(
         self, image_id: str, label_filename: str, label_tag: str, label_info: dict, label_id: str = ""
-    ) -> str:  # fmt: skip
+    ) -> str:
         """As MONAI Label's ``DICOMWebDatastore.save_label``, with the pydicom-seg writer and the LA segment."""
         image_uri = self.get_image_uri(image_id)
         output_file = ""
@@ -61,9 +67,14 @@ class LADICOMWebDatastore(DICOMWebDatastore):
             finally:
                 os.unlink(seg_file)
             image_info = self.get_image_info(image_id)
-            label_info.update({"SeriesInstanceUID": label_series, "Modality": image_info.get("Modality"),
-                               "PatientID": image_info.get("PatientID"),
-                               "StudyInstanceUID": image_info.get("StudyInstanceUID")})  # fmt: skip
+            label_info.update(
+                {
+                    "SeriesInstanceUID": label_series,
+                    "Modality": image_info.get("Modality"),
+                    "PatientID": image_info.get("PatientID"),
+                    "StudyInstanceUID": image_info.get("StudyInstanceUID"),
+                }
+            )
             logger.info(f"series {image_id}: label stored as DICOM SEG series {label_series} on {self.name()}")
         label_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
         if output_file:

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
 from monai.bundle import ConfigParser
 from monai.transforms import SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -69,8 +68,15 @@ class LASegmentation(BundleInferTask):
         const = _Constants(os.path.basename(self.config_files[1]), ckpt_name)
         # add_post_restore=False: stage 1 already returns the logits on the study's grid and geometry (and
         # MONAI Label's Restored would silently resize a mask of the wrong shape instead of failing)
-        super().__init__(bundle_root, conf, const=const, type=InferType.SEGMENTATION, add_post_restore=False,
-                         load_strict=True, **kwargs)  # fmt: skip
+        super().__init__(
+            bundle_root,
+            conf,
+            const=const,
+            type=InferType.SEGMENTATION,
+            add_post_restore=False,
+            load_strict=True,
+            **kwargs,
+        )
         if not self.valid:
             return
         self.labels = {"left_atrium": 1}
@@ -79,9 +85,14 @@ class LASegmentation(BundleInferTask):
         self.la_threshold = float(self.bundle_config.get_parsed_content("la_threshold"))
         self.min_slices = int(self.bundle_config.get_parsed_content("min_slices"))
         get = self.bundle_config.get_parsed_content
-        self.step = TwoStageStep(qa_stage=None, la_threshold=self.la_threshold, min_slices=self.min_slices,
-                                 min_la_area_mm2=get("min_la_area_mm2"), keep_largest=get("keep_largest"),
-                                 la_bounds=get("la_bounds"))  # fmt: skip
+        self.step = TwoStageStep(
+            qa_stage=None,
+            la_threshold=self.la_threshold,
+            min_slices=self.min_slices,
+            min_la_area_mm2=get("min_la_area_mm2"),
+            keep_largest=get("keep_largest"),
+            la_bounds=get("la_bounds"),
+        )
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         parser = ConfigParser()
@@ -101,15 +112,20 @@ class LASegmentation(BundleInferTask):
         result = ScanResult(input=str(data.get("image_path", "")))
         network = self._get_network(device, None)  # the detector (data's model_filename may name the QA task's)
         with torch.no_grad():
-            logits = (step or self.step).assess_volume(volume.to(torch.device(device)), network, self.inferer(data),
-                                                       result)  # fmt: skip
+            logits = (step or self.step).assess_volume(
+                volume.to(torch.device(device)), network, self.inferer(data), result
+            )
         if logits is None:  # not a volume (e.g. a 2D image): the step says why
             raise ValueError(result.message)
         data[self.output_label_key] = logits
-        data.setdefault(self.output_json_key, {}).update({
-            "la_slices": [s["index"] for s in result.detail["slices"] if s["selected"]],
-            "slice_axis": int(result.detail["slice_axis"]), "la_threshold": self.la_threshold, "status": result.status,
-        })  # fmt: skip
+        data.setdefault(self.output_json_key, {}).update(
+            {
+                "la_slices": [s["index"] for s in result.detail["slices"] if s["selected"]],
+                "slice_axis": int(result.detail["slice_axis"]),
+                "la_threshold": self.la_threshold,
+                "status": result.status,
+            }
+        )
         return result
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -58,13 +57,24 @@ class QAClassification(BasicInferTask):
             return
         parser = ConfigParser()
         parser.read_config(la_task.config_files)
-        parser.update({"bundle_root": la_task.bundle_path, "ckpt_name": la_task.ckpt_name,
-                       "qa_config": [os.path.abspath(f) for f in qa_config],
-                       "qa_ckpt": os.path.abspath(ckpt_path), "run_qa": True})  # fmt: skip
+        parser.update(
+            {
+                "bundle_root": la_task.bundle_path,
+                "ckpt_name": la_task.ckpt_name,
+                "qa_config": [os.path.abspath(f) for f in qa_config],
+                "qa_ckpt": os.path.abspath(ckpt_path),
+                "run_qa": True,
+            }
+        )
         self.step: TwoStageStep = parser.get_parsed_content("assess_step")  # loads the QA weights, or one-line error
-        super().__init__(path=ckpt_path, network=None, type=InferType.CLASSIFICATION,
-                         labels={k: i for i, k in enumerate(SCORE_KEYS)}, dimension=3,
-                         description="Quality of the LGE-MRI study for fibrosis assessment (stage 2)")  # fmt: skip
+        super().__init__(
+            path=ckpt_path,
+            network=None,
+            type=InferType.CLASSIFICATION,
+            labels={k: i for i, k in enumerate(SCORE_KEYS)},
+            dimension=3,
+            description="Quality of the LGE-MRI study for fibrosis assessment (stage 2)",
+        )
         self.la_task = la_task
         self.qa_config = list(qa_config)
         self.qa_threshold = float(parser.get_parsed_content("qa_threshold"))
@@ -87,17 +97,26 @@ class QAClassification(BasicInferTask):
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
         result = self.la_task.stage1(data, device, self.step)
         if result.status != "ok":
-            raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, f"{result.status}: {result.message}: the "
-                                      "scan's quality cannot be assessed (check the LA segmentation)")  # fmt: skip
+            raise MONAILabelException(
+                MONAILabelError.INFERENCE_ERROR,
+                f"{result.status}: {result.message}: the scan's quality cannot be assessed (check the LA segmentation)",
+            )
         probs = [result.p_nulling, result.p_sharpness, result.p_enhancement, result.p_fibrosis]
         slices = [s for s in result.detail["slices"] if s["selected"]]
         data[self.output_label_key] = MetaTensor(torch.tensor(probs))
-        data[self.output_json_key].update({
-            "verdict": "diagnostic" if result.diagnostic else "non-diagnostic", "diagnostic": result.diagnostic,
-            "probabilities": dict(zip(SCORE_KEYS, probs)), "uncertainty": result.uncertainty, "refer": result.refer,
-            "message": result.message, "qa_threshold": self.qa_threshold, "n_slices": result.n_slices,
-            "slice_probabilities": [[s[f"p_{k}"] for k in SCORE_KEYS] for s in slices],
-        })  # fmt: skip
+        data[self.output_json_key].update(
+            {
+                "verdict": "diagnostic" if result.diagnostic else "non-diagnostic",
+                "diagnostic": result.diagnostic,
+                "probabilities": dict(zip(SCORE_KEYS, probs)),
+                "uncertainty": result.uncertainty,
+                "refer": result.refer,
+                "message": result.message,
+                "qa_threshold": self.qa_threshold,
+                "n_slices": result.n_slices,
+                "slice_probabilities": [[s[f"p_{k}"] for k in SCORE_KEYS] for s in slices],
+            }
+        )
         return data
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, dict]:

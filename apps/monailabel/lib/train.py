@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
@@ -117,19 +116,33 @@ class BundleRunnerTrain(TrainTask):
             extra += ["--device", f"$torch.device('{device}')"]
         configs = os.path.join(self.bundle_root, "configs")
         return [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", json.dumps(files),
-            "--meta_file", os.path.join(configs, "metadata.json"),
-            "--logging_file", os.path.join(configs, "logging.conf"),
-            "--bundle_root", self.bundle_root,
-            "--datalist", datalist,
-            "--max_epochs", str(int(request.get("max_epochs", self.max_epochs))),
-            "--test_size", str(request.get("test_size", 0)),
-            "--val_fraction", str(val_split if val_split > 0 else 0.0),
-            "--run_name", run_name,
-            "--tracking", "mlflow",
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            json.dumps(files),
+            "--meta_file",
+            os.path.join(configs, "metadata.json"),
+            "--logging_file",
+            os.path.join(configs, "logging.conf"),
+            "--bundle_root",
+            self.bundle_root,
+            "--datalist",
+            datalist,
+            "--max_epochs",
+            str(int(request.get("max_epochs", self.max_epochs))),
+            "--test_size",
+            str(request.get("test_size", 0)),
+            "--val_fraction",
+            str(val_split if val_split > 0 else 0.0),
+            "--run_name",
+            run_name,
+            "--tracking",
+            "mlflow",
             *extra,
-        ]  # fmt: skip
+        ]
 
     def __call__(self, request: dict, datastore: Datastore) -> dict[str, Any]:
         pairs = datastore.datalist()
@@ -145,8 +158,9 @@ class BundleRunnerTrain(TrainTask):
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"run {run_name} exists ({job_dir}): pick another")
         os.makedirs(job_dir)
         try:
-            datalist = write_datalist(datalist_from_pairs(pairs, self.patient_pattern),
-                                      os.path.join(job_dir, "datalist.json"))  # fmt: skip
+            datalist = write_datalist(
+                datalist_from_pairs(pairs, self.patient_pattern), os.path.join(job_dir, "datalist.json")
+            )
         except ValueError as e:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from e
         cmd = self._command(request, datalist, run_name, job_dir)
@@ -155,15 +169,21 @@ class BundleRunnerTrain(TrainTask):
         start = time.time()
         tail: list[str] = []
         env = {**os.environ, "PYTHONPATH": path}
-        with subprocess.Popen(cmd, cwd=self.bundle_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) as proc:  # fmt: skip
+        with subprocess.Popen(
+            cmd, cwd=self.bundle_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
             for line in proc.stdout:  # type: ignore[union-attr]
                 line = line.rstrip()
                 logger.info(line)
                 tail = (tail + [line])[-20:]
         ckpt = os.path.join(self.bundle_root, "models", self.ckpt_name)
-        self._last = {"run_name": run_name, "returncode": proc.returncode, "seconds": round(time.time() - start, 1),
-                      "studies": len(pairs), "checkpoint": ckpt}  # fmt: skip
+        self._last = {
+            "run_name": run_name,
+            "returncode": proc.returncode,
+            "seconds": round(time.time() - start, 1),
+            "studies": len(pairs),
+            "checkpoint": ckpt,
+        }
         if proc.returncode != 0:
             detail = f"training failed ({proc.returncode}): " + " | ".join(tail[-5:])
             raise MONAILabelException(MONAILabelError.APP_TRAIN_FAILED, detail)
