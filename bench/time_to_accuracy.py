@@ -41,14 +41,14 @@ def train_curve(name: str, overrides: dict, datalist: str, split_file: str, work
     """Train one recipe; its validation curve as ``[(minutes since start, val_volume_dice), ...]``."""
     import mlflow
 
-    from bundle.evaluation.compare import _run, _workflow
+    from bundle.evaluation.runs import bundle_workflow, run_workflow
 
     out = os.path.join(workdir, name)
     uri = f"sqlite:///{out}/mlruns.db"
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    _run(
-        _workflow(
+    run_workflow(
+        bundle_workflow(
             ROOT,
             ["train.yaml"],
             "train",

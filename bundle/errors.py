@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InputError",
+    "OutputError",
     "TrainingInterrupted",
     "WeightsError",
     "entry_point",
@@ -63,6 +64,12 @@ class InputError(BundleError, ValueError):
 
     category = "input"
     exit_status = 1
+
+
+class OutputError(BundleError, OSError):
+    """An output that cannot be written without losing something already there (the message names it and the fix)."""
+
+    category = "output"
 
 
 class TrainingInterrupted(BundleError):

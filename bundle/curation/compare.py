@@ -7,7 +7,6 @@ one parent run holding the table.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -17,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.errors import DataError
-from bundle.evaluation.compare import STRATEGIES, _mlflow_client, _parent_run, _run, _workflow, summarise, write_tables
+from bundle.evaluation.compare import STRATEGIES, summarise, write_tables
+from bundle.evaluation.runs import bundle_configs, mlflow_experiment, start_parent_run, train_and_evaluate
 
 __all__ = ["compare_curation"]
 
@@ -76,10 +76,10 @@ def compare_curation(
     os.makedirs(out, exist_ok=True)
 
     parser = ConfigParser()
-    parser.read_config([os.path.join(bundle_root, "configs", f) for f in ("common.yaml", *STRATEGIES[strategy])])
+    parser.read_config(bundle_configs(bundle_root, STRATEGIES[strategy]))
     parser.update({"bundle_root": bundle_root, "output_dir": output_dir, **overrides})
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
-    client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
+    client, experiment_id = mlflow_experiment(tracking_uri, parser.get_parsed_content("experiment_name"))
     shared = {
         **overrides,
         "bundle_root": bundle_root,
@@ -100,7 +100,7 @@ def compare_curation(
     Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
     tags = {"workflow": "curate_compare", "curation": curation_dir, "command": command[:5000]}
     params = {"seeds": seeds, "strategy": strategy, "curation": curation_dir, **datalists}
-    parent_id = _parent_run(client, experiment_id, f"curate_compare_{stamp}", tags, params, overrides)
+    parent_id = start_parent_run(client, experiment_id, f"curate_compare_{stamp}", tags, params, overrides)
     logger.info(f"curation comparison {out}: MLflow parent run {parent_id}; {strategy}, seeds {seeds}")
 
     results: dict[str, list[dict]] = {name: [] for name in datalists}
@@ -112,37 +112,12 @@ def compare_curation(
                 run = f"{name}_seed{seed}"
                 run_dir, run_name = os.path.join(out, run), f"curate_compare_{run}_{stamp}"
                 common = {**shared, "datalist": datalist, "seed": seed, "ckpt_dir": os.path.join(out, "models", run)}
-                logger.info(f"--- {run}: training {strategy} on {datalist}")
-                wf = _workflow(
-                    bundle_root,
-                    STRATEGIES[strategy],
-                    "train",
-                    run_name=run_name,
-                    run_dir=run_dir,
-                    parent_run_id=parent_id,
-                    **common,
+                logger.info(f"--- {run}: training {strategy} on {datalist}, then evaluation on the test split")
+                scored, child = train_and_evaluate(
+                    bundle_root, STRATEGIES[strategy], client, experiment_id, run_name, run_dir, parent_id, **common
                 )
-                _run(wf)
-                del wf
-                gc.collect()
-                child = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")[0]
                 client.set_tag(child.info.run_id, "datalist_kind", name)
                 train_sizes[name] = child.data.params.get("train_slices", "?")
-                logger.info(f"--- {run}: evaluation on the test split")
-                wf = _workflow(
-                    bundle_root,
-                    [*STRATEGIES[strategy], "evaluate.yaml"],
-                    "infer",
-                    run_name=run_name,
-                    run_dir=os.path.join(run_dir, "test"),
-                    mlflow_run_id=child.info.run_id,
-                    projection="none",
-                    **common,
-                )
-                _run(wf)
-                del wf
-                gc.collect()
-                scored = json.loads(Path(run_dir, "test", "metrics.json").read_text(encoding="utf-8"))
                 scored["seed"], scored["mlflow_run_id"] = seed, child.info.run_id
                 results[name].append(scored)
         note = (

@@ -8,7 +8,6 @@ The non-deep reference (:mod:`bundle.evaluation.reference`) adds a row.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -21,6 +20,15 @@ import numpy as np
 
 from bundle.data.datalist import SCORE_KEYS
 from bundle.errors import DataError
+from bundle.evaluation.runs import (
+    bundle_configs,
+    default_bundle_root,
+    evaluate_workflow,
+    mlflow_experiment,
+    reference_row,
+    start_parent_run,
+    train_and_evaluate,
+)
 
 __all__ = ["STRATEGIES", "compare_strategies", "reevaluate", "summarise", "write_tables"]
 
@@ -46,56 +54,6 @@ METRIC_NAMES = {
     "auroc": "AUROC",
     "balanced_accuracy": "Balanced acc.",
 }
-
-
-def _configs(bundle_root: str, files: Sequence[str]) -> list[str]:
-    return [os.path.join(bundle_root, "configs", f) for f in ("common.yaml", *files)]
-
-
-def _workflow(root: str, files: Sequence[str], workflow_type: str, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    return ConfigWorkflow(
-        config_file=_configs(root, files),
-        workflow_type=workflow_type,
-        meta_file=os.path.join(root, "configs", "metadata.json"),
-        **overrides,
-    )
-
-
-def _run(wf) -> None:
-    wf.initialize()
-    missing = wf.check_properties()
-    if missing:
-        raise RuntimeError(f"workflow misses properties {missing}")
-    wf.run()
-    wf.finalize()
-
-
-def _mlflow_client(tracking_uri: str, experiment_name: str):
-    import mlflow
-    from monai.utils import path_to_uri
-
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        location = None
-        if tracking_uri.startswith("sqlite:///"):  # as MONAI's handler: artifacts next to the database
-            location = path_to_uri(Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns")
-        exp = client.get_experiment(client.create_experiment(experiment_name, artifact_location=location))
-    return client, exp.experiment_id
-
-
-def _parent_run(client, experiment_id: str, run_name: str, tags: dict, params: dict, overrides: dict | None) -> str:
-    """Create the parent MLflow run of a comparison and log ``params`` and every config override (``override.<id>``).
-
-    Returns:
-        the run id.
-    """
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    for k, v in {**params, **{f"override.{k.replace('#', '::')}": v for k, v in (overrides or {}).items()}}.items():
-        client.log_param(run_id, k, str(v)[:6000])
-    return run_id
 
 
 def summarise(results: dict[str, list[dict]], level: str = "mode") -> dict[str, dict[str, dict[str, tuple]]]:
@@ -225,10 +183,9 @@ def compare_strategies(
     """
     from monai.bundle import ConfigParser
 
-    from bundle.data import prepare_data, qa_slices
+    from bundle.data import prepare_data
     from bundle.evaluation.plots import plot_embeddings, project_embeddings
-    from bundle.evaluation.reference import fit_predict_reference
-    from bundle.evaluation.report import flatten_metrics, score_predictions
+    from bundle.evaluation.report import flatten_metrics
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
@@ -244,7 +201,7 @@ def compare_strategies(
 
     # the settings every run shares, resolved once from the baseline config (the detector stays where it is)
     parser = ConfigParser()
-    parser.read_config(_configs(bundle_root, STRATEGIES["baseline"]))
+    parser.read_config(bundle_configs(bundle_root, STRATEGIES["baseline"]))
     parser.update({"bundle_root": bundle_root, "output_dir": os.path.abspath(output_dir), **overrides})
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
     experiment_name = parser.get_parsed_content("experiment_name")
@@ -278,10 +235,10 @@ def compare_strategies(
     }
     Path(out, "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
 
-    client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
+    client, experiment_id = mlflow_experiment(tracking_uri, experiment_name)
     tags = {"workflow": "compare", **({"command": command[:5000]} if command else {})}
     params = {"seeds": seeds, "strategies": list(strategies), "split_seed": split_seed, "reference": reference}
-    parent_id = _parent_run(client, experiment_id, f"compare_{stamp}", tags, params, overrides)
+    parent_id = start_parent_run(client, experiment_id, f"compare_{stamp}", tags, params, overrides)
     logger.info(f"comparison {out}: MLflow parent run {parent_id}; strategies {list(strategies)}, seeds {seeds}")
 
     results: dict[str, list[dict]] = {s: [] for s in strategies}
@@ -294,65 +251,19 @@ def compare_strategies(
                 run_dir = os.path.join(out, name)
                 run_name = f"{name}_{stamp}"
                 common = {**shared, "seed": seed, "ckpt_dir": os.path.join(out, "models", f"seed{seed}")}
-                logger.info(f"--- {name}: training")
-                wf = _workflow(
-                    bundle_root,
-                    STRATEGIES[strategy],
-                    "train",
-                    run_name=run_name,
-                    run_dir=run_dir,
-                    parent_run_id=parent_id,
-                    **common,
+                logger.info(f"--- {name}: training, then evaluation on the test split")
+                summary, child = train_and_evaluate(
+                    bundle_root, STRATEGIES[strategy], client, experiment_id, run_name, run_dir, parent_id, **common
                 )
-                _run(wf)
-                del wf
-                gc.collect()
-                child = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")[0].info.run_id
-                logger.info(f"--- {name}: evaluation on the test split")
-                wf = _workflow(
-                    bundle_root,
-                    [*STRATEGIES[strategy], "evaluate.yaml"],
-                    "infer",
-                    run_name=run_name,
-                    run_dir=os.path.join(run_dir, "test"),
-                    mlflow_run_id=child,
-                    projection="none",
-                    **common,
-                )
-                _run(wf)
-                del wf
-                gc.collect()
-                with open(os.path.join(run_dir, "test", "metrics.json")) as f:
-                    summary = json.load(f)
-                summary["seed"], summary["mlflow_run_id"] = seed, child
+                summary["seed"], summary["mlflow_run_id"] = seed, child.info.run_id
                 results[strategy].append(summary)
                 if seed == seeds[0]:
                     embeddings[strategy] = os.path.join(run_dir, "test", "embeddings.npz")
         if reference:
             logger.info("--- reference: logistic regression on LA statistics")
-            args = parser.get_parsed_content("qa_slice_args")
-            data = prepare_data(
-                parser.get_parsed_content("dataset_dir"),
-                parser.get_parsed_content("datalist"),
-                os.path.abspath(output_dir),
-                split_file,
-            )
-            train = qa_slices(data, "train", **{**args, "detector_ckpt": detector_ckpt})
-            test = qa_slices(data, "test", **{**args, "detector_ckpt": detector_ckpt})
-            probs, volumes, targets = fit_predict_reference(train, test, seed=split_seed)
-            scored = score_predictions(volumes, probs, targets)
-            results = {
-                "reference": [
-                    {
-                        "n_slices": scored["n_slices"],
-                        "n_scans": scored["n_scans"],
-                        "seed": split_seed,
-                        "metrics": scored["metrics"],
-                    }
-                ],
-                **results,
-            }
-            for k, v in flatten_metrics(scored["metrics"], "reference_test").items():
+            row = reference_row(parser, os.path.abspath(output_dir), split_file, detector_ckpt, split_seed)
+            results = {"reference": [row], **results}
+            for k, v in flatten_metrics(row["metrics"], "reference_test").items():
                 if not math.isnan(v):
                     client.log_metric(parent_id, k, v)
         note = f"Command: `{command}`" if command else ""
@@ -397,6 +308,7 @@ def reevaluate(
     tag: str = "reeval",
     reference: bool = True,
     command: str = "",
+    bundle_root: str | None = None,
 ) -> dict:
     """Evaluate the checkpoints of a finished comparison again with other settings, and tabulate as it did.
 
@@ -408,24 +320,22 @@ def reevaluate(
         compare_dir: a ``compare_<time>`` folder written by :func:`compare_strategies`.
         overrides: config overrides on top of the comparison's.
         tag: name of the evaluation (folder ``<compare_dir>/<tag>_<time>/``, each run's ``<run>/<tag>/``).
-        reference: add the reference row (with the new slice selection).
+        reference: add the reference row (with the new slice selection; the solver seeded with the comparison's
+            split seed, as there).
         command: the command line, recorded.
+        bundle_root: the bundle (default: the one this package sits in).
 
     Returns:
         ``{"dir", "parent_run_id", "results", "tables"}``.
     """
     from monai.bundle import ConfigParser
 
-    from bundle.data import prepare_data, qa_slices
-    from bundle.evaluation.reference import fit_predict_reference
-    from bundle.evaluation.report import score_predictions
-
     compare_dir = os.path.abspath(compare_dir)
     settings_file = os.path.join(compare_dir, "settings.json")
     if not os.path.isfile(settings_file):
         raise DataError(f"{compare_dir}: no settings.json (not a folder written by the comparison)")
     settings = json.load(open(settings_file))
-    bundle_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bundle_root = os.path.abspath(bundle_root or default_bundle_root())
     output_dir = os.path.dirname(compare_dir)
     merged = {**settings["overrides"], **dict(overrides or {})}
     split_file = merged.get("split_file") or os.path.join(compare_dir, "split.json")
@@ -433,13 +343,13 @@ def reevaluate(
     out = os.path.join(compare_dir, f"{tag}_{stamp}")
     os.makedirs(out, exist_ok=True)
     parser = ConfigParser()
-    parser.read_config(_configs(bundle_root, STRATEGIES["baseline"]))
+    parser.read_config(bundle_configs(bundle_root, STRATEGIES["baseline"]))
     parser.update({"bundle_root": bundle_root, "output_dir": output_dir, **merged})
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
     detector_ckpt = parser.get_parsed_content("detector_ckpt")
-    client, experiment_id = _mlflow_client(tracking_uri, parser.get_parsed_content("experiment_name"))
+    client, experiment_id = mlflow_experiment(tracking_uri, parser.get_parsed_content("experiment_name"))
     tags = {"workflow": "reevaluate", "comparison": compare_dir, "command": command[:5000]}
-    parent_id = _parent_run(
+    parent_id = start_parent_run(
         client,
         experiment_id,
         f"{tag}_{os.path.basename(compare_dir)}_{stamp}",
@@ -468,42 +378,20 @@ def reevaluate(
                     "ckpt_dir": os.path.join(compare_dir, "models", f"seed{seed}"),
                 }
                 logger.info(f"--- {name}: evaluation ({tag})")
-                wf = _workflow(
+                summary = evaluate_workflow(
                     bundle_root,
-                    [*STRATEGIES[strategy], "evaluate.yaml"],
-                    "infer",
+                    STRATEGIES[strategy],
+                    eval_dir,
                     run_name=f"{name}_{tag}_{stamp}",
-                    run_dir=eval_dir,
                     parent_run_id=parent_id,
                     projection="none",
                     **common,
                 )
-                _run(wf)
-                del wf
-                gc.collect()
-                with open(os.path.join(eval_dir, "metrics.json")) as f:
-                    summary = json.load(f)
                 summary["seed"] = seed
                 results[strategy].append(summary)
         if reference:
-            data = prepare_data(
-                parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"), output_dir, split_file
-            )
-            args = {**parser.get_parsed_content("qa_slice_args"), "detector_ckpt": detector_ckpt}
-            train, test = qa_slices(data, "train", **args), qa_slices(data, "test", **args)
-            probs, volumes, targets = fit_predict_reference(train, test)
-            scored = score_predictions(volumes, probs, targets)
-            results = {
-                "reference": [
-                    {
-                        "n_slices": scored["n_slices"],
-                        "n_scans": scored["n_scans"],
-                        "seed": 0,
-                        "metrics": scored["metrics"],
-                    }
-                ],
-                **results,
-            }
+            row = reference_row(parser, output_dir, split_file, detector_ckpt, settings.get("split_seed", 0))
+            results = {"reference": [row], **results}
         tables = write_tables(results, out, f"Command: `{command}`" if command else "")
         with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -13,7 +13,6 @@ volume and one per fold; ``cv_summary.json`` the mean ± std over folds and the 
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import logging
 import math
@@ -283,20 +282,26 @@ def cross_validate(
     """
     from monai.utils import path_to_sqlite_uri
 
-    from bundle.evaluation.compare import _mlflow_client, _parent_run, _run, _workflow
+    from bundle.evaluation.runs import (
+        bundle_workflow,
+        default_bundle_root,
+        mlflow_experiment,
+        run_workflow,
+        start_parent_run,
+    )
 
-    root = os.path.abspath(bundle_root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    root = os.path.abspath(bundle_root or default_bundle_root())
     out = os.path.abspath(output_dir)
     os.makedirs(out, exist_ok=True)
     overrides = dict(overrides or {})
     fold_list, path, data_root = _make_folds(out, datalist, dataset_dir, folds, seed, n_val, val_fraction)
     tracking_uri = tracking_uri or path_to_sqlite_uri(os.path.join(out, "mlruns.db"))
-    client, experiment_id = _mlflow_client(tracking_uri, experiment_name)
+    client, experiment_id = mlflow_experiment(tracking_uri, experiment_name)
     state_file = os.path.join(out, "cv_state.json")
     state = json.load(open(state_file, encoding="utf-8")) if os.path.isfile(state_file) else {}
     if not state.get("parent_run_id"):
         params = {"folds": len(fold_list), "seed": seed, "n_val": n_val, "datalist": path, "command": command}
-        state["parent_run_id"] = _parent_run(
+        state["parent_run_id"] = start_parent_run(
             client,
             experiment_id,
             f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
@@ -334,7 +339,7 @@ def cross_validate(
                     f"--- fold {k}: training on {len(fold_list[k]['train'])} patients, validating on "
                     f"{len(fold_list[k]['val'])}"
                 )
-                wf = _workflow(
+                wf = bundle_workflow(
                     root,
                     ["train.yaml"],
                     "train",
@@ -352,9 +357,8 @@ def cross_validate(
                     parent_run_id=parent,
                     **overrides,
                 )
-                _run(wf)
+                run_workflow(wf)
                 del wf
-                gc.collect()
                 with open(trained, "w", encoding="utf-8") as f:
                     json.dump({"minutes": (time.time() - t0) / 60}, f)
             if train_only:

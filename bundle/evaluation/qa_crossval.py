@@ -188,8 +188,8 @@ def qa_cross_validate(
         ValueError: for an unknown strategy or recipe key.
     """
     from bundle.data.datalist import LIST_KEYS, load_datalist, validate_datalist
-    from bundle.evaluation.compare import _mlflow_client, _parent_run
     from bundle.evaluation.crossval import _make_folds
+    from bundle.evaluation.runs import mlflow_experiment, start_parent_run
 
     unknown = [s for s in strategies if s not in QA_STRATEGIES]
     if unknown:
@@ -224,13 +224,13 @@ def qa_cross_validate(
             indent=1,
         )
     tracking_uri = tracking_uri or f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'mlruns.db'))}"
-    client, experiment_id = _mlflow_client(tracking_uri, "qa_crossval")
+    client, experiment_id = mlflow_experiment(tracking_uri, "qa_crossval")
     state_file = os.path.join(output_dir, "mlflow_parent.json")
     if os.path.isfile(state_file):
         with open(state_file, encoding="utf-8") as f:
             parent = json.load(f)["parent_run_id"]
     else:
-        parent = _parent_run(
+        parent = start_parent_run(
             client,
             experiment_id,
             f"{name}_{time.strftime('%Y%m%d_%H%M%S')}",
