@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bundle.networks.loading import read_state_dict
+
 __all__ = [
     "CV_METRICS",
     "cross_validate",
@@ -484,7 +486,7 @@ def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: 
             raise ValueError(f"{fold}: fold {k} is not finished; run the cross-validation to the end first")
         with open(plan_path(os.path.join(fold, "model.pt")), encoding="utf-8") as f:
             plans.append(json.load(f))
-        states.append(torch.load(os.path.join(fold, "model.pt"), map_location="cpu", weights_only=True))
+        states.append(read_state_dict(os.path.join(fold, "model.pt"), f"fold {k} model"))
     first = plans[0]
     for p in plans[1:]:
         if p["network_def"] != first["network_def"] or p["preprocessing"] != first["preprocessing"]:

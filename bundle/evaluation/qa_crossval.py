@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bundle.data.datalist import SCORE_KEYS
+from bundle.networks.loading import read_state_dict
 
 __all__ = [
     "QA_STRATEGIES",
@@ -562,7 +563,7 @@ def export_qa_ensemble(
         raise ValueError(f"{folder}: no finished fold with a model to export")
     first_seed = min(p["seed"] for p in preds)
     preds = sorted((p for p in preds if all_seeds or p["seed"] == first_seed), key=lambda p: (p["fold"], p["seed"]))
-    states = [torch.load(os.path.join(p["dir"], "model.pt"), map_location="cpu", weights_only=True) for p in preds]
+    states = [read_state_dict(os.path.join(p["dir"], "model.pt"), "fold model") for p in preds]
     ens = {
         f"members.{k}.{n}": (v.half() if v.is_floating_point() else v)
         for k, s in enumerate(states)

@@ -8,6 +8,7 @@ import os
 import torch
 
 from bundle.errors import WeightsError
+from bundle.networks.loading import fit_state_dict, read_state_dict
 
 __all__ = ["WEIGHT_HINTS", "check_qa_input", "detector_plan", "load_weights", "qa_network", "qa_plan"]
 
@@ -46,64 +47,15 @@ def load_weights(network: torch.nn.Module, path: str, kind: str = "detector") ->
     hint = WEIGHT_HINTS.get(kind, "pass the right checkpoint")
     if not path or not os.path.isfile(path):
         raise WeightsError(f"{name} checkpoint {path} not found: {hint}")
-    device = next(network.parameters()).device
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{name} checkpoint {path} is unreadable: {_load_problem(path, e)}") from None
-    for key in ("model", "state_dict"):
-        wrapped = isinstance(state, dict) and isinstance(state.get(key), dict)
-        if wrapped and not any(torch.is_tensor(v) for v in state.values()):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{name} checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        expected = network.state_dict().keys()
-        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-        detail = str(e).splitlines()[-1].strip()[:120]
-        own = network.state_dict()
-        shapes = [k for k in expected & state.keys() if tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
-        if shapes:
-            k = sorted(shapes)[0]
-            detail = (
-                f"{len(shapes)} tensors of other shapes, e.g. {k}: {tuple(state[k].shape)} in the file, "
-                f"{tuple(own[k].shape)} in the network"
-            )
-        if missing or unexpected:
-            detail = (
-                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-                f"(e.g. {unexpected[:2]})"
-            )
-        raise WeightsError(
-            f"{name} checkpoint {path} does not fit the configured network ({detail}): "
-            "was it trained with other network settings?"
-        ) from None
+    state = read_state_dict(path, f"{name} checkpoint", map_location=next(network.parameters()).device)
+    fit_state_dict(
+        network,
+        state,
+        f"{name} checkpoint {path} does not fit the configured network",
+        "was it trained with other network settings?",
+    )
     logger.info(f"{name}: weights from {path}")
     return network.eval()
-
-
-def _load_problem(path: str, e: Exception) -> str:
-    """What is wrong with a file ``torch.load`` refused, in a few words (PyTorch's own message runs to paragraphs)."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
-    if not magic:
-        return "an empty file"
-    if magic[:2] not in (b"PK", b"\x80\x02"):  # torch.save writes a zip archive (or, legacy, a protocol-2 pickle)
-        return "not a PyTorch checkpoint (neither the zip archive nor the pickle torch.save writes)"
-    text = str(e)
-    if "Weights only load failed" in text:
-        return (
-            "it holds Python objects, not only tensors (a whole pickled model?); save the weights with "
-            "torch.save(model.state_dict(), path)"
-        )
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
 def check_qa_input(plan: dict, spatial_size: int) -> None:

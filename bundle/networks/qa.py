@@ -53,21 +53,17 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: naming the file, when its entries do not fit the encoder.
+        WeightsError: (a ``ValueError``) one line naming the file, when it is unreadable or does not fit the encoder.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: encoder checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    from bundle.networks.loading import fit_state_dict, read_state_dict
+
+    state = read_state_dict(path, "encoder checkpoint")
     if any(k.startswith("encoder.") for k in state):
         state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a classifier's last layer is unused
-    try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"{path}: does not fit the QA encoder ({first})") from None
+    fit_state_dict(encoder, state, f"{path}: does not fit the QA encoder")
     logger.info(f"encoder weights loaded from {path}")
 
 
