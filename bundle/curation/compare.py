@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.errors import DataError
-from bundle.evaluation.compare import STRATEGIES, summarise, write_tables
+from bundle.evaluation.compare import STRATEGIES, publish_tables
 from bundle.evaluation.runs import bundle_configs, mlflow_experiment, start_parent_run, train_and_evaluate
 
 __all__ = ["compare_curation"]
@@ -128,21 +127,15 @@ def compare_curation(
         )
         if command:
             note += f"\n\nCommand: `{command}`"
-        tables = write_tables(results, out, note)
-        Path(out, "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-        for name, per in summarise(results).items():
-            for m in ("f1", "specificity", "precision", "recall", "balanced_accuracy"):
-                mean = per["fibrosis"][m][0]
-                if not math.isnan(mean):
-                    client.log_metric(parent_id, f"{name}_fibrosis_{m}_mean", mean)
-        for path in (
-            *tables.values(),
-            os.path.join(out, "results.json"),
-            os.path.join(out, "settings.json"),
-            summary_file,
-            split_file,
-        ):
-            client.log_artifact(parent_id, path)
+        tables = publish_tables(
+            client,
+            parent_id,
+            out,
+            results,
+            note,
+            ("f1", "specificity", "precision", "recall", "balanced_accuracy"),
+            (os.path.join(out, "settings.json"), summary_file, split_file),
+        )
         status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)

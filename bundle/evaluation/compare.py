@@ -30,7 +30,7 @@ from bundle.evaluation.runs import (
     train_and_evaluate,
 )
 
-__all__ = ["STRATEGIES", "compare_strategies", "reevaluate", "summarise", "write_tables"]
+__all__ = ["STRATEGIES", "compare_strategies", "publish_tables", "reevaluate", "summarise", "write_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,41 @@ def write_tables(results: dict[str, list[dict]], output_dir: str, note: str = ""
     return {"markdown": md, "csv": csv, "runs_csv": runs_csv}
 
 
+def publish_tables(
+    client,
+    parent_id: str,
+    out: str,
+    results: dict[str, list[dict]],
+    note: str = "",
+    mean_metrics: Sequence[str] = (),
+    artifacts: Sequence[str] = (),
+) -> dict[str, str]:
+    """Write a comparison's tables and ``results.json`` into ``out`` and log them to its parent MLflow run.
+
+    Args:
+        client: the MLflow client.
+        parent_id: the comparison's parent run.
+        out: the comparison's folder.
+        results: ``{row: [metrics.json content per seed]}``.
+        note: text under the tables.
+        mean_metrics: fibrosis metrics whose mean over seeds is logged per row (``<row>_fibrosis_<metric>_mean``).
+        artifacts: further files logged to the parent run (settings, split).
+
+    Returns:
+        the tables' paths (:func:`write_tables`).
+    """
+    tables = write_tables(results, out, note)
+    Path(out, "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    for name, per in summarise(results).items():
+        for m in mean_metrics:
+            mean = per["fibrosis"][m][0]
+            if not math.isnan(mean):
+                client.log_metric(parent_id, f"{name}_fibrosis_{m}_mean", mean)
+    for path in (*tables.values(), os.path.join(out, "results.json"), *artifacts):
+        client.log_artifact(parent_id, path)
+    return tables
+
+
 def compare_strategies(
     output_dir: str = "runs",
     seeds: int | Sequence[int] = 5,
@@ -266,15 +301,15 @@ def compare_strategies(
             for k, v in flatten_metrics(row["metrics"], "reference_test").items():
                 if not math.isnan(v):
                     client.log_metric(parent_id, k, v)
-        note = f"Command: `{command}`" if command else ""
-        tables = write_tables(results, out, note)
-        with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        for strategy, runs in summarise(results).items():
-            for m in ("f1", "specificity", "precision", "recall"):
-                mean = runs["fibrosis"][m][0]
-                if not math.isnan(mean):
-                    client.log_metric(parent_id, f"{strategy}_fibrosis_{m}_mean", mean)
+        tables = publish_tables(
+            client,
+            parent_id,
+            out,
+            results,
+            f"Command: `{command}`" if command else "",
+            ("f1", "specificity", "precision", "recall"),
+            (os.path.join(out, "settings.json"), split_file),
+        )
         if projection != "none" and embeddings:
             panels = []
             used = "tsne"
@@ -287,13 +322,7 @@ def compare_strategies(
             tables["embeddings"] = plot_embeddings(
                 panels, os.path.join(out, f"embeddings_{used}.png"), {"tsne": "t-SNE", "umap": "UMAP"}[used]
             )
-        for path in (
-            *tables.values(),
-            os.path.join(out, "results.json"),
-            os.path.join(out, "settings.json"),
-            split_file,
-        ):
-            client.log_artifact(parent_id, path)
+            client.log_artifact(parent_id, tables["embeddings"])
         status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)
@@ -392,11 +421,8 @@ def reevaluate(
         if reference:
             row = reference_row(parser, output_dir, split_file, detector_ckpt, settings.get("split_seed", 0))
             results = {"reference": [row], **results}
-        tables = write_tables(results, out, f"Command: `{command}`" if command else "")
-        with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        for path in (*tables.values(), os.path.join(out, "results.json"), os.path.join(out, "settings.json")):
-            client.log_artifact(parent_id, path)
+        note = f"Command: `{command}`" if command else ""
+        tables = publish_tables(client, parent_id, out, results, note, artifacts=[os.path.join(out, "settings.json")])
         status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)
