@@ -137,10 +137,14 @@ def install_excepthook() -> bool:
 
 def entry_point(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate a script's ``main``: a bundle error raised anywhere below it (wrapped by MONAI or not) becomes its one
-    line on stderr and its exit status; other exceptions pass unchanged."""
+    line on stderr and its exit status; other exceptions pass unchanged. Third-party noise is quieted first
+    (:func:`bundle.utils.quiet_third_party`)."""
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
+        from bundle.utils import quiet_third_party  # bundle.utils imports this module
+
+        quiet_third_party()
         try:
             return main(*args, **kwargs)
         except Exception as e:

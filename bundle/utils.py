@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import time
+import warnings
 
 from bundle.errors import BundleError
 
@@ -289,3 +290,18 @@ def parse_overrides(args: list[str]) -> dict:
             raise ValueError(f"{key} needs a value")
         out[key[2:]] = yaml.safe_load(value)
     return out
+
+
+QUIET_LOGGERS = ("pydicom", "monai.data.nvimgcodec_pydicom_plugin")  # as configs/logging.conf sets them
+
+
+def quiet_third_party() -> None:
+    """The entry points' settings for third-party noise, as ``configs/logging.conf`` gives the workflows.
+
+    pydicom logs a value warning for every odd tag of a real export, and MONAI's optional GPU DICOM decoder
+    (nvImageCodec, absent on CPU machines) warns at every ``LoadImage``; errors still show. Called by the scripts
+    (:func:`bundle.errors.entry_point`), never at import: a library user's logging stays theirs.
+    """
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")

@@ -180,6 +180,9 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bundle.utils import quiet_third_party
+
+    quiet_third_party()
     args = parse_args(argv)
     inputs = [os.path.abspath(os.path.expanduser(i)) for i in args.input]
     output_dir = os.path.abspath(os.path.expanduser(args.output_dir)) if args.output_dir else None

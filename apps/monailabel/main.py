@@ -53,6 +53,9 @@ class LALGEQAApp(MONAILabelApp):
     """LA segmentation (``la_segmentation``), scan quality (``qa``, once the QA network exists) and LA retraining."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        from bundle.utils import quiet_third_party
+
+        quiet_third_party()  # the app is an entry point: pydicom's and the optional GPU decoder's noise quieted
         self.bundle_root = os.path.abspath(conf.get("bundle_root") or CODE_ROOT)
         configs = os.path.join(self.bundle_root, "configs")
         if not os.path.isfile(os.path.join(configs, "common.yaml")):

@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-logging.getLogger("pydicom").setLevel(logging.ERROR)  # value warnings on every odd export file; errors still show
 
 MIN_SLICES = 10  # fewer frames: a localizer or scout, not a volume to assess
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
