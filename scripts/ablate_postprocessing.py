@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
     p.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
     p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
+    p.add_argument("--run_folds", default=None, help="comma-separated folds to score (default all), e.g. 0")
     p.add_argument("--tta", action="store_true", help="average the probabilities over in-plane flips")
     p.add_argument("--dataset_dir", default=None)
     p.add_argument("--datalist", default=None)
@@ -59,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
             folds, path, root = _make_folds(tmp, args.datalist, args.dataset_dir, args.folds, 0, args.n_val, 0.15)
         if len(ensemble.members) != len(folds):
             p.error(f"{args.ensemble} has {len(ensemble.members)} members, not one per fold ({len(folds)})")
-        models = [(m.eval(), plan) for m in ensemble.members]
+        models = {k: (m.eval(), plan) for k, m in enumerate(ensemble.members)}
     else:
         path, root = resolve_datalist(args.dataset_dir, args.datalist, os.path.join(args.cv_dir, "demo"))
         folds = load_folds(os.path.join(args.cv_dir, "folds.json"))
-        models = [load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt")) for k in range(len(folds))]
+    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else list(range(len(folds)))
+    if any(k < 0 or k >= len(folds) for k in run):
+        p.error(f"--run_folds {args.run_folds}: folds are 0..{len(folds) - 1}")
+    if args.cv_dir:
+        models = {k: load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt")) for k in run}
     entries = load_datalist(path, root, LIST_KEYS)["segmentation"]
     settings = [
         {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest}
@@ -72,15 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     scores: list[list[dict]] = [[] for _ in settings]
-    for fold, (network, plan) in zip(folds, models):
+    for k in run:
+        network, plan = models[k]
         network = FlipTTA(network) if args.tta else network
-        held = [e for e in entries if e["patient"] in set(fold[args.part])]
+        held = [e for e in entries if e["patient"] in set(folds[k][args.part])]
         for total, rows in zip(scores, score_settings(network, plan, held, settings)):
             total.extend(rows)
     source = args.cv_dir or args.ensemble
     print(
         f"| t | min area (mm2) | largest component | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {source}"
-        f"{', flip TTA' if args.tta else ''})"
+        f"{', flip TTA' if args.tta else ''}, folds {run})"
     )
     for s, rows in zip(settings, scores):
         d, h, f = np.nanmean(np.asarray([(m["dice"], m["hd95_mm"], m["slice_f1"]) for m in rows], float), axis=0)
