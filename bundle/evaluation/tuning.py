@@ -106,7 +106,7 @@ def tuning_scans(
                 "label": to_binary(e["fibrosis"], score_t),
                 "status": result.status,
                 "n_la_slices": result.n_la_slices,
-                "probs": result.visuals.get("tta_probs"),
+                "probs": result.visuals.tta_probs,
             }
         )
         print(

@@ -6,6 +6,7 @@ from bundle.inference.report import (
     STATUSES,
     ReportWriter,
     ScanResult,
+    Visuals,
     exit_status,
     pending_volumes,
     planned_outputs,

@@ -151,7 +151,7 @@ def _verdict(result, qa_t: float) -> str:
 
 def _montage(result, slices: list[dict]) -> str:
     v = result.visuals
-    images, masks, indices = v.get("images"), v.get("masks"), v.get("indices", [])
+    images, masks, indices = v.images, v.masks, v.indices
     if images is None or not len(images):
         return ""
     ok = result.status == "ok"
@@ -170,10 +170,10 @@ def _montage(result, slices: list[dict]) -> str:
 
 def _cams(result) -> str:
     v, cam_idx = result.visuals, result.detail.get("cam_slices", [])
-    cams, images = v.get("cams"), v.get("images")
+    cams, images = v.cams, v.images
     if cams is None or not len(cams):
         return ""
-    lookup = {int(i): k for k, i in enumerate(v.get("indices", []))}
+    lookup = {int(i): k for k, i in enumerate(v.indices)}
     what = "diagnostic" if result.diagnostic else "non-diagnostic"
     out = [
         f"<h2>What decided the verdict: HiResCAM</h2><div class=note>The {len(cam_idx)} slice(s) that voted {what} "

@@ -48,6 +48,7 @@ __all__ = [
     "STATUSES",
     "ReportWriter",
     "ScanResult",
+    "Visuals",
     "exit_status",
     "pending_volumes",
     "planned_outputs",
@@ -64,11 +65,32 @@ INTERRUPTED = "not assessed: the run was interrupted (rerun with --resume to con
 
 
 @dataclass
+class Visuals:
+    """What a scan's HTML page draws (and the QA stage's per-flip probabilities), held until the page is written.
+
+    Attributes:
+        images: ``(K, H, W)`` float16, the slices shown (the LA slices, or the most likely ones), in the scan's grid.
+        masks: ``(K, H, W)`` bool, the LA mask on those slices, as written.
+        indices: the slice index of each of them.
+        cams: ``(C, H, W)`` float16 HiResCAM maps of the slices ``detail["cam_slices"]`` names, on the same grid;
+            None without QA or CAMs.
+        tta_probs: ``(T, S, 4)`` per-flip, per-LA-slice probabilities of the QA network (a caller can re-derive the
+            verdict at other settings, as ``bundle.evaluation.tuning`` does); None without QA.
+    """
+
+    images: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    indices: list[int] = field(default_factory=list)
+    cams: np.ndarray | None = None
+    tta_probs: np.ndarray | None = None
+
+
+@dataclass
 class ScanResult:
     """One row of the report, plus the per-slice detail of the JSON report and the pictures of the HTML page.
 
     The fields up to ``message`` are the CSV columns (:data:`CSV_COLUMNS`); ``detail`` goes to the JSON report only;
-    ``visuals`` (arrays) only to the HTML page.
+    ``visuals`` (:class:`Visuals`) only to the HTML page.
     """
 
     input: str
@@ -86,7 +108,7 @@ class ScanResult:
     message: str = ""
     name: str = ""
     detail: dict = field(default_factory=dict)
-    visuals: dict = field(default_factory=dict, repr=False)
+    visuals: Visuals = field(default_factory=Visuals, repr=False)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -406,7 +428,7 @@ class ReportWriter:
         if result.status in ASSESSED and result.name in self._dicom_files:
             outputs.update(self._write_dicom(result, pred))
         result.detail["outputs"] = outputs
-        result.visuals = {}  # pictures are written; free the memory
+        result.visuals = Visuals()  # pictures are written; free the memory
         self.results[result.name or result.input] = result
         series = f" [{result.series_uid}]" if result.series_uid else ""
         verdict = f" diagnostic={result.diagnostic}" if result.diagnostic is not None else ""

@@ -20,7 +20,7 @@ from monai.engines.utils import IterationEvents
 
 from bundle.data.datalist import SCORE_KEYS
 from bundle.errors import one_line
-from bundle.inference.report import ScanResult
+from bundle.inference.report import ScanResult, Visuals
 from bundle.inference.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.inference.stage1 import ResizedSliceInferer
 from bundle.inference.stage2 import QAStage
@@ -266,11 +266,11 @@ class TwoStageStep:
         plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
         images = plain.movedim(1 + s1.axis, 0)[torch.as_tensor(show, dtype=torch.long), 0]
         masks = torch.as_tensor(la["mask"]).movedim(1 + s1.axis, 0)[torch.as_tensor(show, dtype=torch.long), 0]
-        result.visuals = {
-            "images": images.float().cpu().numpy().astype(np.float16),
-            "masks": masks.cpu().numpy() > 0,
-            "indices": [int(i) for i in show],
-        }
+        result.visuals = Visuals(
+            images=images.float().cpu().numpy().astype(np.float16),
+            masks=masks.cpu().numpy() > 0,
+            indices=[int(i) for i in show],
+        )
         if not len(selected):
             top = int(np.argmax(la_prob))
             result.status, result.refer = "no_left_atrium", 1
@@ -291,10 +291,10 @@ class TwoStageStep:
                     slices = ExtractSlices(spatial_size=self.qa_stage.spatial_size)(volume, slice_axis=s1.axis)
                 qa_input = slices[torch.as_tensor(selected)]
             self._stage2(qa_input, selected, result)
-            if self.qa_stage.region is not None and "cams" in result.visuals:  # window maps onto the whole slices
+            if self.qa_stage.region is not None and result.visuals.cams is not None:  # window maps onto the slices
                 r = self.qa_stage.region
-                result.visuals["cams"] = region_to_slice(
-                    result.visuals["cams"].astype(np.float32),
+                result.visuals.cams = region_to_slice(
+                    result.visuals.cams.astype(np.float32),
                     la["mask"].cpu(),
                     s1.axis,
                     images.shape[1:],
@@ -312,7 +312,7 @@ class TwoStageStep:
     def _stage2(self, slices: torch.Tensor, selected: np.ndarray, result: ScanResult) -> None:
         qa = self.qa_stage.assess(slices)
         v = qa.verdict
-        result.visuals["tta_probs"] = qa.probs  # (T, S, 4): lets a caller re-derive the verdict at other settings
+        result.visuals.tta_probs = qa.probs
         for k, p in zip(SCORE_KEYS, v["p"]):
             setattr(result, f"p_{k}", float(p))
         result.diagnostic, result.uncertainty = int(v["diagnostic"]), float(v["uncertainty"])
@@ -336,7 +336,7 @@ class TwoStageStep:
             cam_slices=[int(selected[i]) for i in qa.cam_slices],
         )
         if qa.cams is not None:
-            cams, size = torch.as_tensor(qa.cams[:, None]), result.visuals["images"].shape[1:]
+            cams, size = torch.as_tensor(qa.cams[:, None]), result.visuals.images.shape[1:]
             if tuple(cams.shape[2:]) != tuple(size) and self.qa_stage.region is None:  # other slice sizes: resize
                 cams = torch.nn.functional.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
-            result.visuals["cams"] = cams[:, 0].numpy().astype(np.float16)
+            result.visuals.cams = cams[:, 0].numpy().astype(np.float16)
