@@ -69,6 +69,9 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+RUN_KEYS = ("tracking_uri", "experiment_name", "run_name", "parent_run_id", "bundle_root")
+
+
 class MLflowTracker(MLFlowHandler):
     """MONAI's ``MLFlowHandler`` with what every run of this bundle records.
 
@@ -93,6 +96,8 @@ class MLflowTracker(MLFlowHandler):
             False for a first stage whose run a second stage continues (its own values would clash).
         artifact_dir: folder of the run's artifacts that this handler's files go to (None: the top), e.g. ``test``
             for an evaluation logged into its training run.
+        run: the settings every tracker of a workflow shares (:data:`RUN_KEYS`: the store, the experiment, the run
+            name, the parent run, the bundle root), e.g. the configs' ``@mlflow_run``; explicit arguments win.
         kwargs: arguments of ``monai.handlers.MLFlowHandler`` (``tracking_uri``, ``experiment_name``,
             ``run_name``, ``experiment_param``, ``artifacts``, ...).
     """
@@ -104,12 +109,20 @@ class MLflowTracker(MLFlowHandler):
         resume_run_id: str | None = None,
         start_artifacts: Sequence[str] | None = None,
         summary_file: str | None = None,
-        bundle_root: str = ".",
+        bundle_root: str | None = None,
         artifact_dir: str | None = None,
         log_state_params: bool = True,
+        run: dict | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        shared = dict(run or {})
+        unknown = set(shared) - set(RUN_KEYS)
+        if unknown:
+            raise ValueError(f"run: unknown keys {sorted(unknown)}; allowed {list(RUN_KEYS)}")
+        shared_parent, shared_root = shared.pop("parent_run_id", None), shared.pop("bundle_root", None)
+        parent_run_id = parent_run_id or shared_parent
+        bundle_root = bundle_root or shared_root or "."
+        super().__init__(**{**shared, **kwargs})  # the store, experiment and run name; explicit ones win
         self.tags = dict(tags or {})
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
