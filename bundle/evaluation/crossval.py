@@ -13,6 +13,7 @@ volume and one per fold; ``cv_summary.json`` the mean ± std over folds and the 
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import logging
 import math
@@ -361,6 +362,7 @@ def cross_validate(
                 )
                 run_workflow(wf)
                 del wf
+                gc.collect()
                 with open(trained, "w", encoding="utf-8") as f:
                     json.dump({"minutes": (time.time() - t0) / 60}, f)
             if train_only:

@@ -57,7 +57,8 @@ def bundle_workflow(root: str, files: Sequence[str], workflow_type: str, /, **ov
 
 
 def run_workflow(wf) -> None:
-    """``initialize``, MONAI's property check, ``run``, ``finalize``; then the workflow's memory is released.
+    """``initialize``, MONAI's property check, ``run``, ``finalize``. The caller drops the workflow and runs
+    ``gc.collect()`` (its engines and data hold reference cycles), as :func:`train_and_evaluate` does.
 
     Raises:
         RuntimeError: when the workflow misses required properties.
@@ -68,7 +69,6 @@ def run_workflow(wf) -> None:
         raise RuntimeError(f"workflow misses properties {missing}")
     wf.run()
     wf.finalize()
-    gc.collect()
 
 
 def mlflow_experiment(tracking_uri: str, experiment_name: str):
@@ -119,6 +119,7 @@ def evaluate_workflow(root: str, files: Sequence[str], run_dir: str, /, **overri
         the evaluation's ``metrics.json`` content.
     """
     run_workflow(bundle_workflow(root, [*files, "evaluate.yaml"], "infer", run_dir=run_dir, **overrides))
+    gc.collect()  # the workflow is unreferenced now: free its cycles before the next one
     return json.loads(Path(run_dir, "metrics.json").read_text(encoding="utf-8"))
 
 
@@ -153,6 +154,7 @@ def train_and_evaluate(
             root, files, "train", run_name=run_name, run_dir=run_dir, parent_run_id=parent_run_id, **overrides
         )
     )
+    gc.collect()  # the training workflow is unreferenced now: free its cycles before the evaluation
     child = client.search_runs([experiment_id], f"tags.mlflow.runName = '{run_name}'")[0]
     summary = evaluate_workflow(
         root,
