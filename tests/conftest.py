@@ -22,6 +22,13 @@ def cli_args(overrides: dict) -> list[str]:
     return [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
 
 
+def bundle_cmd(workflow: str, configs: str | list[str], *args: str) -> list[str]:
+    """The argv of ``python -m monai.bundle run <workflow>`` on ``configs`` (a list of files, passed as JSON, or the
+    ``--config_file`` string itself), followed by ``args``."""
+    files = configs if isinstance(configs, str) else json.dumps(list(configs))
+    return [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", files, *args]
+
+
 def write_nifti(path: str, array: np.ndarray, affine: np.ndarray | None = None) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)

@@ -3,11 +3,10 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import LA2018
+from tests.conftest import LA2018, bundle_cmd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [
@@ -24,13 +23,8 @@ DICE_FLOOR = 0.40
 
 def test_brief_detector_training_beats_floor(tmp_path):
     out = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = bundle_cmd(
         "training",
-        "--config_file",
         "['configs/common.yaml','configs/train.yaml']",
         "--dataset_dir",
         LA2018,
@@ -50,7 +44,7 @@ def test_brief_detector_training_beats_floor(tmp_path):
         str(out),
         "--ckpt_dir",
         str(tmp_path / "models"),
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.load(open(next(out.glob("detector_*/best_metrics.json"))))

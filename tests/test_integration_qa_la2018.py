@@ -4,11 +4,10 @@ import glob
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import LA2018
+from tests.conftest import LA2018, bundle_cmd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [
@@ -46,7 +45,7 @@ def test_brief_baseline_training_and_evaluation(tmp_path):
     common = BRIEF + ["--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models")]
     train = "['configs/common.yaml','configs/qa_baseline.yaml']"
     res = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", train, *common],
+        bundle_cmd("training", train, *common),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -56,7 +55,7 @@ def test_brief_baseline_training_and_evaluation(tmp_path):
     assert os.path.isfile(tmp_path / "models" / "qa_baseline.pt")
     evaluate = "['configs/common.yaml','configs/qa_baseline.yaml','configs/evaluate.yaml']"
     res = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", evaluate, *common],
+        bundle_cmd("evaluating", evaluate, *common),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -21,7 +20,7 @@ from monai.bundle import ConfigWorkflow
 from bundle.errors import InputError, WeightsError
 from bundle.inference import CSV_COLUMNS
 from scripts import assess
-from tests.conftest import write_known_detector, write_nifti
+from tests.conftest import bundle_cmd, write_known_detector, write_nifti
 from tests.dicom_helpers import (
     box_mask,
     phantom,
@@ -276,16 +275,11 @@ def test_missing_weights_name_the_remedy(weights, export, tmp_path):
 def test_bundle_cli(weights, export, tmp_path):
     out = tmp_path / "out"
     kw = overrides(weights, str(export["vols"] / "scan.nii.gz"), out)
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = bundle_cmd(
         "inference",
-        "--config_file",
-        json.dumps(CONFIG),
+        CONFIG,
         *[f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in kw.items()],
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "assessed 1 of 1 input volume(s)/series" in res.stdout

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from tests.conftest import cli_args, write_known_detector
+from tests.conftest import bundle_cmd, cli_args, write_known_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -218,14 +218,9 @@ def test_evaluate_logs_into_the_training_run_and_needs_a_checkpoint(baseline_run
         and "best_val_mse" in run.data.metrics
     )
     assert "val/metrics.json" in _artifacts(client, run.info.run_id)
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = bundle_cmd(
         "evaluating",
-        "--config_file",
-        json.dumps(_configs([*CONFIGS["baseline"], "evaluate.yaml"])),
+        _configs([*CONFIGS["baseline"], "evaluate.yaml"]),
         "--datalist",
         tiny_demo,
         "--output_dir",
@@ -238,7 +233,7 @@ def test_evaluate_logs_into_the_training_run_and_needs_a_checkpoint(baseline_run
         "32",
         "--test_size",
         "2",
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
@@ -246,15 +241,10 @@ def test_evaluate_logs_into_the_training_run_and_needs_a_checkpoint(baseline_run
 
 
 def test_cli_baseline_training(tiny_demo, tmp_path):
-    overrides = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    overrides = cli_args(TINY)
+    cmd = bundle_cmd(
         "training",
-        "--config_file",
-        json.dumps(_configs(CONFIGS["baseline"])),
+        _configs(CONFIGS["baseline"]),
         "--meta_file",
         os.path.join(ROOT, "configs", "metadata.json"),
         "--datalist",
@@ -264,7 +254,7 @@ def test_cli_baseline_training(tiny_demo, tmp_path):
         "--ckpt_dir",
         str(tmp_path / "models"),
         *overrides,
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best validation (epoch 1): val_mse=" in res.stdout

@@ -4,12 +4,13 @@ import glob
 import json
 import os
 import subprocess
-import sys
 
 import mlflow
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+
+from tests.conftest import bundle_cmd, cli_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = [os.path.join(ROOT, "configs", "common.yaml"), os.path.join(ROOT, "configs", "train.yaml")]
@@ -102,15 +103,10 @@ def test_one_epoch_smoke(tiny_demo, tmp_path):
 @pytest.mark.slow
 def test_cli_with_tracking_flag_keeps_one_run(tiny_demo, tmp_path):
     out = tmp_path / "runs"
-    overrides = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    overrides = cli_args(TINY)
+    cmd = bundle_cmd(
         "training",
-        "--config_file",
-        json.dumps(CONFIG),
+        CONFIG,
         "--meta_file",
         os.path.join(ROOT, "configs", "metadata.json"),
         "--datalist",
@@ -122,7 +118,7 @@ def test_cli_with_tracking_flag_keeps_one_run(tiny_demo, tmp_path):
         "--tracking",
         "mlflow",
         *overrides,
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best validation (epoch 1): val_volume_dice=" in res.stdout
@@ -134,21 +130,16 @@ def test_cli_with_tracking_flag_keeps_one_run(tiny_demo, tmp_path):
 @pytest.mark.slow
 def test_bad_datalist_stops_before_training(toy_dataset, tmp_path):
     path = toy_dataset(seg=[{"image": "images/missing.nii.gz", "label": "labels/a.nii.gz", "patient": "a"}])
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = bundle_cmd(
         "training",
-        "--config_file",
-        json.dumps(CONFIG),
+        CONFIG,
         "--datalist",
         path,
         "--output_dir",
         str(tmp_path / "runs"),
         "--ckpt_dir",
         str(tmp_path / "models"),
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]

@@ -5,6 +5,7 @@ from bundle.inference.report import (
     CSV_COLUMNS,
     STATUSES,
     ReportWriter,
+    ScanDetail,
     ScanResult,
     Visuals,
     exit_status,

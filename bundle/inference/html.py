@@ -105,12 +105,13 @@ def _la_chart(la_prob: list[float], threshold: float, selected: set[int]) -> str
 
 def _header(result) -> str:
     e, d = html.escape, result.detail
-    series = f"<br>Series <code>{e(result.series_uid)}</code> {e(d.get('series_description', ''))}"
+    axis = "?" if d.slice_axis is None else d.slice_axis
+    series = f"<br>Series <code>{e(result.series_uid)}</code> {e(d.source.get('series_description', ''))}"
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>LA LGE-MRI quality: {e(result.name)}"
         f"</title><style>{CSS}</style></head><body><h1>Left-atrial LGE-MRI: quality for fibrosis assessment</h1>"
         f"<div class=meta>Input <code>{e(result.input)}</code>{series if result.series_uid else ''}"
-        f"<br>{result.n_slices} slices along voxel axis {d.get('slice_axis', '?')}; {result.n_la_slices} with "
+        f"<br>{result.n_slices} slices along voxel axis {axis}; {result.n_la_slices} with "
         f"left atrium<br>Report created {time.strftime('%Y-%m-%d %H:%M')}</div>"
     )
 
@@ -127,7 +128,7 @@ def _verdict(result, qa_t: float) -> str:
             f'<div class="verdict none"><div class=big>Left atrium found; quality not assessed</div>'
             f"<div>{e(result.message)}</div></div>"
         )
-    votes, n_views = d.get("slice_votes", [0, 0]), len(d.get("verdict", {}).get("tta_p", []))
+    votes, n_views = d.slice_votes or [0, 0], len((d.verdict or {}).get("tta_p", []))
     word, css = ("DIAGNOSTIC", "ok") if result.diagnostic else ("NON-DIAGNOSTIC", "bad")
     refer = (
         f"<div class=refer>REFER to a reader: {e(result.message)}</div>"
@@ -169,7 +170,7 @@ def _montage(result, slices: list[dict]) -> str:
 
 
 def _cams(result) -> str:
-    v, cam_idx = result.visuals, result.detail.get("cam_slices", [])
+    v, cam_idx = result.visuals, result.detail.cam_slices or []
     cams, images = v.cams, v.images
     if cams is None or not len(cams):
         return ""
@@ -216,7 +217,7 @@ def render_report(result, settings: dict | None = None) -> str:
     settings = settings or {}
     la_t = float(settings.get("la_threshold", 0.5))
     qa_t = float(settings.get("qa_threshold", 0.5))
-    slices = result.detail.get("slices", [])
+    slices = result.detail.slices or []
     selected = {s["index"] for s in slices if s.get("selected")}
     chart = _la_chart([s["la_prob"] for s in slices], la_t, selected)
     footer = html.escape(", ".join(f"{k}={settings[k]}" for k in sorted(settings)))

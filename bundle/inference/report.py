@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import nibabel as nib
 import numpy as np
@@ -86,10 +86,51 @@ class Visuals:
 
 
 @dataclass
+class ScanDetail:
+    """What the JSON report holds about a scan beside the CSV fields; a field left unset (None) is not written.
+
+    Attributes:
+        source: discovery's descriptive fields of the input (series description, modality, series number, patient
+            id, SOP class, duplicate files), written as top-level keys.
+        slice_axis: the voxel axis of the slices.
+        la_volume_ml, la_extent_mm, la_kept: the detected LA's volume, extent along the slice axis and the fraction
+            of its voxels kept by the largest-component filter.
+        slices: one dict per slice (``index``, ``la_prob``, ``la_area_mm2``, ``selected``; for an assessed slice also
+            ``p_<label>``, ``fibrosis_spread``, ``vote``).
+        verdict: how the scan verdict was reached (rule, mode and mean verdicts, flips, referral reasons).
+        slice_votes: ``[diagnostic, non-diagnostic]`` slice votes.
+        cam_slices: the slices the class-activation maps show.
+        qa_reliable: False where the QA verdict rests on an implausible LA.
+        outputs: the files written for the scan.
+        dicom_outputs_error: why its DICOM outputs could not be written.
+    """
+
+    source: dict = field(default_factory=dict)
+    slice_axis: int | None = None
+    la_volume_ml: float | None = None
+    la_extent_mm: float | None = None
+    la_kept: float | None = None
+    slices: list[dict] | None = None
+    verdict: dict | None = None
+    slice_votes: list[int] | None = None
+    cam_slices: list[int] | None = None
+    qa_reliable: bool | None = None
+    outputs: dict | None = None
+    dicom_outputs_error: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON keys: the source fields, then every field that is set."""
+        out = dict(self.source)
+        out.update({f.name: getattr(self, f.name) for f in fields(self)[1:] if getattr(self, f.name) is not None})
+        return out
+
+
+@dataclass
 class ScanResult:
     """One row of the report, plus the per-slice detail of the JSON report and the pictures of the HTML page.
 
-    The fields up to ``message`` are the CSV columns (:data:`CSV_COLUMNS`); ``detail`` goes to the JSON report only;
+    The fields up to ``message`` are the CSV columns (:data:`CSV_COLUMNS`); ``detail`` (:class:`ScanDetail`) goes to
+    the JSON report only;
     ``visuals`` (:class:`Visuals`) only to the HTML page.
     """
 
@@ -107,7 +148,7 @@ class ScanResult:
     status: str = "error"
     message: str = ""
     name: str = ""
-    detail: dict = field(default_factory=dict)
+    detail: ScanDetail = field(default_factory=ScanDetail)
     visuals: Visuals = field(default_factory=Visuals, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +165,7 @@ class ScanResult:
             status=src.status,
             message=src.message,
             name=src.name,
-            detail={k: v for k, v in src.info.items() if v},
+            detail=ScanDetail(source={k: v for k, v in src.info.items() if v}),
         )
 
     @classmethod
@@ -153,7 +194,7 @@ class ScanResult:
         """The JSON record: the CSV fields (typed, null when missing), the output name and the detail."""
         out = {c: getattr(self, c) for c in CSV_COLUMNS}
         out["name"] = self.name
-        out.update(self.detail)
+        out.update(self.detail.to_dict())
         return _jsonable(out)
 
 
@@ -427,7 +468,7 @@ class ReportWriter:
                 outputs["html"] = os.path.basename(path)
         if result.status in ASSESSED and result.name in self._dicom_files:
             outputs.update(self._write_dicom(result, pred))
-        result.detail["outputs"] = outputs
+        result.detail.outputs = outputs
         result.visuals = Visuals()  # pictures are written; free the memory
         self.results[result.name or result.input] = result
         series = f" [{result.series_uid}]" if result.series_uid else ""
@@ -461,7 +502,7 @@ class ReportWriter:
                 written["sr"] = sr_name
         except (DicomOutputError, OSError) as e:
             logger.error(f"DICOM outputs of {result.input}: {e}")
-            result.detail["dicom_outputs_error"] = str(e)
+            result.detail.dicom_outputs_error = str(e)
         return written
 
     def rows(self, final: bool = True) -> list[ScanResult]:

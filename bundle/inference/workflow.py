@@ -194,7 +194,7 @@ class TwoStageStep:
         get = lambda k: batchdata[k][0] if k in batchdata else ""  # noqa: E731
         result = ScanResult(input=get("input"), series_uid=get("series_uid"), name=get("name"))
         if get("series_description"):
-            result.detail["series_description"] = get("series_description")
+            result.detail.source["series_description"] = get("series_description")
         image = batchdata["image"]
         pred = None
         if get("error"):
@@ -254,10 +254,11 @@ class TwoStageStep:
         logits = decision_logits(la["mask"])  # the float logit map is freed here
         la_prob, selected, t = la["la_prob"], la["selected"], self.la_threshold
         result.n_slices, result.n_la_slices = len(la_prob), len(selected)
-        result.detail["slice_axis"] = s1.axis
-        result.detail.update({k: la[k] for k in ("la_volume_ml", "la_extent_mm", "la_kept")})
+        result.detail.slice_axis = s1.axis
+        result.detail.la_volume_ml, result.detail.la_extent_mm = la["la_volume_ml"], la["la_extent_mm"]
+        result.detail.la_kept = la["la_kept"]
         chosen = set(selected.tolist())
-        result.detail["slices"] = [
+        result.detail.slices = [
             {"index": i, "la_prob": float(p), "la_area_mm2": float(a), "selected": i in chosen}
             for i, (p, a) in enumerate(zip(la_prob, la["areas"]))
         ]
@@ -304,7 +305,7 @@ class TwoStageStep:
                 ).astype(np.float16)
         if la["reasons"]:
             result.status, result.refer = "implausible_la", 1
-            result.detail["qa_reliable"] = False
+            result.detail.qa_reliable = False
             note = "; QA verdict unreliable" if self.qa_stage is not None else ""
             result.message = "implausible LA: " + "; ".join(la["reasons"]) + note
         return logits
@@ -319,22 +320,20 @@ class TwoStageStep:
         result.refer = int(v["refer"])
         result.status, result.message = "ok", "; ".join(v["refer_reasons"])
         for j, i in enumerate(selected):
-            s = result.detail["slices"][int(i)]
+            s = result.detail.slices[int(i)]
             s.update({f"p_{k}": float(v["slice_p"][j, n]) for n, k in enumerate(SCORE_KEYS)})
             s.update(fibrosis_spread=float(v["slice_spread"][j]), vote=int(v["slice_votes"][j]))
         votes = int(v["slice_votes"].sum())
-        result.detail.update(
-            verdict={
-                "rule": v["rule"],
-                "diagnostic_mode": v["diagnostic"],
-                "diagnostic_mean": v["diagnostic_mean"],
-                "tta_p": v["tta_p"],
-                "tta_verdicts": v["tta_verdicts"],
-                "refer_reasons": v["refer_reasons"],
-            },
-            slice_votes=[votes, len(selected) - votes],
-            cam_slices=[int(selected[i]) for i in qa.cam_slices],
-        )
+        result.detail.verdict = {
+            "rule": v["rule"],
+            "diagnostic_mode": v["diagnostic"],
+            "diagnostic_mean": v["diagnostic_mean"],
+            "tta_p": v["tta_p"],
+            "tta_verdicts": v["tta_verdicts"],
+            "refer_reasons": v["refer_reasons"],
+        }
+        result.detail.slice_votes = [votes, len(selected) - votes]
+        result.detail.cam_slices = [int(selected[i]) for i in qa.cam_slices]
         if qa.cams is not None:
             cams, size = torch.as_tensor(qa.cams[:, None]), result.visuals.images.shape[1:]
             if tuple(cams.shape[2:]) != tuple(size) and self.qa_stage.region is None:  # other slice sizes: resize

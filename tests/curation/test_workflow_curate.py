@@ -15,6 +15,7 @@ from monai.bundle import ConfigWorkflow
 from bundle.curation import curation_encoder
 from bundle.errors import WeightsError
 from bundle.networks import QANet
+from tests.conftest import bundle_cmd, cli_args
 from tests.error_helpers import raises_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,15 +91,10 @@ def test_curate_cli_with_an_encoder_checkpoint(tiny_demo, tmp_path):
     """`monai.bundle run curate` with a SupCon-style encoder-only checkpoint and the default (k-distance) eps."""
     ckpt = tmp_path / "supcon_encoder.pt"
     torch.save(_tiny_qanet().encoder.state_dict(), ckpt)
-    args = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    args = cli_args(TINY)
+    cmd = bundle_cmd(
         "curate",
-        "--config_file",
-        json.dumps(CONFIGS),
+        CONFIGS,
         "--meta_file",
         os.path.join(ROOT, "configs", "metadata.json"),
         "--datalist",
@@ -110,7 +106,7 @@ def test_curate_cli_with_an_encoder_checkpoint(tiny_demo, tmp_path):
         "--projection",
         "none",
         *args,
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     line = res.stdout.strip().splitlines()[-1]

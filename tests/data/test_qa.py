@@ -42,7 +42,7 @@ def _inference_selection(ckpt, entries):
         result = ScanResult(input=e["image"])
         with torch.no_grad():
             step.assess_volume(load_volume(e["image"]), network, plan_inferer(plan), result)
-        out.append([s["index"] for s in result.detail["slices"] if s["selected"]])
+        out.append([s["index"] for s in result.detail.slices if s["selected"]])
     return out
 
 

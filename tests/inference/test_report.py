@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bundle.errors import InputError
-from bundle.inference import CSV_COLUMNS, ReportWriter, ScanResult, exit_status, prepare_outputs
+from bundle.inference import CSV_COLUMNS, ReportWriter, ScanDetail, ScanResult, exit_status, prepare_outputs
 from bundle.io import discover_inputs
 from bundle.outputs import OutputError
 from tests.conftest import write_nifti
@@ -37,6 +37,24 @@ def test_row_format():
     assert r.to_dict()["uncertainty"] is None and r.to_dict()["refer"] is True
     with pytest.raises(ValueError, match="status"):
         ScanResult(input="/z", status="fine")
+
+
+def test_json_record_holds_the_source_fields_and_only_the_detail_that_is_set():
+    detail = ScanDetail(source={"series_description": "LGE 3D", "modality": "MR"}, slice_axis=2, la_kept=0.98)
+    detail.slices = [{"index": 0, "la_prob": np.float32(0.25), "la_area_mm2": 0.0, "selected": False}]
+    record = ScanResult(input="/x", status="ok", name="x", detail=detail).to_dict()
+    assert list(record)[len(CSV_COLUMNS) :] == [
+        "name",
+        "series_description",
+        "modality",
+        "slice_axis",
+        "la_kept",
+        "slices",
+    ]
+    assert record["slices"][0]["la_prob"] == 0.25 and isinstance(record["slices"][0]["la_prob"], float)
+    assert "qa_reliable" not in record and "verdict" not in record  # unset: not written
+    detail.qa_reliable = False
+    assert ScanResult(input="/x", status="ok", detail=detail).to_dict()["qa_reliable"] is False
 
 
 def test_report_lists_every_source_in_order(tmp_path):

@@ -121,7 +121,7 @@ def test_an_implausible_la_is_referred_not_ok():
         step.assess_volume(volume, lambda x: 20 * (x - 0.5), ResizedSliceInferer(spatial_size=32), result)
     assert result.status == "implausible_la" and result.refer == 1
     assert result.message.startswith("implausible LA: LA volume 0.1 ml outside 15-250 ml")
-    assert result.n_la_slices == 4 and result.detail["qa_reliable"] is False
+    assert result.n_la_slices == 4 and result.detail.qa_reliable is False
 
 
 def test_largest_component_is_monai_s():

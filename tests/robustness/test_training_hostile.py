@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 
 import mlflow
 import nibabel as nib
@@ -17,6 +16,7 @@ import pytest
 from bundle.data.datalist import DatalistError, load_datalist, validate_datalist
 from bundle.data.prepare import cached_slices, prepare_data
 from bundle.errors import DataError
+from tests.conftest import bundle_cmd
 from tests.error_helpers import raises_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -122,7 +122,7 @@ def test_empty_list_is_one_line(tiny_demo, tmp_path):
 
 
 def _bundle_run(*args, timeout=300):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(TRAIN), *args]
+    cmd = bundle_cmd("training", TRAIN, *args)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
@@ -155,16 +155,11 @@ def test_interrupted_training_is_killed_in_mlflow_and_resumes(tiny_demo, tmp_pat
     )
     out = tmp_path / "runs"
     common = ["--datalist", tiny_demo, "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"), *TINY]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    cmd = bundle_cmd(
         "training",
-        "--config_file",
-        json.dumps([*TRAIN, str(overlay)]),
+        [*TRAIN, str(overlay)],
         *common,
-    ]
+    )
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
@@ -193,14 +188,9 @@ def test_two_trainings_logging_into_one_sqlite_store_both_finish(tiny_demo, tmp_
     uri = f"sqlite:///{tmp_path / 'store' / 'mlruns.db'}"
     procs = []
     for i in (0, 1):
-        cmd = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
+        cmd = bundle_cmd(
             "training",
-            "--config_file",
-            json.dumps(TRAIN),
+            TRAIN,
             "--datalist",
             tiny_demo,
             "--output_dir",
@@ -212,7 +202,7 @@ def test_two_trainings_logging_into_one_sqlite_store_both_finish(tiny_demo, tmp_
             "--run_name",
             f"parallel{i}",
             *TINY,
-        ]
+        )
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     for rc, err in results:

@@ -120,8 +120,8 @@ class LASegmentation(BundleInferTask):
         data[self.output_label_key] = logits
         data.setdefault(self.output_json_key, {}).update(
             {
-                "la_slices": [s["index"] for s in result.detail["slices"] if s["selected"]],
-                "slice_axis": int(result.detail["slice_axis"]),
+                "la_slices": [s["index"] for s in result.detail.slices if s["selected"]],
+                "slice_axis": int(result.detail.slice_axis),
                 "la_threshold": self.la_threshold,
                 "status": result.status,
             }

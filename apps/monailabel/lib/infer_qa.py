@@ -102,7 +102,7 @@ class QAClassification(BasicInferTask):
                 f"{result.status}: {result.message}: the scan's quality cannot be assessed (check the LA segmentation)",
             )
         probs = [result.p_nulling, result.p_sharpness, result.p_enhancement, result.p_fibrosis]
-        slices = [s for s in result.detail["slices"] if s["selected"]]
+        slices = [s for s in result.detail.slices if s["selected"]]
         data[self.output_label_key] = MetaTensor(torch.tensor(probs))
         data[self.output_json_key].update(
             {
