@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n_val", type=int, default=4, help="fewest validation patients per fold (default 4)")
     p.add_argument("--folds_from", default=None, help="a stage-1 cross-validation's folds.json to reuse")
     p.add_argument("--mask_dir", default=None, help="predicted LA masks to cut the region around (default: labels)")
-    p.add_argument("--recipe", default=None, help=f"JSON object overriding the recipe {json.dumps(DEFAULT_RECIPE)}")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help=f"JSON object (or a JSON file) overriding the recipe {json.dumps(DEFAULT_RECIPE)}",
+    )
     p.add_argument("--tracking_uri", default=None, help="MLflow store (default sqlite <output_dir>/mlruns.db)")
     p.add_argument("--export", metavar="CKPT", default=None, help="write the region fold ensemble to CKPT")
     p.add_argument("--export_strategy", default="region", help="strategy exported (region or artifact)")
@@ -57,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     command = "python scripts/qa_cross_validate.py " + " ".join(shlex.quote(a) for a in argv)
     try:
-        recipe = json.loads(args.recipe) if args.recipe else None
+        recipe = None
+        if args.recipe and os.path.isfile(args.recipe):
+            with open(args.recipe, encoding="utf-8") as f:
+                recipe = json.load(f)
+        elif args.recipe:
+            recipe = json.loads(args.recipe)
     except ValueError as e:
         print(f"ERROR recipe: --recipe is not JSON ({e})", file=sys.stderr)
         return 2

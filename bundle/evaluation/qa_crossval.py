@@ -36,6 +36,7 @@ __all__ = [
     "QA_STRATEGIES",
     "TABLE2_METRICS",
     "export_qa_ensemble",
+    "load_predictions",
     "qa_cross_validate",
     "score_predictions",
     "seed_ensembles",
@@ -343,6 +344,19 @@ def _fmt(values: list[float]) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def load_predictions(output_dir: str, strategy: str) -> list[dict]:
+    """The finished folds' predictions of ``strategy`` in a QA cross-validation's folder (every fold and seed whose
+    ``predictions.json`` exists), in folder order."""
+    folder = os.path.join(output_dir, strategy)
+    preds = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, "predictions.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                preds.append(json.load(f))
+    return preds
+
+
 def write_table2(output_dir: str, strategies: Sequence[str], threshold: float = 0.5) -> dict:
     """Table 2 from the finished folds: ``table2.csv``, ``table2.md``, ``oof_predictions.csv``, ``roc.png``,
     ``reliability.png``; returns ``{"table": {strategy: {"folds": ..., "pooled": ...}}, "files": {...}}``."""
@@ -351,13 +365,7 @@ def write_table2(output_dir: str, strategies: Sequence[str], threshold: float = 
     table, rows, curves = {}, [], {}
     runs = []
     for strategy in strategies:
-        folder = os.path.join(output_dir, strategy)
-        preds = []
-        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            p = os.path.join(folder, name, "predictions.json")
-            if os.path.isfile(p):
-                with open(p, encoding="utf-8") as f:
-                    preds.append(json.load(f))
+        preds = load_predictions(output_dir, strategy)
         runs.append((strategy, preds))
         ensemble = seed_ensembles(preds)
         if ensemble:
