@@ -20,6 +20,7 @@ __all__ = [
     "as_bool",
     "backup_existing",
     "cleanup_distributed",
+    "config_tunables",
     "git_commit",
     "init_distributed",
     "is_rank0",
@@ -145,6 +146,28 @@ def backup_existing(path: str, overwrite: bool = False) -> str | None:
     shutil.move(path, backup)
     logger.info(f"kept the previous {path} as {backup}")
     return backup
+
+
+def _plain(value, nested: bool = False) -> bool:
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return not nested and isinstance(value, list) and all(_plain(v, nested=True) for v in value)
+
+
+def config_tunables(config: dict) -> dict:
+    """The tunables of a bundle config: its top-level entries whose values are plain, as the configs keep their
+    knobs (numbers, booleans, nulls, strings that are not ``$`` expressions, ``@`` references or ``%`` macros, and
+    flat lists of those); ids starting with ``_`` are left out.
+
+    Args:
+        config: a merged bundle config as a dict (``ConfigParser.get()``, or the run's ``config.json``).
+
+    Returns:
+        ``{id: value}`` in the config's order.
+    """
+    return {k: v for k, v in config.items() if not str(k).startswith("_") and _plain(v)}
 
 
 def save_resolved_config(path: str) -> str | None:

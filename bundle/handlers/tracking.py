@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
 from bundle.errors import TrainingInterrupted
-from bundle.utils import provenance_tags
+from bundle.utils import config_tunables, provenance_tags
 
 __all__ = ["MLflowTracker", "prepare_tracking_store"]
 
@@ -96,6 +96,10 @@ class MLflowTracker(MLFlowHandler):
             False for a first stage whose run a second stage continues (its own values would clash).
         artifact_dir: folder of the run's artifacts that this handler's files go to (None: the top), e.g. ``test``
             for an evaluation logged into its training run.
+        config_file: the run's merged config (``config.json``, written by the workflow's ``initialize``): its
+            tunables (:func:`bundle.utils.config_tunables`) are logged as parameters when the run starts, with
+            ``experiment_param`` (derived values: class names, the world size, ...) over them; a missing file logs
+            ``experiment_param`` alone.
         run: the settings every tracker of a workflow shares (:data:`RUN_KEYS`: the store, the experiment, the run
             name, the parent run, the bundle root), e.g. the configs' ``@mlflow_run``; explicit arguments win.
         kwargs: arguments of ``monai.handlers.MLFlowHandler`` (``tracking_uri``, ``experiment_name``,
@@ -112,6 +116,7 @@ class MLflowTracker(MLFlowHandler):
         bundle_root: str | None = None,
         artifact_dir: str | None = None,
         log_state_params: bool = True,
+        config_file: str | None = None,
         run: dict | None = None,
         **kwargs,
     ) -> None:
@@ -131,6 +136,7 @@ class MLflowTracker(MLFlowHandler):
         self.summary_file = summary_file
         self.bundle_root = bundle_root
         self.artifact_dir = artifact_dir or None
+        self.config_file = config_file or None
         if not log_state_params:
             self.default_tracking_params = []
 
@@ -171,6 +177,11 @@ class MLflowTracker(MLFlowHandler):
 
     def start(self, engine: Engine) -> None:
         _sigterm_as_interrupt()
+        if self.config_file and os.path.isfile(self.config_file) and not self.cur_run:
+            with open(self.config_file, encoding="utf-8") as f:
+                tunables = config_tunables(json.load(f))
+            self.experiment_param = {**tunables, **(self.experiment_param or {})}
+            self.config_file = None  # once: a second start (a resumed run) must not log them again
         if self.resume_run_id and not self.cur_run:
             self.cur_run = self.client.get_run(self.resume_run_id)
             if self.cur_run.info.status != "RUNNING":
@@ -185,6 +196,12 @@ class MLflowTracker(MLFlowHandler):
         for path in self.start_artifacts:
             self.log_artifact(path, self.artifact_dir)
         logger.info(f"MLflow run {self.run_id} ({self.cur_run.info.run_name}) in {self.client.tracking_uri}")
+
+    def _log_params(self, params: dict) -> None:
+        """MONAI's, in batches of 100 (MLflow's limit on parameters per call)."""
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            super()._log_params(dict(items[i : i + 100]))
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         """Log a file to the current run (nothing when no run is active or the file is missing)."""
