@@ -1,4 +1,5 @@
-"""Stage 1's decisions ablated on a finished cross-validation: threshold, minimum LA area, largest component.
+"""Stage 1's decisions ablated on a finished cross-validation: threshold, minimum LA area, largest component,
+smoothing along the slices.
 
 Each fold model predicts its held-out (``--part test``) or validation (``--part val``) volumes once; every setting of
 the grid is then applied to the same logits with the bundle's own rule and scored in the scan's grid
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cv_dir", default=None, help="a finished cross-validation (its folds.json and fold models)")
     p.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
+    p.add_argument(
+        "--second_cv_dir",
+        default=None,
+        help="a second cross-validation on the same folds (e.g. trained on another slice axis): each fold's two "
+        "models' probabilities are averaged before the rule",
+    )
     p.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
     p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
     p.add_argument("--run_folds", default=None, help="comma-separated folds to score (default all), e.g. 0")
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", default="test", choices=["test", "val"])
     p.add_argument("--thresholds", default="0.3,0.4,0.5,0.6")
     p.add_argument("--areas", default="0,20", help="minimum LA areas (mm^2)")
+    p.add_argument("--z_sigmas", default="0", help="Gaussian smoothing of the probabilities along the slices (slices)")
+    p.add_argument("--largest", default="yes,no", help="largest-component filter: yes, no or both")
     args = p.parse_args(argv)
     if bool(args.cv_dir) == bool(args.ensemble):
         p.error("give one of --cv_dir or --ensemble")
@@ -71,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         models = {k: load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt")) for k in run}
     entries = load_datalist(path, root, LIST_KEYS)["segmentation"]
     settings = [
-        {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest}
-        for t, a, largest in itertools.product(
-            [float(t) for t in args.thresholds.split(",")], [float(a) for a in args.areas.split(",")], (True, False)
+        {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest, "z_sigma": z}
+        for t, a, largest, z in itertools.product(
+            [float(t) for t in args.thresholds.split(",")],
+            [float(a) for a in args.areas.split(",")],
+            [v.strip() == "yes" for v in args.largest.split(",")],
+            [float(z) for z in args.z_sigmas.split(",")],
         )
     ]
     scores: list[list[dict]] = [[] for _ in settings]
@@ -81,17 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         network, plan = models[k]
         network = FlipTTA(network) if args.tta else network
         held = [e for e in entries if e["patient"] in set(folds[k][args.part])]
-        for total, rows in zip(scores, score_settings(network, plan, held, settings)):
+        others = [load_detector(os.path.join(args.second_cv_dir, f"fold{k}", "model.pt"))] if args.second_cv_dir else []
+        for total, rows in zip(scores, score_settings(network, plan, held, settings, others=others)):
             total.extend(rows)
     source = args.cv_dir or args.ensemble
     print(
-        f"| t | min area (mm2) | largest component | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {source}"
-        f"{', flip TTA' if args.tta else ''}, folds {run})"
+        f"| t | min area (mm2) | largest component | z sigma | 3D Dice | HD95 (mm) | slice F1 |  ({args.part}, {source}"
+        f"{', flip TTA' if args.tta else ''}{f', averaged with {args.second_cv_dir}' if args.second_cv_dir else ''}, "
+        f"folds {run})"
     )
     for s, rows in zip(settings, scores):
         d, h, f = np.nanmean(np.asarray([(m["dice"], m["hd95_mm"], m["slice_f1"]) for m in rows], float), axis=0)
         print(
             f"| {s['la_threshold']:g} | {s['min_la_area_mm2']:g} | {'yes' if s['keep_largest'] else 'no'} | "
+            f"{s['z_sigma']:g} | "
             f"{d:.3f} | {h:.2f} | {f:.3f} |"
         )
     return 0

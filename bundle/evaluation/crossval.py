@@ -115,7 +115,12 @@ def _make_folds(
 
 
 def score_settings(
-    network, plan: dict, entries: list[dict], settings: Sequence[dict], keep_masks: bool = False
+    network,
+    plan: dict,
+    entries: list[dict],
+    settings: Sequence[dict],
+    keep_masks: bool = False,
+    others: Sequence[tuple] = (),
 ) -> list[list[dict]]:
     """Each volume predicted once, every stage-1 setting applied to the same logits and scored in the scan's grid.
 
@@ -123,12 +128,19 @@ def score_settings(
         network: the detector (eval mode).
         plan: its plan (preprocessing; the defaults of each setting).
         entries: datalist entries with ``image`` and ``label``.
-        settings: per setting, any of ``la_threshold``, ``keep_largest``, ``min_la_area_mm2`` (others: the plan's).
+        settings: per setting, any of ``la_threshold``, ``keep_largest``, ``min_la_area_mm2`` (others: the plan's),
+            and ``z_sigma``: a Gaussian of that many slices applied to the probabilities along the slice axis before
+            the rule (an ablation; 0 or absent: none, as the bundle infers).
         keep_masks: also return each LA mask (``mask``) and the volume's ``affine``.
+        others: more ``(network, plan)`` pairs (e.g. a detector trained on another slice axis) whose probabilities,
+            in the scan's grid, are averaged with the first's before the rule (an ablation); the slice axis of the
+            rule stays the first plan's.
 
     Returns:
         per setting, per entry: :func:`bundle.metrics.mask_metrics` plus ``reasons`` and ``n_la_slices``.
     """
+    import torch
+
     from bundle.inference.detector import load_volume, segment_la
     from bundle.inference.selection import LABounds
     from bundle.inference.workflow import detect_la_volume
@@ -143,10 +155,15 @@ def score_settings(
         volume = load_volume(e["image"])
         label = read_label(e["label"]).as_tensor()
         pred = segment_la(network, plan, volume)
+        if others:
+            probs = [torch.sigmoid(_plain(segment_la(n, p, volume)["logits"]).float()) for n, p in others]
+            mean = (torch.sigmoid(_plain(pred["logits"]).float()) + sum(probs)) / (1 + len(probs))
+            pred["logits"] = torch.logit(mean.clamp(1e-6, 1 - 1e-6))
         for row, setting in zip(out, settings):
             s = {k: setting.get(k, plan[k]) for k in ("la_threshold", "keep_largest", "min_la_area_mm2")}
+            logits = _smooth_along(pred["logits"], pred["axis"], float(setting.get("z_sigma", 0.0)))
             la = detect_la_volume(
-                pred["logits"], volume, pred["axis"], s["la_threshold"], s["keep_largest"], s["min_la_area_mm2"], bounds
+                logits, volume, pred["axis"], s["la_threshold"], s["keep_largest"], s["min_la_area_mm2"], bounds
             )
             m = mask_metrics(la["mask"], label, voxel_spacing(volume), pred["axis"], la["selected"])
             row.append(
@@ -158,6 +175,23 @@ def score_settings(
                 }
             )
     return out
+
+
+def _plain(x):
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _smooth_along(logits, axis: int, sigma: float):
+    """``logits`` ``(1, X, Y, Z)`` whose probabilities are smoothed by a Gaussian of ``sigma`` slices along the spatial
+    ``axis`` (scipy), returned as logits; unchanged for ``sigma`` 0."""
+    if sigma <= 0:
+        return logits
+    import torch
+    from scipy.ndimage import gaussian_filter1d
+
+    p = gaussian_filter1d(torch.sigmoid(_plain(logits).float()).cpu().numpy(), sigma, axis=axis + 1)
+    p = torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)
+    return torch.log(p / (1 - p))
 
 
 def tune_min_area(

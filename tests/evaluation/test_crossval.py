@@ -109,3 +109,36 @@ def test_cross_validation_two_folds_resume_and_ensemble(tiny_demo, tmp_path):
     image = os.path.join(demo_root, json.load(open(tiny_demo))["segmentation"][0]["image"])
     la = segment_la(network, plan, load_volume(image))
     assert la["mask"].shape == load_volume(image).shape and la["mask"].dtype == torch.uint8
+
+
+def test_smoothing_along_the_slices_by_hand():
+    from bundle.evaluation.crossval import _smooth_along
+
+    logits = torch.full((1, 2, 2, 5), -20.0)
+    logits[..., 2] = 20.0  # one slice of probability 1 among slices of probability 0
+    assert _smooth_along(logits, 2, 0.0) is logits  # sigma 0: untouched
+    out = torch.sigmoid(_smooth_along(logits, 2, 1.0))
+    # scipy's Gaussian (truncated at 4 sigma, borders reflected: slice 2 mirrored at -3 and 7): normalised weights
+    # w(d) = exp(-d^2 / 2) / sum; slice 2 gets w(0), slices 1 and 3 get w(1) + w(4) (the mirror image 4 away)
+    w = np.exp(-0.5 * np.arange(0, 5) ** 2) / np.exp(-0.5 * np.arange(-4, 5) ** 2).sum()
+    assert out[0, 0, 0, 2].item() == pytest.approx(w[0], abs=1e-6)
+    assert out[0, 1, 1, 1].item() == pytest.approx(w[1] + w[4], abs=1e-6)
+    assert out[0, 1, 1, 3].item() == pytest.approx(w[1] + w[4], abs=1e-6)
+    assert torch.sigmoid(_smooth_along(logits, 0, 1.0))[0, 0, 0, 2].item() > 0.99  # along x: the slices unchanged
+
+
+def test_averaging_a_second_detector_before_the_rule(tiny_demo, tmp_path):
+    from bundle.data.datalist import LIST_KEYS, load_datalist
+    from bundle.evaluation.crossval import score_settings
+    from tests.conftest import write_known_detector
+
+    # logits 20 (x - 0.3) and 20 (x - 0.7): their mean probability is >= 0.5 exactly where x >= 0.5 (the sigmoid's
+    # symmetry), so the pair decides as the detector of level 0.5
+    nets = {lv: load_detector(write_known_detector(tmp_path, lv, name=f"d{lv}.pt")) for lv in (0.3, 0.5, 0.7)}
+    entries = load_datalist(tiny_demo, os.path.dirname(tiny_demo), LIST_KEYS)["segmentation"][:2]
+    pair = score_settings(*nets[0.3], entries, [{}], keep_masks=True, others=[nets[0.7]])[0]
+    middle = score_settings(*nets[0.5], entries, [{}], keep_masks=True)[0]
+    low = score_settings(*nets[0.3], entries, [{}], keep_masks=True)[0]
+    for a, b, c in zip(pair, middle, low):
+        assert (a["mask"] != b["mask"]).float().mean() < 1e-3 and a["dice"] == pytest.approx(b["dice"], abs=1e-3)
+        assert int(c["mask"].sum()) > int(a["mask"].sum())  # the first detector alone finds more
