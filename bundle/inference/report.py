@@ -72,7 +72,7 @@ class Visuals:
         images: ``(K, H, W)`` float16, the slices shown (the LA slices, or the most likely ones), in the scan's grid.
         masks: ``(K, H, W)`` bool, the LA mask on those slices, as written.
         indices: the slice index of each of them.
-        cams: ``(C, H, W)`` float16 HiResCAM maps of the slices ``detail["cam_slices"]`` names, on the same grid;
+        cams: ``(C, H, W)`` float16 HiResCAM maps of the slices ``detail.cam_slices`` names, on the same grid;
             None without QA or CAMs.
         tta_probs: ``(T, S, 4)`` per-flip, per-LA-slice probabilities of the QA network (a caller can re-derive the
             verdict at other settings, as ``bundle.evaluation.tuning`` does); None without QA.
@@ -117,6 +117,15 @@ class ScanDetail:
     qa_reliable: bool | None = None
     outputs: dict | None = None
     dicom_outputs_error: str | None = None
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ScanDetail:
+        """The detail back from its JSON keys (:meth:`to_dict`): the fields by name, every other key a source field."""
+        names = {f.name for f in fields(cls)} - {"source"}
+        return cls(
+            source={k: v for k, v in record.items() if k not in names},
+            **{k: v for k, v in record.items() if k in names},
+        )
 
     def to_dict(self) -> dict:
         """The JSON keys: the source fields, then every field that is set."""
@@ -175,7 +184,7 @@ class ScanResult:
         fields["status"] = fields["status"] if fields["status"] in STATUSES else "error"
         fields["message"] = fields["message"] or ""
         fields["series_uid"] = fields["series_uid"] or ""
-        detail = {k: v for k, v in record.items() if k not in CSV_COLUMNS and k != "name"}
+        detail = ScanDetail.from_dict({k: v for k, v in record.items() if k not in CSV_COLUMNS and k != "name"})
         return cls(**fields, name=record.get("name") or "", detail=detail)
 
     def row(self) -> dict:

@@ -55,6 +55,9 @@ def test_json_record_holds_the_source_fields_and_only_the_detail_that_is_set():
     assert "qa_reliable" not in record and "verdict" not in record  # unset: not written
     detail.qa_reliable = False
     assert ScanResult(input="/x", status="ok", detail=detail).to_dict()["qa_reliable"] is False
+    back = ScanResult.from_dict(ScanResult(input="/x", status="ok", name="x", detail=detail).to_dict())  # a resume
+    assert back.detail.source == {"series_description": "LGE 3D", "modality": "MR"} and back.detail.slice_axis == 2
+    assert back.detail.qa_reliable is False and back.detail.slices[0]["la_prob"] == 0.25 and back.detail.verdict is None
 
 
 def test_report_lists_every_source_in_order(tmp_path):
