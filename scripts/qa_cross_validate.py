@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,11 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"ERROR recipe: --recipe is not JSON ({e})", file=sys.stderr)
         return 2
-    if args.folds_from:
-        os.makedirs(args.output_dir, exist_ok=True)
-        target = os.path.join(args.output_dir, "folds.json")
-        if not os.path.isfile(target):
-            shutil.copyfile(args.folds_from, target)
     try:
         res = qa_cross_validate(
             args.output_dir,
@@ -88,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe=recipe,
             mask_dir=args.mask_dir,
             tracking_uri=args.tracking_uri,
+            folds_from=args.folds_from,
             command=command,
         )
     except (DatalistError, ValueError) as e:

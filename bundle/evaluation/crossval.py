@@ -156,12 +156,13 @@ def score_settings(
         label = read_label(e["label"]).as_tensor()
         pred = segment_la(network, plan, volume)
         if others:
-            probs = [torch.sigmoid(_plain(segment_la(n, p, volume)["logits"]).float()) for n, p in others]
-            mean = (torch.sigmoid(_plain(pred["logits"]).float()) + sum(probs)) / (1 + len(probs))
-            pred["logits"] = torch.logit(mean.clamp(1e-6, 1 - 1e-6))
+            probs = [_probs(segment_la(n, p, volume)["logits"]) for n, p in others]
+            pred["logits"] = torch.logit((_probs(pred["logits"]) + sum(probs)) / (1 + len(probs)), eps=1e-6)
+        # each smoothing once per volume, not once per setting that uses it
+        smoothed = {z: _smooth_along(pred["logits"], pred["axis"], z) for z in {_z_sigma(s) for s in settings}}
         for row, setting in zip(out, settings):
             s = {k: setting.get(k, plan[k]) for k in ("la_threshold", "keep_largest", "min_la_area_mm2")}
-            logits = _smooth_along(pred["logits"], pred["axis"], float(setting.get("z_sigma", 0.0)))
+            logits = smoothed[_z_sigma(setting)]
             la = detect_la_volume(
                 logits, volume, pred["axis"], s["la_threshold"], s["keep_largest"], s["min_la_area_mm2"], bounds
             )
@@ -177,8 +178,16 @@ def score_settings(
     return out
 
 
-def _plain(x):
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
+def _z_sigma(setting: dict) -> float:
+    return float(setting.get("z_sigma", 0.0))
+
+
+def _probs(logits):
+    """The probabilities of a logit map (a MetaTensor or a tensor) as a plain float tensor (MONAI's conversion)."""
+    import torch
+    from monai.utils import convert_to_tensor
+
+    return torch.sigmoid(convert_to_tensor(logits, track_meta=False).float())
 
 
 def _smooth_along(logits, axis: int, sigma: float):
@@ -189,9 +198,8 @@ def _smooth_along(logits, axis: int, sigma: float):
     import torch
     from scipy.ndimage import gaussian_filter1d
 
-    p = gaussian_filter1d(torch.sigmoid(_plain(logits).float()).cpu().numpy(), sigma, axis=axis + 1)
-    p = torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)
-    return torch.log(p / (1 - p))
+    p = gaussian_filter1d(_probs(logits).cpu().numpy(), sigma, axis=axis + 1)
+    return torch.logit(torch.from_numpy(p), eps=1e-6)
 
 
 def tune_min_area(

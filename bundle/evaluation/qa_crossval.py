@@ -23,6 +23,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 
@@ -161,6 +162,7 @@ def qa_cross_validate(
     cache_dir: str | None = None,
     mask_dir: str | None = None,
     tracking_uri: str | None = None,
+    folds_from: str | None = None,
     name: str = "qa_cv",
     command: str = "",
 ) -> dict:
@@ -180,6 +182,8 @@ def qa_cross_validate(
         mask_dir: predicted LA masks to cut the region around (e.g. a stage-1 cross-validation's ``oof_masks``);
             None: the datalist's labels.
         tracking_uri: MLflow store (default sqlite ``<output_dir>/mlruns.db``).
+        folds_from: a ``folds.json`` (e.g. a stage-1 cross-validation's) copied into ``output_dir`` when it has none,
+            so the run uses those folds.
         name: the MLflow parent run's name.
         command: the command line, recorded.
 
@@ -201,6 +205,8 @@ def qa_cross_validate(
         raise ValueError(f"unknown recipe keys {sorted(bad)}; known: {sorted(DEFAULT_RECIPE)}")
     recipe = {**DEFAULT_RECIPE, **(recipe or {})}
     os.makedirs(output_dir, exist_ok=True)
+    if folds_from and not os.path.isfile(os.path.join(output_dir, "folds.json")):
+        shutil.copyfile(folds_from, os.path.join(output_dir, "folds.json"))
     fold_list, path, root = _make_folds(output_dir, datalist, dataset_dir, folds, fold_seed, n_val, 0.15)
     lists = load_datalist(path, root, LIST_KEYS)
     validate_datalist(lists)

@@ -182,9 +182,6 @@ def qa_search(
     def run_trial(trial) -> float:
         recipe = {**base, **suggest_recipe(trial, space)}
         folder = _trial_dir(output_dir, recipe)
-        os.makedirs(folder, exist_ok=True)
-        if os.path.isfile(folds_file) and not os.path.isfile(os.path.join(folder, "folds.json")):
-            shutil.copyfile(folds_file, os.path.join(folder, "folds.json"))
         t0 = time.time()
         qa_cross_validate(
             folder,
@@ -197,6 +194,7 @@ def qa_search(
             recipe=recipe,
             cache_dir=os.path.join(output_dir, "cache"),
             tracking_uri=tracking_uri,
+            folds_from=folds_file if os.path.isfile(folds_file) else None,
             name=f"qa_search_trial{trial.number}",
             command=command,
         )
@@ -225,7 +223,7 @@ def qa_search(
     result = {
         "best": {
             "number": best.number,
-            "recipe": {k: base[k] for k in base if k in (base_recipe or {})} | best.params,
+            "recipe": {**(base_recipe or {}), **best.params},
             "value": best.value,
             "scores": best.user_attrs.get("scores", {}),
         },

@@ -130,7 +130,8 @@ class ScanDetail:
     def to_dict(self) -> dict:
         """The JSON keys: the source fields, then every field that is set."""
         out = dict(self.source)
-        out.update({f.name: getattr(self, f.name) for f in fields(self)[1:] if getattr(self, f.name) is not None})
+        set_fields = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+        out.update({k: v for k, v in set_fields.items() if v is not None})
         return out
 
 
