@@ -171,7 +171,8 @@ def region_scans(
 ) -> list[RegionScan]:
     """The scans of a QA recipe (``pixel_mm``, ``size`` plus a ``margin`` each side, ``normalise``): cut or found in
     ``cache_dir`` (:func:`region_cache`), loaded, each stack scaled by
-    :func:`bundle.transforms.region.normalise_region` when ``normalise`` is set (as inference does)."""
+    :func:`bundle.transforms.region.normalise_region` when ``normalise`` is set, by the median of the central
+    ``size`` pixels: the window inference cuts and scales the same way."""
     from bundle.transforms.region import normalise_region
 
     paths = region_cache(
@@ -185,5 +186,7 @@ def region_scans(
     scans = load_region_scans(paths)
     if recipe.get("normalise"):
         for s in scans:
-            s.images = normalise_region(s.images.astype(np.float32), recipe["normalise"]).astype(np.float16)
+            # scaled by the median of the window's centre, which is what inference cuts and scales
+            images = normalise_region(s.images.astype(np.float32), recipe["normalise"], center=recipe["size"])
+            s.images = images.astype(np.float16)
     return scans

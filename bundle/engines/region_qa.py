@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from bundle.data.region_cache import RegionScan
+from bundle.transforms.region import center_window
 
 __all__ = [
     "ExactAugment",
     "build_region_network",
     "center_crop",
+    "fit_scan_prior",
     "fit_statistics_prior",
     "scan_input",
     "scan_logits",
@@ -59,8 +61,7 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if size > min(h, w):
         raise ValueError(f"cannot crop {size} pixels out of {h}x{w}")
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top : top + size, left : left + size]
+    return center_window(x, size)
 
 
 class ExactAugment:
@@ -156,6 +157,40 @@ def fit_statistics_prior(
     return model.fix_stats_skip(torch.from_numpy(weight), torch.from_numpy(bias))
 
 
+def fit_scan_prior(
+    model: torch.nn.Module,
+    scans: Sequence[RegionScan],
+    size: int,
+    outputs: Sequence[int],
+    c: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Fit, before training, a network's :class:`bundle.networks.qa.ScanPrior` on the training scans' region
+    statistics (each scan's window centre ``size``, as at prediction: :func:`bundle.networks.qa.scan_context`).
+
+    Args:
+        model: a QANet with ``scan_prior``.
+        scans: the training scans.
+        size: the network's input width.
+        outputs: the logits the prior gives (indices of :data:`~bundle.data.datalist.SCORE_KEYS`); the others are 0.
+        c: inverse regularisation strength of the logistic regressions.
+        seed: the solver's random state.
+
+    Returns:
+        the scans' features ``(n, F)``, what training passes with their slices (``scan_features``).
+
+    Raises:
+        ValueError: for a model without a scan prior.
+    """
+    from bundle.networks.qa import scan_context
+
+    if getattr(model, "scan_prior", None) is None:
+        raise ValueError("fit_scan_prior needs a QANet built with scan_prior=True")
+    feats = torch.stack([scan_context(model, center_crop(scan_input(s), size)) for s in scans])
+    model.scan_prior.fit(feats.numpy(), np.stack([s.target for s in scans]), outputs, c=c, seed=seed)
+    return feats
+
+
 def _pos_weight(scans: Sequence[RegionScan]) -> torch.Tensor:
     """Negatives over positives per label, 1 where a class is absent, capped at 10 (as
     :func:`bundle.losses.balanced_pos_weight`)."""
@@ -179,6 +214,7 @@ def train_region_qa(
     ordinal: bool = True,
     balanced: bool = True,
     stats_prior: bool = False,
+    scan_prior: Sequence[str] | None = None,
     seed: int = 0,
     init: dict | None = None,
     on_epoch: Callable[[int, float, torch.nn.Module], None] | None = None,
@@ -202,6 +238,9 @@ def train_region_qa(
         balanced: weight positives by the negative/positive ratio of ``train`` per label.
         stats_prior: fit the statistics' normalisation and a logistic regression on them into the network's
             ``stats_skip`` before training, and keep them fixed (:func:`fit_statistics_prior`).
+        scan_prior: labels (of :data:`~bundle.data.datalist.SCORE_KEYS`, e.g. ``["nulling"]``) that get a scan
+            prior: the network is built with one, fitted on the training scans' region statistics for those labels
+            (:func:`fit_scan_prior`) and kept fixed, so the network learns the residual; None or empty: none.
         seed: seeds the network's initialisation, the draws and the augmentation.
         init: a state dict to start from (e.g. an artifact-pretrained encoder; non-matching entries are skipped).
         on_epoch: called after each epoch with ``(epoch, mean loss, averaged network)``.
@@ -215,12 +254,17 @@ def train_region_qa(
         raise ValueError(f"loss_level must be 'slice' or 'scan', got {loss_level!r}")
     if not train:
         raise ValueError("train_region_qa needs at least one training scan")
+    from bundle.data.datalist import SCORE_KEYS
+
+    scan_prior = list(scan_prior or [])
+    if isinstance(scan_prior, str) or any(k not in SCORE_KEYS for k in scan_prior):
+        raise ValueError(f"scan_prior must list labels of {list(SCORE_KEYS)}, got {scan_prior!r}")
     if min(int(epochs), int(slices_per_scan), int(scans_per_batch)) < 1 or not 0 <= float(ema_decay) < 1:
         raise ValueError("epochs, slices_per_scan and scans_per_batch must be >= 1 and ema_decay in [0, 1)")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_region_network(**(network or {}))
+    model = build_region_network(**{**(network or {}), **({"scan_prior": True} if scan_prior else {})})
     if init:
         own = model.state_dict()
         fit = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
@@ -228,6 +272,8 @@ def train_region_qa(
         logger.info(f"region QA: {len(fit)} of {len(own)} tensors initialised from the given state")
     if stats_prior:
         fit_statistics_prior(model, train, size, seed=seed)
+    outputs = [SCORE_KEYS.index(k) for k in scan_prior]
+    feats = fit_scan_prior(model, train, size, outputs, seed=seed) if scan_prior else None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
     aug = ExactAugment(size)
     images = [scan_input(s, model.la_stats) for s in train]
@@ -255,10 +301,11 @@ def train_region_qa(
             x = torch.cat([images[i][torch.as_tensor(p)] for i, p in zip(idx, pick)])
             x = aug(x, gen)
             y = targets[torch.as_tensor(idx)]
+            f = () if feats is None else (feats[torch.as_tensor(idx)],)  # each scan's features, for its prior
             if loss_level == "scan":  # the scan's drawn slices as one bag: mean logit, or attention pooling
-                logits, y_ = model.forward_bags(x.view(len(idx), k, *x.shape[1:])), y
+                logits, y_ = model.forward_bags(x.view(len(idx), k, *x.shape[1:]), *f), y
             else:
-                logits, y_ = model(x), y.repeat_interleave(k, 0)
+                logits, y_ = model(x, *(v.repeat_interleave(k, 0) for v in f)), y.repeat_interleave(k, 0)
             if criterion is not None:
                 loss = criterion(logits, y_)
             else:
@@ -285,13 +332,19 @@ def _flip_views(images: torch.Tensor, flips: Sequence[Sequence[int]]) -> list[to
 
 @torch.no_grad()
 def slice_logits(
-    model: torch.nn.Module, images: torch.Tensor, flips: Sequence[Sequence[int]] = ((),), batch_size: int = 128
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    flips: Sequence[Sequence[int]] = ((),),
+    batch_size: int = 128,
+    scan_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The QA logits ``(T, S, 4)`` of slices ``(S, C, h, w)`` under each flip (in-plane axes 0/1)."""
+    """The QA logits ``(T, S, 4)`` of one scan's slices ``(S, C, h, w)`` under each flip (in-plane axes 0/1); a
+    network with a scan prior gets ``scan_features`` (:func:`bundle.networks.qa.scan_context`) with them."""
     model.eval()
+    extra = () if scan_features is None else (scan_features,)
     out = []
     for v in _flip_views(images, flips):
-        out.append(torch.cat([model(v[i : i + batch_size]) for i in range(0, len(v), batch_size)]))
+        out.append(torch.cat([model(v[i : i + batch_size], *extra) for i in range(0, len(v), batch_size)]))
     return torch.stack(out)
 
 
@@ -302,15 +355,20 @@ def scan_logits(
     flips: Sequence[Sequence[int]] = ((),),
 ) -> np.ndarray:
     """Each scan's logits ``(n, 4)``: the mean over its slices and the flips (the window's centre ``size``); the LA
-    mask goes in as channel 1 where the network has ``la_stats``."""
+    mask goes in as channel 1 where the network has ``la_stats``, the scan's features where it has a scan prior
+    (:func:`bundle.networks.qa.scan_context`)."""
+    from bundle.networks.qa import scan_context
+
     mask_channel = bool(getattr(model, "la_stats", False))
     out = []
     for s in scans:
         x = center_crop(scan_input(s, mask_channel), size)
+        ctx = scan_context(model, x)
         if getattr(model, "pool", None) is not None:  # attention pooling: the scan's slices as one bag, per flip
+            extra = () if ctx is None else (ctx[None],)
             with torch.no_grad():
-                bags = [model.forward_bags(v[None])[0] for v in _flip_views(x, flips)]
+                bags = [model.forward_bags(v[None], *extra)[0] for v in _flip_views(x, flips)]
             out.append(torch.stack(bags).mean(0).numpy())
             continue
-        out.append(slice_logits(model, x, flips).mean((0, 1)).numpy())
+        out.append(slice_logits(model, x, flips, scan_features=ctx).mean((0, 1)).numpy())
     return np.stack(out) if out else np.zeros((0, 4))

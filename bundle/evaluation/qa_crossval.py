@@ -65,6 +65,7 @@ DEFAULT_RECIPE = {
     "threshold": 0.5,
     "pretrain_epochs": 60,
     "stats_prior": True,
+    "scan_prior": ["nulling"],
 }
 
 
@@ -97,8 +98,12 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
     extra = {}
     if strategy == "reference":
         from bundle.evaluation.reference import fit_predict_region_reference, region_features
+        from bundle.transforms.region import center_window
 
-        feats = {k: np.stack([region_features(s.images) for s in v]) for k, v in part.items()}
+        # the window the networks see (the cut's centre), not the wider cut that training shifts within
+        feats = {
+            k: np.stack([region_features(center_window(s.images, recipe["size"])) for s in v]) for k, v in part.items()
+        }
         fit_x, fit_y = np.concatenate([feats["train"], feats["val"]]), np.concatenate([y["train"], y["val"]])
         logits = {
             "test": fit_predict_region_reference(fit_x, fit_y, feats["test"], seed),
@@ -127,6 +132,7 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
             loss_level=recipe["loss_level"],
             ordinal=recipe["ordinal"],
             stats_prior=recipe.get("stats_prior", False),
+            scan_prior=recipe.get("scan_prior"),
             seed=seed,
             init=init,
         )
@@ -599,6 +605,7 @@ def export_qa_ensemble(
         "head_channels": 32,
         "qa_channels": 16,
         **recipe["network"],
+        **({"scan_prior": True} if recipe.get("scan_prior") else {}),
     }
     table = {}
     t2 = os.path.join(cv_dir, "table2.csv")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SEARCH_SPACE", "qa_search", "suggest_recipe", "validation_objective"]
+__all__ = ["SEARCH_SPACE", "compare_runs", "qa_search", "suggest_recipe", "validation_objective"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,52 @@ def validation_objective(preds: Sequence[dict], objective: str = "mean") -> dict
         out[f"{label}.balanced_accuracy"], out[f"{label}.auroc"] = ba, auc
         per_label.append((ba + auc) / 2)
     out["objective"] = per_label[SCORE_KEYS.index("fibrosis")] if objective == "fibrosis" else float(np.mean(per_label))
+    return out
+
+
+def compare_runs(cv_dirs: Sequence[str], strategy: str = "region") -> list[dict]:
+    """Finished QA cross-validations (e.g. the rows of an ablation) side by side, each as its seed ensemble per fold
+    (:func:`bundle.evaluation.qa_crossval.seed_ensembles`; a fold finished by one seed so far: that seed): the
+    validation scores a choice between them may rest on (:func:`validation_objective`, the folds' validation patients
+    pooled) and the out-of-fold figures it must not rest on (the held-out patients pooled), both balanced accuracy at
+    logit 0 and AUROC per label.
+
+    Args:
+        cv_dirs: the runs' folders (``qa_cross_validate``'s ``output_dir``).
+        strategy: the strategy compared.
+
+    Returns:
+        one dict per run: ``dir``, ``recipe`` (its overrides of the default), ``runs`` (folds x seeds), ``minutes``
+        (per fold and seed), ``val`` (:func:`validation_objective`'s dict) and ``test`` (the same scores out of fold).
+
+    Raises:
+        DataError: for a folder without finished folds of ``strategy``.
+    """
+    from bundle.errors import DataError
+    from bundle.evaluation.qa_crossval import DEFAULT_RECIPE, load_predictions, seed_ensembles
+
+    out = []
+    for d in cv_dirs:
+        preds = load_predictions(d, strategy)
+        if not preds:
+            raise DataError(f"{d}: no finished fold of {strategy!r} (is it a QA cross-validation's folder?)")
+        ens = seed_ensembles(preds)
+        ens += [p for p in preds if p["fold"] not in {e["fold"] for e in ens}]  # folds finished by one seed so far
+        as_val = [{"val_logits": p["test_logits"], "val_targets": p["test_targets"]} for p in ens]
+        recipe = {}
+        if os.path.isfile(os.path.join(d, "recipe.json")):
+            with open(os.path.join(d, "recipe.json"), encoding="utf-8") as f:
+                recipe = {k: v for k, v in json.load(f)["recipe"].items() if DEFAULT_RECIPE.get(k) != v}
+        out.append(
+            {
+                "dir": d,
+                "recipe": recipe,
+                "runs": len(preds),
+                "minutes": float(np.mean([p["seconds"] for p in preds]) / 60),
+                "val": validation_objective(ens),
+                "test": validation_objective(as_val),
+            }
+        )
     return out
 
 

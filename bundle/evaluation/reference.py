@@ -20,6 +20,11 @@ import logging
 
 import numpy as np
 
+from bundle.transforms.region import (
+    REGION_FEATURES,
+    region_features,
+)  # the reference's statistics, also the QA network's scan prior
+
 __all__ = [
     "FEATURES",
     "REGION_FEATURES",
@@ -120,31 +125,6 @@ def fit_predict_reference(train, test, seed: int = 0) -> tuple[np.ndarray, np.nd
         probs[:, j] = model.predict_proba(x_test)[:, 1] if len(x_test) else probs[:, j]
     logger.info(f"reference: logistic regression on {len(FEATURES)} LA statistics, {len(x_train)} training slices")
     return probs, test.cache.volume[test.indices], y_test
-
-
-# the scan-level reference on the LA region (docs/qa_crossval.md): intensity spread and sharpness statistics of the
-# whole LA-region stack of a scan, each relative to the region's median
-REGION_FEATURES = ("p05_rel", "p20_rel", "p95_rel", "p99_rel", "spread_rel", "gradient_rel", "laplacian_rel")
-
-
-def region_features(images: np.ndarray) -> np.ndarray:
-    """The :data:`REGION_FEATURES` of one scan's LA-region stack ``(S, h, w)`` (0..1 intensities; pixels at 0, outside
-    the scan, are left out): the 5th/20th/95th/99th percentiles, the 5th-95th spread, the mean gradient magnitude
-    (Sobel) and the mean absolute Laplacian, each over the median. NaN where the stack has no pixel above 0."""
-    from scipy import ndimage
-
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim == 2:
-        x = x[None]
-    inside = x > 0
-    if not inside.any():
-        return np.full(len(REGION_FEATURES), np.nan)
-    v = x[inside]
-    med = float(np.median(v)) + 1e-6
-    p = np.percentile(v, [5, 20, 95, 99]) / med
-    grad = np.stack([np.hypot(ndimage.sobel(a, 0), ndimage.sobel(a, 1)) for a in x])
-    lap = np.stack([np.abs(ndimage.laplace(a)) for a in x])
-    return np.array([*p, p[2] - p[0], grad[inside].mean() / med, lap[inside].mean() / med])
 
 
 def fit_predict_region_reference(

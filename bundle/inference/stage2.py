@@ -17,7 +17,7 @@ from monai.utils import ensure_tuple_rep
 from bundle.data.datalist import SCORE_KEYS
 from bundle.inference.weights import load_weights
 from bundle.metrics.qa import VERDICT_RULES, is_diagnostic, scan_verdict
-from bundle.networks.qa import CAM_LAYER
+from bundle.networks.qa import CAM_LAYER, scan_context
 from bundle.visualize.hirescam import HiResCAM
 
 __all__ = ["SCORE_KEYS", "QALogits", "QAResult", "QAStage", "qa_verdict"]
@@ -29,7 +29,8 @@ class QALogits(torch.nn.Module):
     """The QA network's logits ``(N, 4)`` whatever it returns, followed by their negatives: ``(N, 8)``.
 
     Column ``c`` is the evidence for "diagnostic" of output ``c``, column ``c + 4`` the evidence against it, so a
-    class-activation map of column ``c + 4`` shows what pushed a slice towards "non-diagnostic".
+    class-activation map of column ``c + 4`` shows what pushed a slice towards "non-diagnostic". A network with a scan
+    prior gets ``scan_features``, the features of the scan being assessed (:meth:`QAStage.predict` sets them).
 
     Args:
         network: the QA network; it returns a tensor ``(N, 4)`` or a dict with the logits under ``output_key``.
@@ -40,9 +41,10 @@ class QALogits(torch.nn.Module):
         super().__init__()
         self.net = network
         self.output_key = output_key
+        self.scan_features: torch.Tensor | None = None  # the current scan's, for a network with a scan prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
+        out = self.net(x) if self.scan_features is None else self.net(x, self.scan_features)
         if isinstance(out, Mapping):
             out = out[self.output_key]
         elif isinstance(out, (tuple, list)):
@@ -219,8 +221,10 @@ class QAStage:
 
     @torch.no_grad()
     def predict(self, slices: torch.Tensor) -> np.ndarray:
-        """Sigmoid outputs ``(T, S, 4)`` of the QA network on ``slices`` ``(S, 1, h, w)`` under each flip."""
+        """Sigmoid outputs ``(T, S, 4)`` of the QA network on one scan's ``slices`` ``(S, 1, h, w)`` under each flip,
+        a network with a scan prior gets the scan's features (:func:`bundle.networks.qa.scan_context`)."""
         x = slices.to(self.device, torch.float32)
+        self.model.scan_features = scan_context(self.model.net, x)  # for this scan's slices, here and in explain
         views = torch.cat([x.flip(f) if f else x for f in self.flips])
         logits = torch.cat(
             [

@@ -40,12 +40,18 @@ class Ensemble(nn.Module):
         ens.members = nn.ModuleList(networks)
         return ens
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def uses_scan_prior(self) -> bool:
+        """Whether the members need their scan's features (:func:`bundle.networks.qa.scan_context`)."""
+        return any(getattr(m, "uses_scan_prior", False) for m in self.members)
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        """The members' combined output; ``args`` (e.g. a QA network's scan features) go to every member."""
         if len(self.members) == 1:
-            return self.members[0](x)
+            return self.members[0](x, *args)
         if self.combine == "logit":
-            return torch.stack([m(x).float() for m in self.members]).mean(0)
-        p = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
+            return torch.stack([m(x, *args).float() for m in self.members]).mean(0)
+        p = torch.stack([torch.sigmoid(m(x, *args).float()) for m in self.members]).mean(0)
         return torch.logit(p, eps=1e-6)
 
 

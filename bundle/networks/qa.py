@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import ResNet
@@ -14,8 +15,19 @@ from torch import nn
 
 from bundle.data.datalist import SCORE_KEYS  # the order of the network's 4 logits
 from bundle.networks.pooling import AttentionPooling
+from bundle.transforms.region import REGION_FEATURES, region_features
 
-__all__ = ["CAM_LAYER", "LA_STAT_QUANTILES", "QANet", "SupConNet", "la_statistics", "load_encoder_weights", "qa_logits"]
+__all__ = [
+    "CAM_LAYER",
+    "LA_STAT_QUANTILES",
+    "QANet",
+    "ScanPrior",
+    "SupConNet",
+    "la_statistics",
+    "load_encoder_weights",
+    "qa_logits",
+    "scan_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +166,85 @@ def la_statistics(x: torch.Tensor, mask: torch.Tensor, ring: int = 3, eps: float
     return torch.where((mf.sum(1) > 0)[:, None], out, torch.zeros_like(out))
 
 
+class ScanPrior(nn.Module):
+    """A fixed logistic regression per output on a scan's :data:`~bundle.transforms.region.REGION_FEATURES` (the
+    hand-made reference's statistics of the whole LA-region stack): logits ``(n, outputs)`` from features
+    ``(n, F)``. Its parameters are buffers, so a checkpoint carries them and no optimiser changes them.
+
+    Why a scan-level prior: on a few dozen scans, percentiles pooled over a scan's whole LA region judge nulling and
+    enhancement better than the mean of per-slice statistics or a network (docs/qa_crossval.md); the network then
+    learns a residual on top of this logit, which :class:`QANet` adds to every slice of the scan (``forward``'s
+    ``scan_features``).
+
+    Args:
+        outputs: logits produced (the QA network's four).
+    """
+
+    def __init__(self, outputs: int = len(SCORE_KEYS)) -> None:
+        super().__init__()
+        n = len(REGION_FEATURES)
+        self.register_buffer("fill", torch.zeros(n))  # a missing feature (NaN) takes the training median
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("weight", torch.zeros(int(outputs), n))
+        self.register_buffer("bias", torch.zeros(int(outputs)))
+
+    @torch.no_grad()
+    def fit(self, features: np.ndarray, targets: np.ndarray, outputs: Sequence[int], c: float = 1.0, seed: int = 0):
+        """Fit the regressions of ``outputs`` (column indices) on ``features`` ``(n, F)`` and binary ``targets``
+        ``(n, outputs)``: median imputation, standardisation, class-balanced logistic regression (scikit-learn).
+        The other outputs stay at logit 0; an output with one class in ``targets`` gets a constant logit of +-10.
+
+        Returns:
+            the module itself.
+
+        Raises:
+            ValueError: for mismatched shapes or an output index out of range.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        x, y = np.asarray(features, dtype=np.float64), np.asarray(targets).astype(int)
+        if x.ndim != 2 or x.shape[1] != len(REGION_FEATURES) or len(y) != len(x) or y.ndim != 2:
+            raise ValueError(
+                f"features (n, {len(REGION_FEATURES)}) and targets (n, k) expected, got {x.shape}, {y.shape}"
+            )
+        if any(not 0 <= int(j) < len(self.bias) for j in outputs):
+            raise ValueError(f"outputs must index the {len(self.bias)} logits, got {list(outputs)}")
+        fill = np.nanmedian(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        fill = np.where(np.isfinite(fill), fill, 0.0)
+        x = np.where(np.isfinite(x), x, fill)
+        mean, scale = x.mean(0), x.std(0)
+        scale = np.where(scale > 0, scale, 1.0)
+        z = (x - mean) / scale
+        weight, bias = np.zeros(tuple(self.weight.shape)), np.zeros(len(self.bias))
+        for j in outputs:
+            classes = np.unique(y[:, j])
+            if len(classes) < 2:
+                bias[j] = 10.0 if len(classes) and classes[0] == 1 else -10.0
+                continue
+            lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(z, y[:, j])
+            weight[j], bias[j] = lr.coef_[0], lr.intercept_[0]
+        for name, value in (("fill", fill), ("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, outputs)`` of features ``(N, F)``."""
+        x = torch.where(torch.isfinite(features), features, self.fill.to(features.dtype))
+        return ((x - self.mean) / self.scale) @ self.weight.T + self.bias
+
+
+def scan_context(network: nn.Module, slices: torch.Tensor) -> torch.Tensor | None:
+    """What ``network`` needs to know of the scan whose LA slices ``(S, C, h, w)`` (all of them, channel 0) it is
+    given: the scan's :func:`~bundle.transforms.region.region_features` ``(F,)`` where it has a scan prior (its
+    ``uses_scan_prior``; :class:`QANet`, or an :class:`~bundle.networks.Ensemble` of them), to pass as ``forward``'s
+    ``scan_features`` with any of the scan's slices; None for a network without. Training, evaluation, inference and
+    MONAI Label all get it from here. Flips and transposition of the slices do not change it."""
+    if not getattr(network, "uses_scan_prior", False):
+        return None
+    return torch.as_tensor(region_features(slices[:, 0]), dtype=torch.float32, device=slices.device)
+
+
 def _mlp(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
     layers = [nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1)]
     return nn.Sequential(*layers)
@@ -205,6 +296,9 @@ class QANet(nn.Module):
             logits. ``forward`` (one slice, a bag of one) is the same either way.
         la_stats: the input's channel 1 is the slice's LA mask (``in_channels`` >= 2); the heads also get
             :func:`la_statistics` (tissue and border relative to the blood pool), batch-normalised.
+        scan_prior: hold a :class:`ScanPrior` (fitted before training, then fixed): ``forward`` then needs each slice's
+            scan features (:func:`scan_context`), and the prior's logits of them are added to the attribute logits
+            before the QA module sees them and to its fibrosis logit.
 
     Raises:
         ValueError: for unknown options or a checkpoint that does not fit.
@@ -228,6 +322,7 @@ class QANet(nn.Module):
         la_stats: bool = False,
         stats_skip: bool = False,
         pooling: str = "none",
+        scan_prior: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in ("none", "attention"):
@@ -265,6 +360,7 @@ class QANet(nn.Module):
             _mlp(self.num_features + n_stats, head_channels, dropout) for _ in range(3)
         )
         self.qa_head = _mlp(3 if qa_input == "logits" else 3 * head_channels, qa_channels, dropout)
+        self.scan_prior = ScanPrior(len(SCORE_KEYS)) if scan_prior else None
         self.segmentation = bool(segmentation)
         if self.segmentation:
             encoder_channels = (in_channels, block_inplanes[0], *block_inplanes)
@@ -327,15 +423,36 @@ class QANet(nn.Module):
         """Pooled encoder features ``(N, C)`` (the representation the heads and the contrastive loss see)."""
         return self.encoder(x)
 
-    def heads(self, embedding: torch.Tensor) -> torch.Tensor:
+    def heads(self, embedding: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         """The four logits from pooled encoder features (and, with ``stats_skip``, the normalised statistics, the
-        last columns of ``embedding``)."""
+        last columns of ``embedding``), plus a scan prior's logits ``prior`` ``(N, 4)``: its attribute logits before
+        the QA module sees them, its fibrosis logit after."""
         hidden = [h[:-1](embedding) for h in self.attribute_heads]
         attributes = torch.cat([h[-1](z) for h, z in zip(self.attribute_heads, hidden)], dim=1)
         if self.stats_skip is not None:
             attributes = attributes + self.stats_skip(embedding[:, self.num_features :])
+        if prior is not None:
+            attributes = attributes + prior[:, :3]
         qa_in = attributes if self.qa_input == "logits" else torch.cat(hidden, dim=1)
-        return torch.cat([attributes, self.qa_head(qa_in)], dim=1)
+        qa = self.qa_head(qa_in)
+        return torch.cat([attributes, qa if prior is None else qa + prior[:, 3:]], dim=1)
+
+    @property
+    def uses_scan_prior(self) -> bool:
+        """Whether ``forward`` needs the scan's features (:func:`scan_context`)."""
+        return self.scan_prior is not None
+
+    def _prior(self, scan_features: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """The scan prior's logits ``(n, 4)`` of ``scan_features`` (``(F,)`` for all ``n`` inputs, or ``(n, F)``)."""
+        if self.scan_prior is None:
+            return None
+        if scan_features is None:
+            raise ValueError(
+                "this QA network has a scan prior: pass each slice's scan features "
+                "(bundle.networks.qa.scan_context of the scan's LA slices)"
+            )
+        f = scan_features.to(self.scan_prior.bias.device, torch.float32)
+        return self.scan_prior(f.expand(n, -1) if f.ndim == 1 else f)
 
     def statistics(self, x: torch.Tensor) -> torch.Tensor:
         """The raw (not normalised) statistics of slices ``x`` that the heads see: :func:`slice_statistics` with
@@ -390,16 +507,30 @@ class QANet(nn.Module):
         """What the heads see of each slice ``(N, C, H, W)``: pooled encoder features and the normalised statistics."""
         return self._with_stats(self.encoder(x), x)
 
-    def forward_bags(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_bags(self, x: torch.Tensor, scan_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scan-level logits ``(B, 4)`` of ``B`` bags of ``N`` slices each, ``x`` ``(B, N, C, H, W)``: the heads on the
-        attention-pooled slice features (``pooling="attention"``), else the mean of the slices' logits."""
+        attention-pooled slice features (``pooling="attention"``), else the mean of the slices' logits; with a scan
+        prior, ``scan_features`` ``(B, F)`` are each bag's scan features."""
         b, n = x.shape[:2]
         emb = self.slice_embedding(x.flatten(0, 1))
         if self.pool is None:
-            return self.heads(emb).view(b, n, -1).mean(1)
-        return self.heads(self.pool(emb.view(b, n, -1))[0])
+            f = None if scan_features is None else scan_features.repeat_interleave(n, 0)
+            return self.heads(emb, self._prior(f, b * n)).view(b, n, -1).mean(1)
+        return self.heads(self.pool(emb.view(b, n, -1))[0], self._prior(scan_features, b))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, scan_features: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """QA logits ``(N, 4)`` of slices ``x`` ``(N, C, H, W)`` (multi-task: a dict with ``"qa"`` and ``"seg"``).
+
+        Args:
+            x: slices.
+            scan_features: with a scan prior (``scan_prior=True``), the features of each slice's scan, ``(N, F)`` or
+                ``(F,)`` for slices of one scan (:func:`scan_context`); ignored without one.
+
+        Raises:
+            ValueError: for a network with a scan prior called without ``scan_features``.
+        """
         frozen = self.encoder_frozen and self.training and not self.segmentation
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # no graph through a frozen encoder
             if not self.segmentation:
@@ -407,7 +538,7 @@ class QANet(nn.Module):
             else:
                 feats = self.features(x)
                 embedding = torch.flatten(self.encoder.avgpool(feats[-1]), 1)
-        logits = self.heads(self._with_stats(embedding, x))
+        logits = self.heads(self._with_stats(embedding, x), self._prior(scan_features, len(x)))
         if not self.segmentation:
             return logits
         seg = self.seg_head(self.decoder(feats, 4))

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 
 from bundle.transforms.slicing import in_plane_spacing
 
-__all__ = ["la_centroid", "la_region_slices", "normalise_region", "region_to_slice"]
+__all__ = [
+    "REGION_FEATURES",
+    "center_window",
+    "la_centroid",
+    "la_region_slices",
+    "normalise_region",
+    "region_features",
+    "region_to_slice",
+]
 
 
 def la_centroid(mask: torch.Tensor | np.ndarray, axis: int) -> tuple[float, float]:
@@ -98,15 +106,40 @@ def la_region_slices(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def normalise_region(stack: torch.Tensor | np.ndarray, target: float = 0.5) -> torch.Tensor | np.ndarray:
+def center_window(x: torch.Tensor | np.ndarray, size: int | None) -> torch.Tensor | np.ndarray:
+    """The central ``size`` x ``size`` of ``(..., h, w)``; ``x`` itself for ``size`` None or not smaller.
+
+    A training stack is cut wider than the network's window (so that training can shift it by whole pixels); its
+    centre is the window that inference cuts (:func:`la_region_slices` at ``size``).
+    """
+    h, w = x.shape[-2:]
+    if size is None or int(size) >= min(h, w):
+        return x
+    top, left = (h - int(size)) // 2, (w - int(size)) // 2
+    return x[..., top : top + int(size), left : left + int(size)]
+
+
+def normalise_region(
+    stack: torch.Tensor | np.ndarray, target: float = 0.5, center: int | None = None
+) -> torch.Tensor | np.ndarray:
     """A scan's LA-region stack scaled so that the median of its pixels inside the scan (above 0) is ``target``.
 
     Quality shows in intensities relative to the scan's own typical tissue (raised dark tissue, faded bright
     structures), which is what the reference's statistics measure; this puts every scan on that footing before the
     network sees it. The scale is taken over the whole stack (all the scan's LA slices), so one scan's slices keep
-    their relative brightness. A stack with no pixel above 0 is returned unchanged.
+    their relative brightness.
+
+    Args:
+        stack: ``(S, h, w)`` (or any shape ending in ``h, w``).
+        target: the median after scaling.
+        center: take the median over the central ``center`` x ``center`` pixels only (:func:`center_window`): a
+            training stack cut wider than the network's window is then scaled as inference scales that window.
+
+    Returns:
+        the scaled stack; unchanged where it has no pixel above 0.
     """
-    values = stack[stack > 0]
+    window = center_window(stack, center)
+    values = window[window > 0]
     if values.numel() if isinstance(values, torch.Tensor) else values.size:
         # the interpolated median, as numpy's (torch.median gives the lower middle value): both paths agree
         med = (
@@ -117,6 +150,33 @@ def normalise_region(stack: torch.Tensor | np.ndarray, target: float = 0.5) -> t
         if med > 0:
             return stack * (float(target) / med)
     return stack
+
+
+# statistics of a scan's whole LA-region stack, each relative to its median: the reference's features
+# (docs/qa_crossval.md) and the QA network's scan prior (bundle.networks.ScanPrior)
+REGION_FEATURES = ("p05_rel", "p20_rel", "p95_rel", "p99_rel", "spread_rel", "gradient_rel", "laplacian_rel")
+
+
+def region_features(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The :data:`REGION_FEATURES` of one scan's LA-region stack ``(S, h, w)`` (pixels at 0, outside the scan, are
+    left out): the 5th/20th/95th/99th percentiles, the 5th-95th spread, the mean gradient magnitude (Sobel) and the
+    mean absolute Laplacian, each over the median. Pooled over the whole stack: the spread of a scan's dark and bright
+    tissue, not of each slice's. NaN where the stack has no pixel above 0; flips and transposition leave them as they
+    are."""
+    from scipy import ndimage
+
+    x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    inside = x > 0
+    if not inside.any():
+        return np.full(len(REGION_FEATURES), np.nan)
+    v = x[inside]
+    med = float(np.median(v)) + 1e-6
+    p = np.percentile(v, [5, 20, 95, 99]) / med
+    grad = np.stack([np.hypot(ndimage.sobel(a, 0), ndimage.sobel(a, 1)) for a in x])
+    lap = np.stack([np.abs(ndimage.laplace(a)) for a in x])
+    return np.array([*p, p[2] - p[0], grad[inside].mean() / med, lap[inside].mean() / med])
 
 
 def region_to_slice(

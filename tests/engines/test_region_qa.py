@@ -179,3 +179,68 @@ def test_pretraining_returns_a_loadable_encoder():
     assert info["pretrain_scans"] == 4 and np.isfinite(info["pretrain_mse"])
     model = train_region_qa(_scans(4), network=net, size=16, epochs=1, slices_per_scan=2, init=state, ema_decay=0)
     assert set(model.state_dict()) == set(state)
+
+
+def test_scan_prior_is_the_reference_regression_and_stays_fixed():
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bundle.engines.region_qa import build_region_network, fit_scan_prior, slice_logits
+    from bundle.networks import Ensemble
+    from bundle.networks.qa import scan_context
+
+    torch.set_num_threads(1)
+    train = _scans(8)
+    small = {"block_inplanes": [4, 8, 8, 8], "head_channels": 4, "qa_channels": 4, "scan_prior": True}
+    model = build_region_network(**small).eval()
+    feats = fit_scan_prior(model, train, 16, outputs=(0, 1, 2))
+    # by hand: the reference's statistics of each scan's centre window, one balanced regression per attribute
+    by_hand = np.stack([region_features(s.images.astype(np.float32)[:, 2:18, 2:18]) for s in train])
+    np.testing.assert_allclose(feats.numpy(), by_hand, rtol=1e-5)
+    y = np.stack([s.target for s in train]).astype(int)
+    ref = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), LogisticRegression(class_weight="balanced"))
+    expected = ref.fit(by_hand, y[:, 1]).decision_function(by_hand)
+    prior = model.scan_prior(feats)
+    np.testing.assert_allclose(prior[:, 1].numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.all(prior[:, 3] == 0)  # fibrosis is not among the outputs: logit 0
+    assert float(prior[1::2, 1].max()) < 0 < float(prior[::2, 1].min())  # noise is the cue: separated
+    # the network adds the prior to its attribute logits (before the QA module) for every slice of the scan
+    x = center_crop(torch.from_numpy(train[0].images.astype(np.float32))[:, None], 16)
+    ctx = scan_context(model, x)
+    torch.testing.assert_close(ctx, scan_context(model, x.flip(2).transpose(2, 3)))  # flips do not change it
+    with torch.no_grad():
+        plain = build_region_network(**{**small, "scan_prior": False})
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("scan_prior.")})
+        plain.eval()
+        torch.testing.assert_close(model(x, ctx)[:, :3], plain(x)[:, :3] + prior[0, :3], rtol=1e-5, atol=1e-5)
+    assert scan_context(plain, x) is None
+    with pytest.raises(ValueError, match="scan prior"):
+        model(x)
+    # training fits it, keeps it as fitted, and a scan's logit is the mean of its slices' (with the prior)
+    trained = train_region_qa(
+        train,
+        network=small,
+        size=16,
+        epochs=2,
+        slices_per_scan=4,
+        scans_per_batch=4,
+        scan_prior=["nulling", "sharpness", "enhancement", "fibrosis"],
+    )
+    assert float(trained.scan_prior.weight[3].abs().sum()) > 0  # fibrosis too
+    refit = build_region_network(**small)
+    fit_scan_prior(refit, train, 16, outputs=(0, 1, 2, 3))
+    torch.testing.assert_close(trained.scan_prior.weight, refit.scan_prior.weight)
+    logits = scan_logits(trained, train[:1], 16, ((), (0,)))[0]
+    mean = slice_logits(trained, x, ((), (0,)), scan_features=ctx).mean((0, 1))
+    np.testing.assert_allclose(logits, mean.numpy(), rtol=1e-5, atol=1e-5)
+    # an ensemble passes the scan's features to every member
+    ens = Ensemble.from_networks([trained, model], combine="logit").eval()
+    assert ens.uses_scan_prior
+    with torch.no_grad():
+        torch.testing.assert_close(ens(x, ctx), (trained(x, ctx) + model(x, ctx)) / 2)
+    with pytest.raises(ValueError, match="scan_prior"):
+        train_region_qa(train, network=small, size=16, epochs=1, scan_prior="fibrosis")  # a list, not a name
+    with pytest.raises(ValueError, match="scan_prior=True"):
+        fit_scan_prior(build_region_network(block_inplanes=[4, 8, 8, 8]), train, 16, outputs=(0,))

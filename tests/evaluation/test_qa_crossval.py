@@ -38,7 +38,8 @@ TINY = {
 def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "qa_cv"
-    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=QA_STRATEGIES, folds=2, n_val=1, recipe=TINY)
+    recipe = {**TINY, "scan_prior": ["nulling"]}  # with a scan prior, which inference must feed too
+    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=QA_STRATEGIES, folds=2, n_val=1, recipe=recipe)
     table = res["table"]
     assert set(table) == set(QA_STRATEGIES)
     for s in QA_STRATEGIES:
@@ -58,7 +59,7 @@ def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     assert "region.fibrosis.auroc" in parent.data.metrics or "region.fibrosis.balanced_accuracy" in parent.data.metrics
     # resume: nothing retrained
     stamp = os.path.getmtime(out / "region" / "fold0_seed0" / "model.pt")
-    qa_cross_validate(str(out), datalist=tiny_demo, strategies=("region",), folds=2, n_val=1, recipe=TINY)
+    qa_cross_validate(str(out), datalist=tiny_demo, strategies=("region",), folds=2, n_val=1, recipe=recipe)
     assert os.path.getmtime(out / "region" / "fold0_seed0" / "model.pt") == stamp
 
     # the fold models as one shipped checkpoint with its plan; the inference config reads everything from the plan
@@ -70,7 +71,9 @@ def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     assert plan["rule"] == "mean_logit" and plan["region"] == {"pixel_mm": 2.5, "size": 16, "normalise": 0.5}
     assert len(plan["temperature"]) == 4 and plan["cam_layer"] == "members.0.encoder.layer4"
     net = qa_network(plan, None)
-    assert len(net.members) == 2 and net.combine == "logit"
+    assert len(net.members) == 2 and net.combine == "logit" and net.uses_scan_prior
+    fitted = torch.load(ckpt)["members.0.scan_prior.weight"]
+    assert float(fitted[0].abs().sum()) > 0 and float(fitted[1:].abs().sum()) == 0  # nulling only
     open_bounds = {"min_ml": 0.0, "max_ml": 1e9, "min_extent_mm": 0.0, "max_extent_mm": 1e9, "min_kept": 0.0}
     detector = write_known_detector(models, 0.6, name="detector.pt", spatial_size=32, la_bounds=open_bounds)
     image = os.path.join(os.path.dirname(tiny_demo), quality[0]["image"])

@@ -86,3 +86,46 @@ def test_two_trial_search_starts_with_the_default_recipe_logs_each_trial_and_res
         t.state.name for t in optuna.load_study(study_name="qa_search", storage=f"sqlite:///{out}/optuna.db").trials
     ]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+
+
+def test_compare_runs_scores_each_runs_seed_ensembles_on_validation_and_held_out_parts(tmp_path):
+    import subprocess
+    import sys
+
+    from bundle.errors import DataError
+    from bundle.evaluation.qa_search import compare_runs
+
+    def write(run, fold, seed, val, test):
+        d = tmp_path / run / "region" / f"fold{fold}_seed{seed}"
+        d.mkdir(parents=True)
+        pred = {"fold": fold, "seed": seed, "seconds": 60.0 * (seed + 1), "strategy": "region", "temperature": [1] * 4}
+        for part, logits in (("val", val), ("test", test)):
+            pred[f"{part}_logits"] = [[v] * 4 for v in logits]
+            pred[f"{part}_targets"] = [[1] * 4, [0] * 4]
+            pred[f"{part}_scans"] = [f"f{fold}{part}a", f"f{fold}{part}b"]
+            pred[f"{part}_patients"] = ["p", "q"]
+        (d / "predictions.json").write_text(json.dumps(pred))
+
+    # fold 0, two seeds: mean validation logits (1 + 3) / 2 = 2 for the positive, (-3 + 1) / 2 = -1 for the negative:
+    # both right. Fold 1, one seed so far: validation 0.5 (positive, right) and 0.2 (negative, wrong). Pooled:
+    # positives 2, 0.5 (both > 0), negatives -1, 0.2: recall 1, specificity 0.5 -> balanced accuracy 0.75; AUROC:
+    # 2 and 0.5 beat -1 and 0.2 -> 1.0. Held out: fold 0 mean (-1 + -1) / 2 = -1 for the positive (wrong), -2 for the
+    # negative; fold 1 positive 1, negative -1: recall 0.5, specificity 1 -> 0.75; AUROC over the four pairs:
+    # -1 > -2, -1 = -1 (a tie counts 0.5), 1 > -2, 1 > -1 -> (1 + 0.5 + 1 + 1) / 4 = 0.875.
+    write("a", 0, 0, [1, -3], [-1, -2])
+    write("a", 0, 1, [3, 1], [-1, -2])
+    write("a", 1, 0, [0.5, 0.2], [1, -1])
+    (row,) = compare_runs([str(tmp_path / "a")])
+    assert row["runs"] == 3 and row["minutes"] == pytest.approx((1 + 2 + 1) / 3)
+    assert row["val"]["fibrosis.balanced_accuracy"] == pytest.approx(0.75) and row["val"]["n_val"] == 4
+    assert row["val"]["nulling.auroc"] == pytest.approx(1.0)
+    assert row["test"]["sharpness.balanced_accuracy"] == pytest.approx(0.75)
+    assert row["test"]["sharpness.auroc"] == pytest.approx(0.875)
+    with pytest.raises(DataError, match="no finished fold"):
+        compare_runs([str(tmp_path / "missing")])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cli = [sys.executable, os.path.join(root, "scripts", "qa_compare_runs.py"), str(tmp_path / "a")]
+    out = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    assert "| a |" in out and "0.750 / 1.000" in out
+    bad = subprocess.run([*cli[:2], str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("ERROR") and len(bad.stderr.strip().splitlines()) == 1

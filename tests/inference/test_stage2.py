@@ -161,3 +161,21 @@ def test_inference_config_builds_the_qa_training_network(tmp_path):
     parser.ref_resolver.reset()
     with raises_error(ConfigError, "ERROR config: no config file .*nope.yaml"):
         parser.get_parsed_content("qa_network_def")
+
+
+def test_scan_prior_gets_the_scan_features_at_inference():
+    from bundle.networks.qa import scan_context
+
+    torch.manual_seed(3)
+    net = QANet(layers=SMALL_QA["encoder_layers"], block_inplanes=SMALL_QA["encoder_widths"], scan_prior=True).eval()
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(12, 7))
+    net.scan_prior.fit(feats, (feats[:, :4] > 0).astype(int), outputs=(0, 1, 2, 3))
+    stage = QAStage(net, temperature=[1.0, 2.0, 1.0, 1.0], cam_slices=1)
+    x = torch.rand(5, 1, 32, 32) + 0.05
+    ctx = scan_context(net, x)
+    assert float(net.scan_prior(ctx[None]).abs().min()) > 0  # the fitted prior says something about this scan
+    with torch.no_grad():
+        direct = torch.sigmoid(net(x, ctx) / torch.tensor([1.0, 2.0, 1.0, 1.0])).numpy()
+    np.testing.assert_allclose(stage.predict(x)[0], direct, rtol=1e-5, atol=1e-6)
+    assert stage.assess(x).cams.shape == (1, 32, 32)  # the maps explain the slices with the same features

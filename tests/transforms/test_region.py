@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from bundle.transforms.region import la_centroid, la_region_slices, normalise_region, region_to_slice
+from bundle.transforms.region import center_window, la_centroid, la_region_slices, normalise_region, region_to_slice
 
 
 def scan(shape=(40, 30, 10), spacing=0.625, pad=(0, 0)):
@@ -59,3 +59,12 @@ def test_normalise_region_sets_the_median_of_the_scan():
     np.testing.assert_allclose(y, x)
     np.testing.assert_allclose(normalise_region(torch.as_tensor(x), 1.0).numpy(), x * 2)
     assert normalise_region(np.zeros((1, 2, 2)), 0.5).sum() == 0
+
+
+def test_normalise_region_by_the_window_centre():
+    x = np.full((2, 6, 6), 0.9, np.float32)
+    x[:, 1:5, 1:5] = 0.25  # the central 4 x 4: median 0.25; the whole stack: median 0.9
+    np.testing.assert_allclose(normalise_region(x, 0.5, center=4), x * 2)
+    np.testing.assert_allclose(normalise_region(x, 0.5), x * 0.5 / 0.9, rtol=1e-6)
+    np.testing.assert_allclose(center_window(x, 4), x[:, 1:5, 1:5])
+    assert center_window(x, None) is x and center_window(x, 8) is x
