@@ -26,7 +26,6 @@ KNOWN = {  # (importing module, imported module): why it stands
     ("bundle.data.qa", "bundle.inference.detector"): "QA training slices chosen by the LA detector, as at inference",
     ("bundle.data.qa", "bundle.inference.weights"): "the detector's plan for that selection",
     ("bundle.data.qa", "bundle.networks.plan"): "the detector's plan file beside its checkpoint (cache key)",
-    ("bundle.data.region_cache", "bundle.inference.selection"): "the one LA-slice rule, shared with inference",
 }
 
 

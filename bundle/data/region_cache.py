@@ -4,7 +4,7 @@ Each quality entry of a datalist becomes one ``.npz`` file holding its LA-region
 preprocessing's 0..1 intensities), the LA mask cut the same way, the slice indices and the four binary targets. The
 LA mask is the entry's ``label`` (the expert's) unless ``mask_dir`` holds a predicted mask of the same file name.
 The cut is :func:`bundle.transforms.region.la_region_slices`, the one inference uses, and the slice selection is
-:func:`bundle.inference.selection.la_slices`.
+:func:`bundle.transforms.selection.la_slices`.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def _preprocess():
 
 
 def _cut(entry: dict, pixel_mm: float, size: int, min_la_area_mm2: float, mask_path: str | None) -> dict:
-    from bundle.inference.selection import la_slices
     from bundle.transforms.region import la_region_slices
+    from bundle.transforms.selection import la_slices
     from bundle.transforms.slicing import in_plane_spacing, resolve_slice_axis
 
     data = _preprocess()({"image": entry["image"], "label": mask_path or entry["label"]})
@@ -107,7 +107,7 @@ def region_cache(
         entries: quality entries with absolute ``image`` and ``label`` paths, ``patient`` and the four scores.
         cache_dir: where the ``.npz`` files go.
         pixel_mm, size: :func:`~bundle.transforms.region.la_region_slices`.
-        min_la_area_mm2: :func:`~bundle.inference.selection.la_slices`.
+        min_la_area_mm2: :func:`~bundle.transforms.selection.la_slices`.
         mask_dir: predicted LA masks named as the images (e.g. a cross-validation's ``oof_masks``); None: labels.
         require_scores: refuse an entry without the four scores (False: clean scans, scores stored as NaN).
 

@@ -142,10 +142,10 @@ def score_settings(
     import torch
 
     from bundle.inference.detector import load_volume, segment_la
-    from bundle.inference.selection import LABounds
     from bundle.inference.workflow import detect_la_volume
     from bundle.io.loader import LoadVolume
     from bundle.metrics.segmentation import mask_metrics
+    from bundle.transforms.selection import LABounds
     from bundle.transforms.slicing import voxel_spacing
 
     read_label = LoadVolume(ensure_channel_first=True, image_only=True)
@@ -517,8 +517,8 @@ def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: 
 
     import torch
 
-    from bundle.inference.selection import LABounds
     from bundle.networks.plan import plan_path, write_plan
+    from bundle.transforms.selection import LABounds
 
     if os.path.exists(ckpt_path) and not overwrite:
         raise FileExistsError(f"{ckpt_path} exists: pass overwrite to replace it")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from bundle.inference.selection import LABounds
 from bundle.inference.stage1 import ResizedSliceInferer, detector_inferer
 from bundle.inference.weights import load_weights
 from bundle.inference.workflow import detect_la_volume
 from bundle.networks.plan import build_from_plan, load_plan
 from bundle.transforms.intensity import ScaleForegroundPercentiles
+from bundle.transforms.selection import LABounds
 
 __all__ = ["load_detector", "load_volume", "plan_inferer", "segment_la"]
 

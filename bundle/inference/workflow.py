@@ -21,11 +21,11 @@ from monai.engines.utils import IterationEvents
 from bundle.data.datalist import SCORE_KEYS
 from bundle.errors import one_line
 from bundle.inference.report import ScanResult, Visuals
-from bundle.inference.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.inference.stage1 import ResizedSliceInferer
 from bundle.inference.stage2 import QAStage
 from bundle.io.dicom import MIN_SLICES, NotAVolume, VolumeError
 from bundle.transforms.region import region_to_slice
+from bundle.transforms.selection import LABounds, implausible_la, la_mask, la_slices, voxel_volume_mm3
 from bundle.transforms.slicing import ExtractSlices, in_plane_spacing, resolve_slice_axis, slice_spacing
 
 __all__ = ["TwoStageStep", "VolumeDataset", "decision_logits", "describe_error", "detect_la_volume", "volume_problem"]
@@ -103,9 +103,9 @@ def detect_la_volume(
         logits: ``(1, X, Y, Z)`` in the volume's grid.
         volume: the channel-first volume (its affine gives pixel area, slice distance and voxel volume).
         axis: the spatial slice axis.
-        la_threshold, keep_largest: :func:`~bundle.inference.selection.la_mask`.
-        min_la_area_mm2: :func:`~bundle.inference.selection.la_slices`.
-        bounds: :func:`~bundle.inference.selection.implausible_la` (None: defaults).
+        la_threshold, keep_largest: :func:`~bundle.transforms.selection.la_mask`.
+        min_la_area_mm2: :func:`~bundle.transforms.selection.la_slices`.
+        bounds: :func:`~bundle.transforms.selection.implausible_la` (None: defaults).
 
     Returns:
         ``{"mask", "la_prob" (per-slice highest probability), "areas" (mm^2), "selected", "la_volume_ml",
@@ -135,7 +135,7 @@ def detect_la_volume(
 
 def decision_logits(mask: torch.Tensor) -> torch.Tensor:
     """A decided LA mask as int8 logits, +20 inside and -20 outside: any threshold in (2e-9, 1 - 2e-9) and the
-    largest-component filter give back exactly ``mask`` (:func:`~bundle.inference.selection.la_mask`)."""
+    largest-component filter give back exactly ``mask`` (:func:`~bundle.transforms.selection.la_mask`)."""
     out = mask.to(torch.int8) * 40 - 20
     return out if isinstance(out, MetaTensor) or not isinstance(mask, MetaTensor) else MetaTensor(out, meta=mask.meta)
 
@@ -144,8 +144,8 @@ class TwoStageStep:
     """The evaluator's iteration: both stages on one volume, its result and its LA logit map.
 
     The LA mask is the detector's probability map in the volume's grid at or above ``la_threshold``, its largest 3D
-    connected component with ``keep_largest`` (:func:`~bundle.inference.selection.la_mask`); the LA slices are those
-    whose mask covers at least ``min_la_area_mm2`` (:func:`~bundle.inference.selection.la_slices`; 0: any pixel, the
+    connected component with ``keep_largest`` (:func:`~bundle.transforms.selection.la_mask`); the LA slices are those
+    whose mask covers at least ``min_la_area_mm2`` (:func:`~bundle.transforms.selection.la_slices`; 0: any pixel, the
     paper's rule). An LA outside ``la_bounds`` gets status ``implausible_la`` and ``refer`` = 1 with the reason; its
     QA verdict is computed but marked unreliable.
 
@@ -156,7 +156,7 @@ class TwoStageStep:
         montage_no_la: slices shown on the page of a scan without LA (those with the highest LA probability).
         min_la_area_mm2: smallest LA area (mm^2) that makes a slice an LA slice.
         keep_largest: keep only the largest connected component of the LA mask.
-        la_bounds: plausible LA volume, extent and connectedness (:class:`~bundle.inference.selection.LABounds`
+        la_bounds: plausible LA volume, extent and connectedness (:class:`~bundle.transforms.selection.LABounds`
             arguments); None: its defaults.
     """
 

@@ -128,7 +128,7 @@ def test_largest_component_is_monai_s():
     """The bounded-memory largest component equals MONAI's KeepLargestConnectedComponent (connectivity 3)."""
     from monai.transforms import KeepLargestConnectedComponent
 
-    from bundle.inference.selection import largest_component
+    from bundle.transforms.selection import largest_component
 
     rng = np.random.default_rng(0)
     for density in (0.05, 0.2, 0.35):
