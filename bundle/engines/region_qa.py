@@ -136,7 +136,7 @@ def fit_statistics_prior(
     Raises:
         ValueError: for a model without ``stats_skip``.
     """
-    from sklearn.linear_model import LogisticRegression
+    from bundle.networks.qa import balanced_logistic
 
     if getattr(model, "stats_skip", None) is None:
         raise ValueError("fit_statistics_prior needs a QANet with stats_skip")
@@ -146,14 +146,7 @@ def fit_statistics_prior(
     model.fix_statistics(every.mean(0).float(), every.std(0).float())
     x = torch.stack([model.stats_norm(v).mean(0) for v in raw]).numpy()  # as the fixed network normalises them
     y = np.stack([s.target for s in scans]).astype(int)
-    weight, bias = np.zeros((3, x.shape[1])), np.zeros(3)
-    for j in range(3):
-        classes = np.unique(y[:, j])
-        if len(classes) < 2:  # one class in training: a constant logit
-            bias[j] = 10.0 if classes[0] == 1 else -10.0
-            continue
-        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(x, y[:, j])
-        weight[j], bias[j] = lr.coef_[0], lr.intercept_[0]
+    weight, bias = balanced_logistic(x, y, range(3), 3, c=c, seed=seed)
     return model.fix_stats_skip(torch.from_numpy(weight), torch.from_numpy(bias))
 
 

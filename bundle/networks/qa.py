@@ -22,6 +22,7 @@ __all__ = [
     "LA_STAT_QUANTILES",
     "QANet",
     "ScanPrior",
+    "balanced_logistic",
     "SupConNet",
     "la_statistics",
     "load_encoder_weights",
@@ -166,6 +167,26 @@ def la_statistics(x: torch.Tensor, mask: torch.Tensor, ring: int = 3, eps: float
     return torch.where((mf.sum(1) > 0)[:, None], out, torch.zeros_like(out))
 
 
+def balanced_logistic(
+    x: np.ndarray, y: np.ndarray, outputs: Sequence[int], n_outputs: int, c: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced logistic regressions (scikit-learn) of the binary columns ``outputs`` of ``y`` on ``x``, as the
+    weights ``(n_outputs, F)`` and biases ``(n_outputs,)`` of a linear map: other outputs stay 0, and an output with
+    one class in ``y`` gets a constant logit of +-10. The fixed priors of the QA network (:class:`ScanPrior`,
+    ``bundle.engines.region_qa.fit_statistics_prior``) are fitted with it."""
+    from sklearn.linear_model import LogisticRegression
+
+    weight, bias = np.zeros((int(n_outputs), x.shape[1])), np.zeros(int(n_outputs))
+    for j in outputs:
+        classes = np.unique(y[:, j])
+        if len(classes) < 2:
+            bias[j] = 10.0 if len(classes) and classes[0] == 1 else -10.0
+            continue
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(x, y[:, j])
+        weight[j], bias[j] = lr.coef_[0], lr.intercept_[0]
+    return weight, bias
+
+
 class ScanPrior(nn.Module):
     """A fixed logistic regression per output on a scan's :data:`~bundle.transforms.region.REGION_FEATURES` (the
     hand-made reference's statistics of the whole LA-region stack): logits ``(n, outputs)`` from features
@@ -201,8 +222,6 @@ class ScanPrior(nn.Module):
         Raises:
             ValueError: for mismatched shapes or an output index out of range.
         """
-        from sklearn.linear_model import LogisticRegression
-
         x, y = np.asarray(features, dtype=np.float64), np.asarray(targets).astype(int)
         if x.ndim != 2 or x.shape[1] != len(REGION_FEATURES) or len(y) != len(x) or y.ndim != 2:
             raise ValueError(
@@ -216,14 +235,7 @@ class ScanPrior(nn.Module):
         mean, scale = x.mean(0), x.std(0)
         scale = np.where(scale > 0, scale, 1.0)
         z = (x - mean) / scale
-        weight, bias = np.zeros(tuple(self.weight.shape)), np.zeros(len(self.bias))
-        for j in outputs:
-            classes = np.unique(y[:, j])
-            if len(classes) < 2:
-                bias[j] = 10.0 if len(classes) and classes[0] == 1 else -10.0
-                continue
-            lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(z, y[:, j])
-            weight[j], bias[j] = lr.coef_[0], lr.intercept_[0]
+        weight, bias = balanced_logistic(z, y, outputs, len(self.bias), c=c, seed=seed)
         for name, value in (("fill", fill), ("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
         return self
