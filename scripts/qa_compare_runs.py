@@ -1,10 +1,13 @@
 """Finished QA cross-validations side by side: validation scores (what a choice may rest on) and out-of-fold scores.
 
     python scripts/qa_compare_runs.py runs/cv_qa runs/cv_qa_scan_prior [--strategy region]
+    python scripts/qa_compare_runs.py runs/cv_qa_012 --strategy artifact_ensemble --temperature_ranges 0.25:4,1:1
 
 Each run is its seed ensemble per fold; per label, balanced accuracy at logit 0 / AUROC, on the folds' validation
 patients pooled (``val``) and on the held-out patients pooled (``test``), and the search's validation objective
-(``bundle.evaluation.qa_search.compare_runs``).
+(``bundle.evaluation.qa_search.compare_runs``). With ``--temperature_ranges``: instead, for each range of the
+calibration's temperature, the held-out ECE / log-loss / AUROC per label of each run's calibrated probabilities
+(``bundle.evaluation.qa_crossval.calibration_sweep``; ``1:1`` is no calibration).
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cv_dirs", nargs="+", help="finished QA cross-validation folders")
     p.add_argument("--strategy", default="region")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--temperature_ranges", default=None, help="e.g. 0.05:20,0.25:4,1:1 (lowest:highest temperature)")
     args = p.parse_args(argv)
     from bundle.data.datalist import SCORE_KEYS
     from bundle.evaluation.qa_search import compare_runs
 
+    if args.temperature_ranges:
+        return _sweep(args, SCORE_KEYS)
     rows = compare_runs(args.cv_dirs, args.strategy)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -44,6 +50,31 @@ def main(argv: list[str] | None = None) -> int:
                 + " | ".join(cells)
                 + f" | {r[part]['objective']:.3f} | {r['minutes']:.1f} |"
             )
+    return 0
+
+
+def _sweep(args: argparse.Namespace, labels: tuple[str, ...]) -> int:
+    from bundle.evaluation.qa_crossval import calibration_sweep
+
+    try:
+        ranges = [tuple(float(t) for t in r.split(":")) for r in args.temperature_ranges.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--temperature_ranges: expected lowest:highest,..., got {args.temperature_ranges!r}"
+        ) from None
+    if any(len(r) != 2 for r in ranges):
+        raise ValueError(f"--temperature_ranges: expected lowest:highest,..., got {args.temperature_ranges!r}")
+    rows = {d: calibration_sweep(d, args.strategy, ranges) for d in args.cv_dirs}
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("| run | temperature range | " + " | ".join(f"{k} ECE / log-loss / AUROC" for k in labels) + " |")
+    print("|---" * (len(labels) + 2) + "|")
+    for d, sweep in rows.items():
+        for r in sweep:
+            cells = [f"{r[f'{k}.ece']:.3f} / {r[f'{k}.log_loss']:.3f} / {r[f'{k}.auroc']:.3f}" for k in labels]
+            lo, hi = r["t_range"]
+            print(f"| {os.path.basename(d.rstrip('/'))} | [{lo:g}, {hi:g}] | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -53,9 +53,23 @@ MIN_AREA_GRID = (0.0, 10.0, 20.0, 40.0, 80.0, 120.0)  # mm^2, the slice rule's m
 
 
 def load_folds(path: str) -> list[dict[str, list[str]]]:
-    """The folds of a cross-validation (``<cv dir>/folds.json``): one ``{"train", "val", "test"}`` split per fold."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["folds"]
+    """The folds of a cross-validation (``<cv dir>/folds.json``): one ``{"train", "val", "test"}`` split per fold.
+
+    Raises:
+        DataError: for a missing or unreadable file, or one without a list of such splits.
+    """
+    from bundle.errors import DataError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            folds = json.load(f).get("folds")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: cannot read a cross-validation's folds file ({type(e).__name__})") from None
+    if not isinstance(folds, list) or not all(
+        isinstance(k, dict) and {"train", "val", "test"} <= set(k) for k in folds
+    ):
+        raise DataError(f"{path}: 'folds' must be a list of {{'train', 'val', 'test'}} patient lists")
+    return folds
 
 
 def _nanmean(values: Sequence[float]) -> float:

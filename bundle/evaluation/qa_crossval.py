@@ -36,6 +36,7 @@ from bundle.networks.loading import read_state_dict
 __all__ = [
     "QA_STRATEGIES",
     "TABLE2_METRICS",
+    "calibration_sweep",
     "export_qa_ensemble",
     "load_predictions",
     "qa_cross_validate",
@@ -83,10 +84,10 @@ def score_predictions(targets: np.ndarray, probs: np.ndarray, threshold: float =
     return out
 
 
-def _fit_temperatures(logits: np.ndarray, targets: np.ndarray) -> list[float]:
-    from bundle.metrics.calibration import fit_temperature
+def _fit_temperatures(logits: np.ndarray, targets: np.ndarray, t_range: Sequence[float] | None = None) -> list[float]:
+    from bundle.metrics.calibration import T_RANGE, fit_temperature
 
-    return [fit_temperature(logits[:, j], targets[:, j]) for j in range(logits.shape[1])]
+    return [fit_temperature(logits[:, j], targets[:, j], t_range or T_RANGE) for j in range(logits.shape[1])]
 
 
 def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe: dict, seed: int, out: str) -> dict:
@@ -307,11 +308,23 @@ def _log_child(client, experiment_id: str, parent: str, pred: dict, threshold: f
     client.set_terminated(rid, "FINISHED")
 
 
-def _calibrated(pred: dict) -> tuple[np.ndarray, np.ndarray]:
+def _temperature(pred: dict, t_range: Sequence[float] | None = None) -> list[float]:
+    """A fold's temperatures, fitted now on its stored validation logits (so a change of the calibration rule
+    re-scores finished runs without retraining); the reference keeps its logistic regression's own probabilities."""
+    if pred["strategy"] == "reference" or not pred.get("val_logits"):
+        return [1.0] * 4
+    return _fit_temperatures(
+        np.asarray(pred["val_logits"], dtype=np.float64).reshape(-1, 4),
+        np.asarray(pred["val_targets"], dtype=np.float64).reshape(-1, 4),
+        t_range,
+    )
+
+
+def _calibrated(pred: dict, t_range: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     from bundle.metrics.calibration import apply_temperature
 
     logits = np.asarray(pred["test_logits"], dtype=np.float64).reshape(-1, 4)
-    t = np.asarray(pred["temperature"], dtype=np.float64)
+    t = np.asarray(_temperature(pred, t_range), dtype=np.float64)
     return apply_temperature(logits, t), np.asarray(pred["test_targets"], dtype=np.float64).reshape(-1, 4)
 
 
@@ -347,6 +360,49 @@ def seed_ensembles(preds: Sequence[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def calibration_sweep(
+    output_dir: str, strategy: str, t_ranges: Sequence[Sequence[float]]
+) -> list[dict[str, float | list[float]]]:
+    """What the temperature range does to a finished QA cross-validation's held-out probabilities: for each
+    ``(lowest, highest)`` range, each fold's temperatures refitted on its validation logits within it and the
+    out-of-fold probabilities pooled; per label the ECE, the log-loss and the AUROC.
+
+    Args:
+        output_dir: a finished run's folder.
+        strategy: a network strategy, or its seed ensemble (``region_ensemble``).
+        t_ranges: the ranges to compare; ``(1, 1)`` is no calibration.
+
+    Returns:
+        One row per range: ``{"t_range": [lo, hi], "<label>.ece": ..., "<label>.log_loss": ..., "<label>.auroc": ...}``.
+
+    Raises:
+        DataError: where the run has no finished fold of ``strategy``.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from bundle.errors import DataError
+    from bundle.metrics.calibration import expected_calibration_error
+
+    base = strategy.removesuffix("_ensemble")
+    preds = load_predictions(output_dir, base)
+    if strategy != base:
+        preds = seed_ensembles(preds)
+    if not preds:
+        raise DataError(f"{output_dir} has no finished fold of {strategy}")
+    rows = []
+    for t_range in t_ranges:
+        parts = [_calibrated(p, t_range) for p in preds]
+        probs, targets = np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts])
+        row: dict[str, float | list[float]] = {"t_range": [float(t) for t in t_range]}
+        for j, label in enumerate(SCORE_KEYS):
+            y, p = targets[:, j], probs[:, j]
+            row[f"{label}.ece"] = expected_calibration_error(p, y)
+            row[f"{label}.log_loss"] = float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+            row[f"{label}.auroc"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+        rows.append(row)
+    return rows
 
 
 def _fmt(values: list[float]) -> str:

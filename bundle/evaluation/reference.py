@@ -28,6 +28,7 @@ from bundle.transforms.region import (
 __all__ = [
     "FEATURES",
     "REGION_FEATURES",
+    "attribute_ceiling",
     "fit_predict_reference",
     "fit_predict_region_reference",
     "region_features",
@@ -154,4 +155,67 @@ def fit_predict_region_reference(
         model.fit(x_train, y_train[:, j])
         if len(x_test):
             out[:, j] = model.decision_function(x_test)
+    return out
+
+
+def attribute_ceiling(entries: list[dict], folds: list[dict], seed: int = 0) -> dict[str, dict[str, float]]:
+    """How well the experts' own attribute scores predict their fibrosis verdict, out of fold: the ceiling of any
+    model that reaches the verdict through the three attributes.
+
+    Two rules, scored on each fold's held-out scans and on all of them pooled:
+
+    - ``mean_rule``: diagnostic when the mean of the three attribute scores is >= 3 (nothing fitted);
+    - ``logistic``: a class-balanced logistic regression on the three scores
+      (:func:`fit_predict_region_reference`), fitted on the fold's training and validation scans.
+
+    Args:
+        entries: the datalist's ``quality`` entries (``patient`` and the four 1..5 scores).
+        folds: ``{"train", "val", "test"}`` patient lists per fold (:func:`bundle.evaluation.crossval.load_folds`).
+        seed: the logistic regression's seed.
+
+    Returns:
+        ``{rule: {"balanced_accuracy", "auroc", "balanced_accuracy_std", "auroc_std", "pooled_balanced_accuracy",
+        "pooled_auroc"}}`` (std over folds; a fold with one class has a NaN AUROC, left out of the mean).
+
+    Raises:
+        ValueError: for entries without the scores or a patient in no fold's test part.
+    """
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from bundle.data.datalist import ATTRIBUTES, to_binary
+
+    missing = [e.get("image", "?") for e in entries if any(k not in e for k in (*ATTRIBUTES, "fibrosis", "patient"))]
+    if missing:
+        raise ValueError(f"quality entries without the patient or the four scores: {missing[:3]}")
+    tested = {p for f in folds for p in f["test"]}
+    outside = sorted({e["patient"] for e in entries} - tested)
+    if outside:
+        raise ValueError(f"patients in no fold's test part: {outside[:3]}; the folds do not cover this datalist")
+    x = np.array([[float(e[k]) for k in ATTRIBUTES] for e in entries])
+    y = np.array([to_binary(e["fibrosis"]) for e in entries])
+    patients = np.array([e["patient"] for e in entries])
+    scores: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"mean_rule": [], "logistic": []}
+    for fold in folds:
+        test = np.isin(patients, fold["test"])
+        fit = np.isin(patients, [*fold["train"], *fold["val"]])
+        scores["mean_rule"].append((y[test], x[test].mean(1) - 3.0))
+        logits = fit_predict_region_reference(x[fit], y[fit, None], x[test], seed)[:, 0]
+        scores["logistic"].append((y[test], logits))
+
+    def auroc(t: np.ndarray, s: np.ndarray) -> float:
+        return float(roc_auc_score(t, s)) if len(np.unique(t)) == 2 else float("nan")
+
+    out = {}
+    for rule, parts in scores.items():
+        ba = [balanced_accuracy_score(t, s >= 0) if len(np.unique(t)) == 2 else np.nan for t, s in parts]
+        au = [auroc(t, s) for t, s in parts]
+        t_all, s_all = np.concatenate([t for t, _ in parts]), np.concatenate([s for _, s in parts])
+        out[rule] = {
+            "balanced_accuracy": float(np.nanmean(ba)),
+            "balanced_accuracy_std": float(np.nanstd(ba)),
+            "auroc": float(np.nanmean(au)),
+            "auroc_std": float(np.nanstd(au)),
+            "pooled_balanced_accuracy": float(balanced_accuracy_score(t_all, s_all >= 0)),
+            "pooled_auroc": auroc(t_all, s_all),
+        }
     return out

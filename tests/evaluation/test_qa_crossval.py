@@ -162,3 +162,46 @@ def test_two_seeds_give_an_ensemble_row_and_the_export_takes_every_seed(tiny_dem
     json.dump(meta, open(out / "recipe.json", "w"))
     with pytest.raises(ValueError, match="la_stats cannot be exported"):
         export_qa_ensemble(str(out), str(tmp_path / "la_stats.pt"))
+
+
+def test_table2_refits_the_temperature_from_validation_and_the_sweep_scores_each_range(tmp_path):
+    import numpy as np
+
+    from bundle.errors import DataError
+    from bundle.evaluation.qa_crossval import calibration_sweep, write_table2
+
+    d = tmp_path / "region" / "fold0_seed0"
+    d.mkdir(parents=True)
+    pred = {
+        "strategy": "region",
+        "fold": 0,
+        "seed": 0,
+        "seconds": 60.0,
+        "temperature": [7.0] * 4,  # stale: stored at training time, not used by the table
+        "val_logits": [[1.0] * 4, [-2.0] * 4],  # separated at logit 0: the fit is T_RANGE's lower bound, 0.25
+        "val_targets": [[1] * 4, [0] * 4],
+        "test_logits": [[1.0] * 4, [-1.0] * 4],
+        "test_targets": [[1] * 4, [0] * 4],
+        "val_scans": ["v1", "v0"],
+        "test_scans": ["t1", "t0"],
+        "val_patients": ["V", "W"],
+        "test_patients": ["T", "U"],
+    }
+    (d / "predictions.json").write_text(json.dumps(pred))
+    write_table2(str(tmp_path), ["region"])
+    with open(tmp_path / "oof_predictions.csv", encoding="utf-8") as f:
+        probs = [float(r["probability"]) for r in csv.DictReader(f) if r["label"] == "fibrosis"]
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    assert probs == pytest.approx([sig(4.0), sig(-4.0)], rel=1e-3)  # logits / 0.25, not / 7
+
+    rows = calibration_sweep(str(tmp_path), "region", [(1.0, 1.0), (0.25, 4.0)])
+    # T = 1: p = 0.731 and 0.269, both right: log-loss -log(0.731) = 0.313; ECE: each scan alone in its bin, off by
+    # 0.269; AUROC 1. T = 0.25: p = 0.982 and 0.018: log-loss 0.018, ECE 0.018.
+    assert rows[0]["t_range"] == [1.0, 1.0] and rows[1]["t_range"] == [0.25, 4.0]
+    assert rows[0]["fibrosis.log_loss"] == pytest.approx(-np.log(sig(1.0)), rel=1e-3)
+    assert rows[0]["nulling.ece"] == pytest.approx(1 - sig(1.0), rel=1e-3)
+    assert rows[1]["sharpness.log_loss"] == pytest.approx(-np.log(sig(4.0)), rel=1e-3)
+    assert rows[1]["enhancement.ece"] == pytest.approx(1 - sig(4.0), rel=1e-3)
+    assert rows[0]["fibrosis.auroc"] == rows[1]["fibrosis.auroc"] == 1.0
+    with pytest.raises(DataError, match="no finished fold"):
+        calibration_sweep(str(tmp_path), "artifact", [(1.0, 1.0)])

@@ -47,3 +47,20 @@ def test_ece_matches_a_direct_loop():
         if m.any():
             direct += m.sum() / len(p) * abs(y[m].mean() - p[m].mean())
     assert expected_calibration_error(p, y) == pytest.approx(direct)
+
+
+def test_a_separated_validation_part_takes_the_lowest_temperature_of_the_range():
+    from bundle.metrics.calibration import T_RANGE
+
+    # every scan on the right side of logit 0: the likelihood keeps rising as T -> 0, so the fit is the lower bound
+    z, y = [2.0, 0.5, -0.3, -1.0], [1, 1, 0, 0]
+    assert fit_temperature(z, y) == pytest.approx(T_RANGE[0], rel=1e-4)
+    assert fit_temperature(z, y, t_range=(0.5, 2.0)) == pytest.approx(0.5, rel=1e-4)
+    assert fit_temperature(z, y, t_range=(1.0, 1.0)) == 1.0  # no calibration
+    # one scan on the wrong side: a finite optimum inside the range, the same whatever the (wide) range
+    z2 = [2.0, 0.5, 0.3, -1.0]
+    t = fit_temperature(z2, y)
+    assert T_RANGE[0] < t < T_RANGE[1] and fit_temperature(z2, y, t_range=(0.01, 100)) == pytest.approx(t, rel=1e-3)
+    for bad in [(0.0, 2.0), (2.0, 4.0), (0.5, 0.9)]:
+        with pytest.raises(ValueError, match="t_range"):
+            fit_temperature(z, y, t_range=bad)
