@@ -22,11 +22,7 @@ LAYERS = [  # bottom to top
 ]
 LEVEL = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
-KNOWN = {  # (importing module, imported module): why it stands
-    ("bundle.data.qa", "bundle.inference.detector"): "QA training slices chosen by the LA detector, as at inference",
-    ("bundle.data.qa", "bundle.inference.weights"): "the detector's plan for that selection",
-    ("bundle.data.qa", "bundle.networks.plan"): "the detector's plan file beside its checkpoint (cache key)",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # (importing module, imported module): why it stands
 
 
 def _package(module: str) -> str:

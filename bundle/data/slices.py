@@ -79,7 +79,7 @@ def volume_transform(
     )
 
 
-def _fingerprint(path: str) -> list:
+def file_fingerprint(path: str) -> list:
     """Identity of a file or folder's content for cache keys: names, sizes and modification times."""
     if os.path.isdir(path):
         return sorted(
@@ -191,7 +191,9 @@ class SliceCache:
         return int(self.images.nbytes + self.labels.nbytes)
 
     def _set_path(self) -> str:
-        key = hashlib.sha1(json.dumps([self._key(e) for e in self.entries] + [self.dtype]).encode()).hexdigest()[:20]
+        key = hashlib.sha1(json.dumps([self.entry_key(e) for e in self.entries] + [self.dtype]).encode()).hexdigest()[
+            :20
+        ]
         return os.path.join(self.cache_dir, f"set_{key}")
 
     def _write_set(self, path: str) -> None:
@@ -209,11 +211,12 @@ class SliceCache:
         with np.load(f"{path}_index.npz") as z:
             self.volume, self.slice, self.slice_axes = z["volume"], z["slice"], z["axes"].tolist()
 
-    def _key(self, entry: dict) -> str:
+    def entry_key(self, entry: dict) -> str:
+        """The cache key of one volume's slices: its files' identities and the preprocessing settings."""
         ident = [
             CACHE_VERSION,
-            _fingerprint(entry["image"]),
-            _fingerprint(entry["label"]) if entry.get("label") else None,
+            file_fingerprint(entry["image"]),
+            file_fingerprint(entry["label"]) if entry.get("label") else None,
             self.spatial_size,
             self.slice_axis,
             self.lower,
@@ -227,7 +230,7 @@ class SliceCache:
     def _volume(self, entry: dict) -> tuple[np.ndarray, np.ndarray, int, bool]:
         """(images (S, C, h, w) float16, masks (S, 1, h, w) uint8, slice axis, whether the volume was read now)."""
         with_label = bool(entry.get("label"))
-        path = os.path.join(self.cache_dir, f"slices_{self._key(entry)}.npz") if self.cache_dir else None
+        path = os.path.join(self.cache_dir, f"slices_{self.entry_key(entry)}.npz") if self.cache_dir else None
         if path and os.path.isfile(path):
             try:
                 with np.load(path) as z:

@@ -181,15 +181,16 @@ def reference_row(parser, output_dir: str, split_file: str, detector_ckpt: str, 
     Returns:
         the row as the networks' rows: ``n_slices``, ``n_scans``, ``seed``, ``metrics``.
     """
-    from bundle.data import prepare_data, qa_slices
+    from bundle.data import prepare_data
     from bundle.evaluation.reference import fit_predict_reference
     from bundle.evaluation.report import score_predictions
+    from bundle.inference import select_qa_slices
 
     data = prepare_data(
         parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("datalist"), output_dir, split_file
     )
     args = {**parser.get_parsed_content("qa_slice_args"), "detector_ckpt": detector_ckpt}
-    train, test = qa_slices(data, "train", **args), qa_slices(data, "test", **args)
+    train, test = select_qa_slices(data, "train", **args), select_qa_slices(data, "test", **args)
     probs, volumes, targets = fit_predict_reference(train, test, seed=seed)
     scored = score_predictions(volumes, probs, targets)
     return {"n_slices": scored["n_slices"], "n_scans": scored["n_scans"], "seed": seed, "metrics": scored["metrics"]}

@@ -1,8 +1,8 @@
 """Stage 1's decisions, one function each: the LA mask, the LA slices, whether the LA found is plausible.
 
 Inference (:class:`~bundle.inference.TwoStageStep`), the inference workflow's ``postprocessing`` (:class:`LAMaskd`,
-also MONAI Label's LA task), QA training's slice selection (``bundle.data.qa``) and the cross-validation's
-evaluation (``bundle.evaluation.crossval``) all call these, so they cannot disagree.
+also MONAI Label's LA task), QA training's slice selection (``bundle.inference.training_slices``) and the
+cross-validation's evaluation (``bundle.evaluation.crossval``) all call these, so they cannot disagree.
 """
 
 from __future__ import annotations

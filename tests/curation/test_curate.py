@@ -149,10 +149,11 @@ def test_write_curated_datalist_drops_only_the_given_entries(tmp_path):
 
 def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_demo, tmp_path):
     """drop_slices: a kept scan's flagged slices go to its entry's exclude_slices, and QASlices leaves them out."""
-    from bundle.data import prepare_data, qa_slices
+    from bundle.data import prepare_data
+    from bundle.inference import select_qa_slices
 
     data = prepare_data(datalist=tiny_demo, output_dir=str(tmp_path / "runs"), test_size=2, val_fraction=0.2)
-    full = qa_slices(data, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"))
+    full = select_qa_slices(data, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"))
     rec = full.records()
     volumes = np.array([r["volume"] for r in rec])
     slices = np.array([r["slice"] for r in rec])
@@ -199,13 +200,13 @@ def test_drop_slices_writes_exclude_slices_and_qa_training_honours_them(tiny_dem
         test_size=2,
         val_fraction=0.2,
     )
-    cur = qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"))
+    cur = select_qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"))
     assert len(cur) == len(full) - int(noise.sum())
     names = lambda s: {(s.cache.entries[r["volume"]]["image"], r["slice"]) for r in s.records()}  # noqa: E731
     assert names(cur) == {(full.cache.entries[v]["image"], int(s)) for v, s, n in zip(volumes, slices, noise) if not n}
     # with a reduced budget (every 2nd LA slice) the curated slices are the full budget's minus the excluded ones
-    half_full = qa_slices(data, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
-    half_cur = qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
+    half_full = select_qa_slices(data, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
+    half_cur = select_qa_slices(data2, "train", mode="mask", spatial_size=16, cache_dir=str(tmp_path / "cache"), step=2)
     assert names(half_cur) < names(half_full)
     flagged = {(full.cache.entries[v]["image"], int(s)) for v, s, n in zip(volumes, slices, noise) if n}
     assert names(half_full) - names(half_cur) <= flagged
