@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -36,9 +37,20 @@ def tree(folder, skip: str | None = None) -> set[str]:
     return out
 
 
+def _foreground_signals() -> None:
+    """In the child: Ctrl-C's signal handled as in a terminal's foreground job. A shell starts background jobs
+    (``cmd &``, as CI may be run) with SIGINT ignored, and a Python started so keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assess(*args, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, ASSESS, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+        [sys.executable, ASSESS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        preexec_fn=_foreground_signals,
     )
 
 
