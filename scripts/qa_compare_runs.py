@@ -34,7 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.evaluation.qa_search import compare_runs
 
     if args.temperature_ranges:
-        return _sweep(args, SCORE_KEYS)
+        try:
+            ranges = [tuple(float(t) for t in r.split(":")) for r in args.temperature_ranges.split(",")]
+        except ValueError:
+            ranges = []
+        if not ranges or any(len(r) != 2 or not 0 < r[0] <= 1 <= r[1] for r in ranges):
+            p.error(
+                f"--temperature_ranges: expected lowest:highest,... with 0 < lowest <= 1 <= highest, got "
+                f"{args.temperature_ranges!r}"
+            )
+        return _sweep(args, ranges, SCORE_KEYS)
     rows = compare_runs(args.cv_dirs, args.strategy)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -53,17 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace, labels: tuple[str, ...]) -> int:
+def _sweep(args: argparse.Namespace, ranges: list[tuple[float, ...]], labels: tuple[str, ...]) -> int:
     from bundle.evaluation.qa_crossval import calibration_sweep
 
-    try:
-        ranges = [tuple(float(t) for t in r.split(":")) for r in args.temperature_ranges.split(",")]
-    except ValueError:
-        raise ValueError(
-            f"--temperature_ranges: expected lowest:highest,..., got {args.temperature_ranges!r}"
-        ) from None
-    if any(len(r) != 2 for r in ranges):
-        raise ValueError(f"--temperature_ranges: expected lowest:highest,..., got {args.temperature_ranges!r}")
     rows = {d: calibration_sweep(d, args.strategy, ranges) for d in args.cv_dirs}
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.evaluation.reference import attribute_ceiling
 
     if not (args.dataset_dir or args.datalist):
-        raise ValueError("give --dataset_dir or --datalist")
+        p.error("give --dataset_dir or --datalist")
     path = args.datalist or os.path.join(args.dataset_dir, "dataset.json")
     root = args.dataset_dir or os.path.dirname(os.path.abspath(path))
     entries = load_datalist(path, root, LIST_KEYS)["quality"]

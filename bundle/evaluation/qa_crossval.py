@@ -380,10 +380,9 @@ def calibration_sweep(
     Raises:
         DataError: where the run has no finished fold of ``strategy``.
     """
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import log_loss
 
     from bundle.errors import DataError
-    from bundle.metrics.calibration import expected_calibration_error
 
     base = strategy.removesuffix("_ensemble")
     preds = load_predictions(output_dir, base)
@@ -395,12 +394,13 @@ def calibration_sweep(
     for t_range in t_ranges:
         parts = [_calibrated(p, t_range) for p in preds]
         probs, targets = np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts])
+        scored = score_predictions(targets, probs)  # Table 2's ECE and AUROC
         row: dict[str, float | list[float]] = {"t_range": [float(t) for t in t_range]}
         for j, label in enumerate(SCORE_KEYS):
-            y, p = targets[:, j], probs[:, j]
-            row[f"{label}.ece"] = expected_calibration_error(p, y)
-            row[f"{label}.log_loss"] = float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
-            row[f"{label}.auroc"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+            row[f"{label}.ece"], row[f"{label}.auroc"] = scored[label]["ece"], scored[label]["auroc"]
+            row[f"{label}.log_loss"] = float(
+                log_loss(targets[:, j], np.clip(probs[:, j], 1e-7, 1 - 1e-7), labels=[0, 1])
+            )
         rows.append(row)
     return rows
 

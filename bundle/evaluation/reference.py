@@ -178,19 +178,19 @@ def attribute_ceiling(entries: list[dict], folds: list[dict], seed: int = 0) -> 
         "pooled_auroc"}}`` (std over folds; a fold with one class has a NaN AUROC, left out of the mean).
 
     Raises:
-        ValueError: for entries without the scores or a patient in no fold's test part.
+        DataError: for entries without the scores or a patient in no fold's test part.
     """
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
     from bundle.data.datalist import ATTRIBUTES, to_binary
+    from bundle.errors import DataError
+    from bundle.metrics.qa import binary_metrics
 
     missing = [e.get("image", "?") for e in entries if any(k not in e for k in (*ATTRIBUTES, "fibrosis", "patient"))]
     if missing:
-        raise ValueError(f"quality entries without the patient or the four scores: {missing[:3]}")
+        raise DataError(f"quality entries without the patient or the four scores: {missing[:3]}")
     tested = {p for f in folds for p in f["test"]}
     outside = sorted({e["patient"] for e in entries} - tested)
     if outside:
-        raise ValueError(f"patients in no fold's test part: {outside[:3]}; the folds do not cover this datalist")
+        raise DataError(f"patients in no fold's test part: {outside[:3]}; the folds do not cover this datalist")
     x = np.array([[float(e[k]) for k in ATTRIBUTES] for e in entries])
     y = np.array([to_binary(e["fibrosis"]) for e in entries])
     patients = np.array([e["patient"] for e in entries])
@@ -201,21 +201,13 @@ def attribute_ceiling(entries: list[dict], folds: list[dict], seed: int = 0) -> 
         scores["mean_rule"].append((y[test], x[test].mean(1) - 3.0))
         logits = fit_predict_region_reference(x[fit], y[fit, None], x[test], seed)[:, 0]
         scores["logistic"].append((y[test], logits))
-
-    def auroc(t: np.ndarray, s: np.ndarray) -> float:
-        return float(roc_auc_score(t, s)) if len(np.unique(t)) == 2 else float("nan")
-
     out = {}
     for rule, parts in scores.items():
-        ba = [balanced_accuracy_score(t, s >= 0) if len(np.unique(t)) == 2 else np.nan for t, s in parts]
-        au = [auroc(t, s) for t, s in parts]
+        per_fold = [binary_metrics(t, s >= 0, s) for t, s in parts]  # NaN where a fold's test part has one class
         t_all, s_all = np.concatenate([t for t, _ in parts]), np.concatenate([s for _, s in parts])
-        out[rule] = {
-            "balanced_accuracy": float(np.nanmean(ba)),
-            "balanced_accuracy_std": float(np.nanstd(ba)),
-            "auroc": float(np.nanmean(au)),
-            "auroc_std": float(np.nanstd(au)),
-            "pooled_balanced_accuracy": float(balanced_accuracy_score(t_all, s_all >= 0)),
-            "pooled_auroc": auroc(t_all, s_all),
-        }
+        pooled = binary_metrics(t_all, s_all >= 0, s_all)
+        out[rule] = {"pooled_balanced_accuracy": pooled["balanced_accuracy"], "pooled_auroc": pooled["auroc"]}
+        for m in ("balanced_accuracy", "auroc"):
+            values = [f[m] for f in per_fold]
+            out[rule][m], out[rule][f"{m}_std"] = float(np.nanmean(values)), float(np.nanstd(values))
     return out

@@ -205,3 +205,13 @@ def test_table2_refits_the_temperature_from_validation_and_the_sweep_scores_each
     assert rows[0]["fibrosis.auroc"] == rows[1]["fibrosis.auroc"] == 1.0
     with pytest.raises(DataError, match="no finished fold"):
         calibration_sweep(str(tmp_path), "artifact", [(1.0, 1.0)])
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts", "qa_compare_runs.py")
+    cli = [sys.executable, script, str(tmp_path), "--temperature_ranges"]
+    out = subprocess.run([*cli, "0.25:4,1:1"], capture_output=True, text=True, check=True).stdout
+    assert f"| {tmp_path.name} | [0.25, 4] |" in out and f"| {tmp_path.name} | [1, 1] |" in out
+    for bad in ("1:x", "0.5:0.9"):  # not numbers; a range that does not hold T = 1
+        res = subprocess.run([*cli, bad], capture_output=True, text=True)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and "--temperature_ranges" in res.stderr
