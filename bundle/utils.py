@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from collections.abc import Sequence
 
 from bundle.errors import BundleError
 
@@ -126,12 +127,16 @@ def save_figure(fig, path: str, dpi: int = 90) -> str:
     return path
 
 
-def backup_existing(path: str, overwrite: bool = False) -> str | None:
+def backup_existing(path: str, overwrite: bool = False, companions: Sequence[str] = ()) -> str | None:
     """Keep an existing file before a run replaces it: moved to ``<stem>.<time><suffix>`` beside it.
+
+    Files beside it with the same stem and a suffix of ``companions`` move with it to ``<stem>.<time><companion>``:
+    ``[".json"]`` for a checkpoint, so the kept checkpoint keeps its plan and the run writes a new one.
 
     Args:
         path: file a run is about to write (e.g. ``models/model.pt``).
         overwrite: True lets the run replace the file without a copy.
+        companions: suffixes of the files that move with it (default none).
 
     Returns:
         the backup path, or None when nothing was moved.
@@ -139,12 +144,17 @@ def backup_existing(path: str, overwrite: bool = False) -> str | None:
     if overwrite or not os.path.isfile(path):
         return None
     stem, suffix = os.path.splitext(path)
-    backup = f"{stem}.{time.strftime('%Y%m%d_%H%M%S')}{suffix}"
+    stamp = time.strftime("%Y%m%d_%H%M%S")
     n = 1
-    while os.path.exists(backup):
-        backup, n = f"{stem}.{time.strftime('%Y%m%d_%H%M%S')}_{n}{suffix}", n + 1
+    while any(os.path.exists(f"{stem}.{stamp}{s}") for s in (suffix, *companions)):
+        stamp, n = f"{time.strftime('%Y%m%d_%H%M%S')}_{n}", n + 1
+    backup = f"{stem}.{stamp}{suffix}"
     shutil.move(path, backup)
     logger.info(f"kept the previous {path} as {backup}")
+    for extra in companions:
+        if extra != suffix and os.path.isfile(stem + extra):
+            shutil.move(stem + extra, f"{stem}.{stamp}{extra}")
+            logger.info(f"kept the previous {stem + extra} as {stem}.{stamp}{extra}")
     return backup
 
 

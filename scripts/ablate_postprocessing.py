@@ -8,10 +8,10 @@ per setting: mean 3D Dice, HD95 and slice F1 over the volumes. Trains nothing.
 
     python scripts/ablate_postprocessing.py --cv_dir runs/cv_detector --dataset_dir ../shared/data/la2018
 
-``--ensemble models/detector.pt`` takes the fold models from an exported ensemble instead (member k is fold k's
-model, tested on fold k's held-out patients; the folds are drawn again as the cross-validation drew them), so the
-shipped detector's out-of-fold figures can be ablated without its cross-validation folder; ``--tta`` adds flips at
-test time (``bundle.networks.FlipTTA``: both in-plane axes).
+``--ensemble models/detector.pt`` takes the fold models from an exported ensemble instead (members k, k + K, ...
+are fold k's models, tested on fold k's held-out patients; the folds are drawn again as the cross-validation drew
+them), so the shipped detector's out-of-fold figures can be ablated without its cross-validation folder; ``--tta``
+adds flips at test time (``bundle.networks.FlipTTA``: both in-plane axes).
 
     python scripts/ablate_postprocessing.py --ensemble models/detector.pt --dataset_dir ../shared/data/la2018 --tta
 """
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         ensemble, plan = load_detector(args.ensemble)
         with tempfile.TemporaryDirectory() as tmp:  # the folds as the cross-validation draws them (seed 0)
             folds, path, root = _make_folds(tmp, args.datalist, args.dataset_dir, args.folds, 0, args.n_val, 0.15)
-        if len(ensemble.members) != len(folds):
-            p.error(f"{args.ensemble} has {len(ensemble.members)} members, not one per fold ({len(folds)})")
-        models = {k: (m.eval(), plan) for k, m in enumerate(ensemble.members)}
+        if len(ensemble.members) % len(folds):
+            p.error(f"{args.ensemble} has {len(ensemble.members)} members, not one or more per fold ({len(folds)})")
+        models = {k: (ensemble.subset(k, len(folds)).eval(), plan) for k in range(len(folds))}
     else:
         path, root = resolve_datalist(args.dataset_dir, args.datalist, os.path.join(args.cv_dir, "demo"))
         folds = load_folds(os.path.join(args.cv_dir, "folds.json"))

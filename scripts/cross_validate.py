@@ -10,6 +10,10 @@ Any other ``--name value`` is a config override of every fold's training (as wit
     python scripts/cross_validate.py --dataset_dir ../shared/data/la2018 --output_dir runs/cv_detector
     python scripts/cross_validate.py --dataset_dir ../shared/data/la2018 --output_dir runs/cv_quick --folds 3 \\
         --run_folds 0 --max_epochs 10
+
+``--export models/detector.pt`` writes the folds' ensemble with its plan; ``--export_with runs/<other cv>`` adds the
+fold models of another cross-validation on the same folds (the shipped detector: the recipe at 1.0 and 1.25 mm) and
+scores the ensemble out of fold as shipped.
 """
 
 from __future__ import annotations
@@ -48,9 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="after the folds: write their ensemble to CKPT (with its plan), e.g. models/detector.pt",
     )
+    p.add_argument(
+        "--export_with",
+        metavar="DIRS",
+        default=None,
+        help="with --export: comma-separated finished cross-validations on the same folds whose fold models join the "
+        "ensemble (e.g. the recipe at another pixel size); the ensemble is then scored out of fold as shipped",
+    )
     p.add_argument("--overwrite", action="store_true", help="with --export: replace an existing checkpoint")
     p.add_argument("--bundle_root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args, rest = p.parse_known_args(argv)
+    if args.export_with and not args.export:
+        p.error("--export_with needs --export")
     try:
         overrides = parse_overrides(rest)
     except ValueError as e:
@@ -80,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cross-validation: {res['results_csv']}")
     if args.export:
         try:
-            export_ensemble(args.output_dir, args.export, overwrite=args.overwrite, command=command)
+            export_ensemble(
+                args.output_dir,
+                args.export,
+                overwrite=args.overwrite,
+                command=command,
+                with_dirs=[d for d in (args.export_with or "").split(",") if d],
+                dataset_dir=args.dataset_dir,
+                datalist=args.datalist,
+            )
         except (FileExistsError, ValueError) as e:
             print(f"ERROR export: {e}", file=sys.stderr)
             return 2

@@ -116,6 +116,24 @@ def test_baseline_training(baseline_run, tiny_demo):
     assert json.load(open(out / run.info.run_name / "config.json"))["datalist"] == tiny_demo
 
 
+def test_baseline_training_writes_the_plan_inference_builds_from(baseline_run):
+    """The plan beside the checkpoint gives inference the network (no QA config parsed) and the paper's decision."""
+    from bundle.inference import qa_network
+    from bundle.networks import load_qa_plan
+
+    _, models = baseline_run
+    plan = json.load(open(models / "qa_baseline.json"))
+    assert plan["kind"] == "qa" and plan["checkpoint"] == "qa_baseline.pt" and plan["strategy"] == "baseline"
+    assert plan["network_def"]["layers"] == TINY["encoder_layers"] and plan["network_def"]["pretrained_path"] is None
+    assert plan["labels"] == ["nulling", "sharpness", "enhancement", "fibrosis"]
+    flat = load_qa_plan(str(models / "qa_baseline.pt"))
+    assert (flat["rule"], flat["threshold"], flat["temperature"], flat["region"]) == ("mode", 0.5, None, None)
+    assert flat["spatial_size"] == TINY["spatial_size"]
+    net = qa_network(flat, qa_config=["no/such/config.yaml"])  # the plan is enough
+    net.load_state_dict(torch.load(models / "qa_baseline.pt", map_location="cpu"))  # strict: every tensor fits
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+
+
 def test_multitask_training_with_detector_selection(tiny_demo, tmp_path):
     """Multi-task QA on the slices a (known) LA detector selects: the dict output, the Dice term, the masks."""
     models = tmp_path / "models"
@@ -134,6 +152,8 @@ def test_multitask_training_with_detector_selection(tiny_demo, tmp_path):
     )
     state = torch.load(models / "qa_multitask.pt", map_location="cpu")
     assert any(k.startswith("decoder.") for k in state) and any(k.startswith("seg_head.") for k in state)
+    plan = json.load(open(models / "qa_multitask.json"))
+    assert plan["strategy"] == "multitask" and plan["network_def"]["segmentation"] is True
     client, exp = _client(out)
     (run,) = client.search_runs([exp])
     assert run.data.params["qa_slices"] == "detector" and run.data.params["loss"] == "MultiTaskLoss"

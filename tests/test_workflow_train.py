@@ -42,7 +42,8 @@ def _artifacts(client, run_id, path=""):
 def test_one_epoch_smoke(tiny_demo, tmp_path):
     out, models = tmp_path / "runs", tmp_path / "models"
     models.mkdir()
-    (models / "model.pt").write_bytes(b"previous weights")  # must survive the run
+    (models / "model.pt").write_bytes(b"previous weights")  # must survive the run, with its plan
+    (models / "model.json").write_text('{"previous": "plan"}')
     wf = ConfigWorkflow(
         config_file=CONFIG,
         meta_file=os.path.join(ROOT, "configs", "metadata.json"),
@@ -62,6 +63,10 @@ def test_one_epoch_smoke(tiny_demo, tmp_path):
     assert "model.0.conv.unit0.conv.weight" in state or any(k.endswith("weight") for k in state)
     backups = glob.glob(str(models / "model.*.pt"))
     assert len(backups) == 1 and open(backups[0], "rb").read() == b"previous weights"
+    assert json.load(open(backups[0][: -len(".pt")] + ".json")) == {"previous": "plan"}  # the kept one keeps its plan
+    plan = json.load(open(models / "model.json"))  # the new checkpoint's plan
+    assert plan["kind"] == "detector" and plan["checkpoint"] == "model.pt"
+    assert plan["preprocessing"]["spatial_size"] == TINY["spatial_size"]
 
     client, runs = _runs(out)
     assert len(runs) == 1

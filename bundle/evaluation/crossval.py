@@ -240,8 +240,6 @@ def _evaluate_fold(
     With ``val_entries`` the minimum LA area of the slice rule is first chosen on them (:func:`tune_min_area`) and
     written into the checkpoint's plan, so the plan says what was evaluated.
     """
-    import nibabel as nib
-
     from bundle.inference.detector import load_detector
     from bundle.networks.plan import plan_path, write_plan
 
@@ -265,6 +263,13 @@ def _evaluate_fold(
         for k in ("plan_version", "checkpoint", "written"):
             body.pop(k, None)
         write_plan(ckpt, body)
+    return _score_fold(network, plan, entries, fold, mask_dir, dataset_dir)
+
+
+def _score_fold(network, plan: dict, entries: list[dict], fold: int, mask_dir: str, dataset_dir: str) -> list[dict]:
+    """One row per held-out volume (:func:`bundle.metrics.mask_metrics`, the plan's rule), its mask saved."""
+    import nibabel as nib
+
     rows = []
     os.makedirs(mask_dir, exist_ok=True)
     t0 = time.time()
@@ -506,26 +511,71 @@ def _tabulate(out: str, client, parent: str) -> dict:
     return {"rows": rows, "summary": summary, "results_csv": csv_path, "complete": len(fold_rows) == n_folds}
 
 
-def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: bool = True, command: str = "") -> str:
+def _group_member(plan: dict, base: dict, source: str) -> tuple[dict, float]:
+    """A fold plan's network definition as a member of an ensemble run with ``base``'s preprocessing, and its scale.
+
+    Raises:
+        ValueError: when the two differ in anything but the pixel size (window in mm, 2.5D context, slice axis).
+    """
+    pre, ref = plan["preprocessing"], base["preprocessing"]
+    same = ("context_slices", "context_mm", "slice_axis", "intensity")
+    if pre.get("pixel_mm") is None or ref.get("pixel_mm") is None:
+        if pre != ref:
+            raise ValueError(f"{source}: slices resized (no pixel_mm) and a preprocessing other than the first's")
+        return plan["network_def"], 1.0
+    window, ref_window = pre["spatial_size"] * pre["pixel_mm"], ref["spatial_size"] * ref["pixel_mm"]
+    if any(pre.get(k) != ref.get(k) for k in same) or abs(window - ref_window) > 1e-6:
+        raise ValueError(
+            f"{source}: its preprocessing differs from the first's in more than the pixel size (window "
+            f"{window:g} against {ref_window:g} mm, or the context, slice axis or intensity); they cannot form one "
+            "ensemble"
+        )
+    scale = float(ref["pixel_mm"]) / float(pre["pixel_mm"])
+    if abs(scale - 1.0) < 1e-9:
+        return plan["network_def"], 1.0
+    return {"_target_": "bundle.networks.Rescaled", "network": plan["network_def"], "scale": scale}, scale
+
+
+def export_ensemble(
+    cv_dir: str,
+    ckpt_path: str,
+    overwrite: bool = False,
+    half: bool = True,
+    command: str = "",
+    with_dirs: Sequence[str] = (),
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+) -> str:
     """The K fold models of a finished cross-validation as one checkpoint (:class:`bundle.networks.Ensemble`).
 
     The members' weights go into one state dict (float16 with ``half``: they load into float32 networks); the plan
     beside it takes the folds' shared preprocessing, the median of their validation-chosen minimum LA areas, the
     cross-validated figures and the commands that produced them.
 
+    With ``with_dirs``, other finished cross-validations on the same folds (e.g. the same recipe at another pixel
+    size) join: their fold models run inside the first's inferer (:class:`bundle.networks.Rescaled` where their
+    pixel size differs). The ensemble is then scored out of fold as it is shipped: fold ``k``'s models of every
+    cross-validation (:meth:`bundle.networks.Ensemble.subset`) predict fold ``k``'s held-out patients, with the
+    minimum LA area chosen on fold ``k``'s validation patients; the plan's figures and area come from that scoring,
+    whose rows go to ``<cv_dir>/export_<name>/cv_results.csv`` (with ``cv_summary.json`` and the masks).
+
     Args:
-        cv_dir: the cross-validation's folder (every fold evaluated).
+        cv_dir: the cross-validation's folder (every fold evaluated); its preprocessing is the ensemble's.
         ckpt_path: the checkpoint to write (e.g. ``models/detector.pt``).
         overwrite: replace an existing checkpoint (otherwise refuse).
         half: store the weights as float16.
         command: the export command, recorded in the plan.
+        with_dirs: more cross-validations whose fold models join.
+        dataset_dir: with ``with_dirs``: the data the folds were drawn from (as for the cross-validation).
+        datalist: with ``with_dirs``: its datalist.
 
     Returns:
         ``ckpt_path``.
 
     Raises:
         FileExistsError: when ``ckpt_path`` exists and ``overwrite`` is False.
-        ValueError: when a fold is unfinished or the folds' networks or preprocessing differ.
+        ValueError: when a fold is unfinished, the cross-validations' folds differ, or the folds' networks or
+            preprocessing cannot form one ensemble.
     """
     from dataclasses import asdict
 
@@ -536,50 +586,150 @@ def export_ensemble(cv_dir: str, ckpt_path: str, overwrite: bool = False, half: 
 
     if os.path.exists(ckpt_path) and not overwrite:
         raise FileExistsError(f"{ckpt_path} exists: pass overwrite to replace it")
-    n = len(load_folds(os.path.join(cv_dir, FOLDS_FILE)))
-    plans, states = [], []
-    for k in range(n):
-        fold = os.path.join(cv_dir, f"fold{k}")
-        if not os.path.isfile(os.path.join(fold, "fold_metrics.json")):
-            raise ValueError(f"{fold}: fold {k} is not finished; run the cross-validation to the end first")
-        with open(plan_path(os.path.join(fold, "model.pt")), encoding="utf-8") as f:
-            plans.append(json.load(f))
-        states.append(read_state_dict(os.path.join(fold, "model.pt"), f"fold {k} model"))
-    first = plans[0]
-    for p in plans[1:]:
-        if p["network_def"] != first["network_def"] or p["preprocessing"] != first["preprocessing"]:
-            raise ValueError(f"{cv_dir}: the folds' networks or preprocessing differ; they cannot form one ensemble")
-    state = {
-        f"members.{k}.{name}": (v.half() if half and v.is_floating_point() else v)
-        for k, s in enumerate(states)
-        for name, v in s.items()
+    dirs = [cv_dir, *with_dirs]
+    folds = load_folds(os.path.join(cv_dir, FOLDS_FILE))
+    n = len(folds)
+    groups = []  # per cross-validation: its folds' plans and state dicts
+    for d in dirs:
+        if load_folds(os.path.join(d, FOLDS_FILE)) != folds:
+            raise ValueError(f"{d}: its folds differ from {cv_dir}'s; only cross-validations on the same folds join")
+        plans, states = [], []
+        for k in range(n):
+            fold = os.path.join(d, f"fold{k}")
+            if not os.path.isfile(os.path.join(fold, "fold_metrics.json")):
+                raise ValueError(f"{fold}: fold {k} is not finished; run the cross-validation to the end first")
+            with open(plan_path(os.path.join(fold, "model.pt")), encoding="utf-8") as f:
+                plans.append(json.load(f))
+            states.append(read_state_dict(os.path.join(fold, "model.pt"), f"fold {k} model"))
+        if any(
+            p["network_def"] != plans[0]["network_def"] or p["preprocessing"] != plans[0]["preprocessing"]
+            for p in plans
+        ):
+            raise ValueError(f"{d}: the folds' networks or preprocessing differ; they cannot form one ensemble")
+        groups.append((plans, states))
+    first = groups[0][0][0]
+    members, scales = [], []
+    for d, (plans, _) in zip(dirs, groups):
+        member, scale = _group_member(plans[0], first, d)
+        members.append(member)
+        scales.append(scale)
+    state = {}
+    for g, (plans, states) in enumerate(groups):
+        prefix = "network." if members[g] is not plans[0]["network_def"] else ""
+        for k, sd in enumerate(states):
+            for name, v in sd.items():
+                state[f"members.{g * n + k}.{prefix}{name}"] = v.half() if half and v.is_floating_point() else v
+    network_def = {
+        "_target_": "bundle.networks.Ensemble",
+        "network": members[0] if len(members) == 1 else members,
+        "members": n,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
-    tmp = f"{ckpt_path}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt_path)
-    areas = [float(p["postprocessing"]["min_la_area_mm2"]) for p in plans]
-    with open(os.path.join(cv_dir, "cv_summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
-    post = {**first["postprocessing"], "min_la_area_mm2": float(np.median(areas))}
     body = {
         "kind": "detector",
-        "network_def": {"_target_": "bundle.networks.Ensemble", "network": first["network_def"], "members": n},
+        "network_def": network_def,
         "preprocessing": first["preprocessing"],
-        "postprocessing": post,
+        "postprocessing": first["postprocessing"],
         "la_bounds": first.get("la_bounds") or asdict(LABounds()),
-        "tuning": {"min_la_area_mm2": {"per_fold": areas, "rule": "median of the folds' validation choices"}},
-        "cross_validation": {"folds": n, "summary": summary["summary"], "volumes": summary["volumes"]},
-        "provenance": {
-            **first.get("provenance", {}),
-            "cross_validation_dir": os.path.abspath(cv_dir),
-            "cross_validation_command": json.load(open(os.path.join(cv_dir, "cv_state.json"))).get("command", ""),
-            "export_command": command,
-            "weights": "float16" if half else "float32",
-        },
     }
+    provenance = {
+        **first.get("provenance", {}),
+        "cross_validation_dir": os.path.abspath(cv_dir),
+        "cross_validation_command": _cv_command(cv_dir),
+        "export_command": command,
+        "weights": "float16" if half else "float32",
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+    stem = os.path.splitext(ckpt_path)[0]
+    tmp = f"{stem}.{os.getpid()}.tmp.pt"  # the finished checkpoint replaces ckpt_path only once it is scored
+    try:
+        torch.save(state, tmp)
+        if len(dirs) == 1:
+            areas = [float(p["postprocessing"]["min_la_area_mm2"]) for p in groups[0][0]]
+            with open(os.path.join(cv_dir, "cv_summary.json"), encoding="utf-8") as f:
+                summary = json.load(f)
+            rule = "median of the folds' validation choices"
+            cross_validation = {"folds": n, "summary": summary["summary"], "volumes": summary["volumes"]}
+        else:
+            provenance["joined_cross_validations"] = [
+                {"dir": os.path.abspath(d), "command": _cv_command(d), "scale": sc}
+                for d, sc in zip(dirs[1:], scales[1:])
+            ]
+            write_plan(tmp, body)
+            name = os.path.basename(stem)
+            areas, summary = _score_export(tmp, folds, dataset_dir, datalist, os.path.join(cv_dir, f"export_{name}"))
+            rule = "median of the ensemble's validation choices, fold by fold"
+            cross_validation = {
+                "folds": n,
+                "summary": summary["summary"],
+                "volumes": summary["volumes"],
+                "scored": "fold k's members of every joined cross-validation on fold k's held-out patients",
+            }
+        body["postprocessing"] = {**first["postprocessing"], "min_la_area_mm2": float(np.median(areas))}
+        body.update(
+            tuning={"min_la_area_mm2": {"per_fold": areas, "rule": rule}},
+            cross_validation=cross_validation,
+            provenance=provenance,
+        )
+        os.replace(tmp, ckpt_path)
+    finally:
+        for leftover in (tmp, plan_path(tmp)):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     write_plan(ckpt_path, body)
     logger.info(
-        f"ensemble of {n} folds: {ckpt_path} ({os.path.getsize(ckpt_path) / 1e6:.1f} MB), plan {plan_path(ckpt_path)}"
+        f"ensemble of {n} folds x {len(dirs)}: {ckpt_path} ({os.path.getsize(ckpt_path) / 1e6:.1f} MB), "
+        f"plan {plan_path(ckpt_path)}"
     )
     return ckpt_path
+
+
+def _cv_command(cv_dir: str) -> str:
+    path = os.path.join(cv_dir, "cv_state.json")
+    return json.load(open(path, encoding="utf-8")).get("command", "") if os.path.isfile(path) else ""
+
+
+def _score_export(
+    ckpt_path: str, folds: list[dict], dataset_dir: str | None, datalist: str | None, out: str
+) -> tuple[list[float], dict]:
+    """Score an exported ensemble out of fold as it is shipped: per fold, its members of that fold, the minimum LA
+    area chosen on the fold's validation patients, the held-out patients scored; rows and summary written to ``out``.
+
+    Returns:
+        ``(per-fold minimum areas, {"summary", "volumes"})``.
+    """
+    from bundle.data.datalist import LIST_KEYS, load_datalist
+    from bundle.data.prepare import resolve_datalist
+    from bundle.inference.detector import load_detector
+
+    if dataset_dir is None and datalist is None:
+        raise ValueError("scoring a joined ensemble needs the data its folds were drawn from (dataset_dir/datalist)")
+    path, root = resolve_datalist(dataset_dir, datalist, os.path.join(out, "demo"))
+    entries = load_datalist(path, root, LIST_KEYS)["segmentation"]
+    ensemble, plan = load_detector(ckpt_path)
+    areas, rows = [], []
+    for k, fold in enumerate(folds):
+        network = ensemble.subset(k, len(folds))
+        val = [e for e in entries if e["patient"] in set(fold["val"])]
+        held = [e for e in entries if e["patient"] in set(fold["test"])]
+        best, mean = tune_min_area(network, plan, val)
+        logger.info(f"export fold {k}: min_la_area_mm2 {best:g} on {len(val)} validation volumes ({mean})")
+        areas.append(best)
+        fold_plan = {**plan, "min_la_area_mm2": best}
+        for r in _score_fold(network, fold_plan, held, k, os.path.join(out, "masks"), root):
+            rows.append(r)
+    summary = summarise_folds(rows)
+    os.makedirs(out, exist_ok=True)
+    columns = ["fold", "patient", "image", *CV_METRICS, "min_la_area_mm2", "reasons"]
+    with open(os.path.join(out, "cv_results.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    result = {"summary": summary, "volumes": len(rows)}
+    with open(os.path.join(out, "cv_summary.json"), "w", encoding="utf-8") as f:
+        json.dump({**result, "min_la_area_mm2": areas}, f, indent=1)
+    line = ", ".join(
+        f"{m} {summary[m]['fold_mean']:.3f}±{summary[m]['fold_std']:.3f}" for m in ("dice", "hd95_mm", "slice_f1")
+    )
+    logger.info(f"export scored out of fold on {len(rows)} volumes: {line}")
+    return areas, result

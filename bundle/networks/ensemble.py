@@ -1,13 +1,16 @@
-"""An ensemble of networks of one architecture, averaged: the cross-validation folds as one detector."""
+"""Ensembles of networks, averaged: the cross-validation folds as one detector, and members trained at another pixel
+size run inside one inferer (:class:`Rescaled`)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Ensemble", "FlipTTA"]
+__all__ = ["Ensemble", "FlipTTA", "Rescaled"]
 
 
 class Ensemble(nn.Module):
@@ -15,30 +18,53 @@ class Ensemble(nn.Module):
     logit) or logits.
 
     nnU-Net's practice: the K fold models of a cross-validation predict together at inference. The state dict holds
-    ``members.<k>.<parameter>``, so one checkpoint file carries every member.
+    ``members.<k>.<parameter>``, so one checkpoint file carries every member. ``network`` may be a list of
+    architectures (e.g. one detector recipe at two pixel sizes, the second :class:`Rescaled`): each gets ``members``
+    copies, in order, so member ``g * members + k`` is fold ``k``'s model of architecture ``g`` (:meth:`subset`
+    picks one fold's).
 
     Args:
-        network: the member architecture (each member is a deep copy; weights come from the checkpoint).
-        members: how many members.
+        network: the member architecture, or a list of them (each member is a deep copy; weights come from the
+            checkpoint).
+        members: how many members (of each architecture).
         combine: ``"prob"`` (the detector's: the logit of the mean probability) or ``"logit"`` (the mean logit, as
             the LA-region QA network's scan verdict pools its slices).
+
+    Raises:
+        ValueError: for fewer than one member or architecture, or an unknown ``combine``.
     """
 
-    def __init__(self, network: nn.Module, members: int = 5, combine: str = "prob") -> None:
+    def __init__(self, network: nn.Module | Sequence[nn.Module], members: int = 5, combine: str = "prob") -> None:
         super().__init__()
         if int(members) < 1:
             raise ValueError(f"members must be >= 1, got {members}")
         if combine not in ("prob", "logit"):
             raise ValueError(f"combine must be 'prob' or 'logit', got {combine!r}")
+        networks = list(network) if isinstance(network, Sequence) else [network]
+        if not networks:
+            raise ValueError("network must be a network or a non-empty list of networks")
         self.combine = combine
-        self.members = nn.ModuleList([copy.deepcopy(network) for _ in range(int(members))])
+        self.members_per_network = int(members)
+        self.members = nn.ModuleList([copy.deepcopy(n) for n in networks for _ in range(int(members))])
 
     @classmethod
     def from_networks(cls, networks: list[nn.Module], combine: str = "prob") -> Ensemble:
-        """An ensemble holding ``networks`` themselves (e.g. trained fold models), which share one architecture."""
+        """An ensemble holding ``networks`` themselves (e.g. trained fold models)."""
         ens = cls(networks[0], members=1, combine=combine)
         ens.members = nn.ModuleList(networks)
+        ens.members_per_network = len(networks)
         return ens
+
+    def subset(self, index: int, period: int) -> Ensemble:
+        """The members ``index``, ``index + period``, ... (sharing their weights): with ``period`` the number of folds,
+        fold ``index``'s models of every architecture, which score fold ``index``'s held-out patients.
+
+        Raises:
+            ValueError: when the members do not come in groups of ``period`` or ``index`` is outside them.
+        """
+        if period < 1 or len(self.members) % period or not 0 <= index < period:
+            raise ValueError(f"{len(self.members)} members do not split into {period} folds to pick fold {index} from")
+        return Ensemble.from_networks(list(self.members)[index::period], combine=self.combine)
 
     @property
     def uses_scan_prior(self) -> bool:
@@ -81,3 +107,35 @@ class FlipTTA(nn.Module):
             for f in self.flips
         ]
         return torch.logit(torch.stack(probs).mean(0), eps=1e-6)
+
+
+class Rescaled(nn.Module):
+    """A network trained at another pixel size, run on this inferer's slices: its input resampled by ``scale``
+    (bilinear), its logits resampled back to the input's size.
+
+    A detector trained at 1.25 mm pixels inside a 1.0 mm inferer is ``Rescaled(network, scale=0.8)``: a 160-pixel
+    window (160 mm) becomes the 128 pixels (160 mm) it was trained on. The window in mm, the 2.5D context and the
+    slice axis must be the training's (:func:`bundle.evaluation.crossval.export_ensemble` checks them).
+
+    Args:
+        network: maps ``(N, C, h, w)`` to logits ``(N, K, h, w)``.
+        scale: the inferer's pixel size over the network's (> 0).
+
+    Raises:
+        ValueError: for a scale that is not positive.
+    """
+
+    def __init__(self, network: nn.Module, scale: float) -> None:
+        super().__init__()
+        if not float(scale) > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.network = network
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[2:])
+        if self.scale == 1.0:
+            return self.network(x)
+        inner = tuple(max(1, round(s * self.scale)) for s in size)
+        y = self.network(F.interpolate(x, size=inner, mode="bilinear", align_corners=False))
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)

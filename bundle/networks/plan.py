@@ -29,6 +29,7 @@ __all__ = [
     "plan_path",
     "write_detector_plan",
     "write_plan",
+    "write_qa_plan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,29 @@ def _concrete_network_def(parser, network_id: str = "network_def") -> dict:
     return out
 
 
+def _provenance(parser, config_file: str) -> dict:
+    """Where a checkpoint came from: its data, the run's resolved config, the command, the commit, torch."""
+    return {
+        "data": {k: parser.get(k) for k in ("dataset_dir", "datalist", "split_file") if k in parser},
+        "config": os.path.abspath(config_file),
+        "command": " ".join(sys.argv),
+        "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+        "torch": torch.__version__,
+    }
+
+
+def _run_config(ckpt_path: str, config_file: str):
+    """The parser of a training run's resolved config, or None (with a warning) when no checkpoint was saved."""
+    from monai.bundle import ConfigParser
+
+    if not os.path.isfile(ckpt_path):
+        logger.warning(f"{ckpt_path}: no checkpoint, so no plan written")
+        return None
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    return parser
+
+
 def write_detector_plan(ckpt_path: str, config_file: str, extra: dict | None = None) -> str | None:
     """Write the plan of a detector checkpoint from its training run's resolved config (``config.json``).
 
@@ -112,15 +136,10 @@ def write_detector_plan(ckpt_path: str, config_file: str, extra: dict | None = N
     Returns:
         the plan's path, or None when there is no checkpoint.
     """
-    from monai.bundle import ConfigParser
-
-    if not os.path.isfile(ckpt_path):
-        logger.warning(f"{ckpt_path}: no checkpoint, so no plan written")
+    parser = _run_config(ckpt_path, config_file)
+    if parser is None:
         return None
-    parser = ConfigParser()
-    parser.read_config(config_file)
     settings = {k: parser.get_parsed_content(k) if k in parser else v for k, v in DETECTOR_KEYS.items()}
-    data = {k: parser.get(k) for k in ("dataset_dir", "datalist", "split_file") if k in parser}
     plan = {
         "kind": "detector",
         "network_def": _concrete_network_def(parser),
@@ -129,14 +148,51 @@ def write_detector_plan(ckpt_path: str, config_file: str, extra: dict | None = N
             **{k: settings[k] for k in ("spatial_size", "pixel_mm", "context_slices", "context_mm", "slice_axis")},
         },
         "postprocessing": {k: settings[k] for k in ("la_threshold", "keep_largest", "min_la_area_mm2")},
-        "provenance": {
-            "data": data,
-            "config": os.path.abspath(config_file),
-            "command": " ".join(sys.argv),
-            "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
-            "torch": torch.__version__,
-        },
+        "provenance": _provenance(parser, config_file),
         **(extra or {}),
+    }
+    path = write_plan(ckpt_path, plan)
+    logger.info(f"plan of {ckpt_path}: {path}")
+    return path
+
+
+def write_qa_plan(ckpt_path: str, config_file: str) -> str | None:
+    """Write the plan of a QA checkpoint trained by a ``configs/qa_*.yaml`` workflow, from the run's resolved config.
+
+    With it, inference, evaluation and MONAI Label build the network from the plan's concrete ``network_def``, as
+    for the shipped network, instead of parsing the training workflow's files again (``qa_config``). The decision is
+    the training workflows' own: whole LA slices resized to ``spatial_size``, the paper's slice vote (``mode``) at
+    0.5, no calibration. ``pretrained_path`` is cleared: the checkpoint holds every weight.
+
+    Args:
+        ckpt_path: the checkpoint (nothing is written when it does not exist: no epoch improved).
+        config_file: the run's ``config.json`` (``bundle.utils.save_resolved_config``).
+
+    Returns:
+        the plan's path, or None when there is no checkpoint.
+    """
+    from bundle.data.datalist import SCORE_KEYS
+
+    parser = _run_config(ckpt_path, config_file)
+    if parser is None:
+        return None
+    network_def = _concrete_network_def(parser)
+    if "pretrained_path" in network_def:
+        network_def["pretrained_path"] = None
+    plan = {
+        "kind": "qa",
+        "network_def": network_def,
+        "labels": list(SCORE_KEYS),
+        "strategy": parser.get("strategy"),
+        "preprocessing": {
+            "intensity": INTENSITY,
+            "spatial_size": int(parser.get_parsed_content("spatial_size")),
+            "region": None,
+            "slices": f"LA slices chosen by qa_slices={parser.get('qa_slices')!r} (bundle.inference.select_qa_slices)",
+        },
+        "decision": {k: QA_DEFAULTS[k] for k in ("rule", "threshold", "temperature", "refer_uncertainty")},
+        "cam_layer": QA_DEFAULTS["cam_layer"],
+        "provenance": _provenance(parser, config_file),
     }
     path = write_plan(ckpt_path, plan)
     logger.info(f"plan of {ckpt_path}: {path}")

@@ -109,6 +109,59 @@ def test_cross_validation_two_folds_resume_and_ensemble(tiny_demo, tmp_path):
     image = os.path.join(demo_root, json.load(open(tiny_demo))["segmentation"][0]["image"])
     la = segment_la(network, plan, load_volume(image))
     assert la["mask"].shape == load_volume(image).shape and la["mask"].dtype == torch.uint8
+    _joined_export(out, tmp_path, tiny_demo, image)
+
+
+def _joined_export(out, tmp_path, tiny_demo, image):
+    """A second cross-validation on the same folds at twice the pixel size joins the first's ensemble: its members run
+    Rescaled inside the first's inferer, and the ensemble is scored out of fold as shipped."""
+    import shutil
+
+    from bundle.networks import Ensemble, Rescaled
+
+    other = tmp_path / "cv_coarse"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("oof_masks", "mlruns*", "cache"))
+    for k in (0, 1):  # the same window in mm (32 px at 1.25 mm = 16 px at 2.5 mm), other weights
+        body = json.load(open(other / f"fold{k}" / "model.json"))
+        body["preprocessing"].update(pixel_mm=2.5, spatial_size=16)
+        json.dump(body, open(other / f"fold{k}" / "model.json", "w"))
+        state = torch.load(other / f"fold{k}" / "model.pt")
+        torch.save(
+            {n: v * 0.5 if v.is_floating_point() else v for n, v in state.items()}, other / f"fold{k}" / "model.pt"
+        )
+    ckpt = str(tmp_path / "models" / "joined.pt")
+    export_ensemble(str(out), ckpt, with_dirs=[str(other)], datalist=tiny_demo)
+    plan = json.load(open(tmp_path / "models" / "joined.json"))
+    first, second = plan["network_def"]["network"]
+    assert plan["network_def"]["members"] == 2 and first["_target_"] == "UNet"
+    assert second["_target_"] == "bundle.networks.Rescaled" and second["scale"] == 0.5
+    assert plan["cross_validation"]["volumes"] == 8 and len(plan["tuning"]["min_la_area_mm2"]["per_fold"]) == 2
+    assert plan["provenance"]["joined_cross_validations"][0]["scale"] == 0.5
+    assert len(pd.read_csv(out / "export_joined" / "cv_results.csv")) == 8
+    assert sorted(os.listdir(tmp_path / "models")) == ["detector.json", "detector.pt", "joined.json", "joined.pt"]
+    network, flat = load_detector(ckpt)
+    assert len(network.members) == 4 and isinstance(network.members[3], Rescaled)
+    # fold 0's members are fold 0's two models: the same output as building that pair by hand
+    fold0 = [load_detector(str(d / "fold0" / "model.pt"))[0] for d in (out, other)]
+    pair = Ensemble.from_networks([fold0[0], Rescaled(fold0[1], 0.5)])
+    volume = load_volume(image)
+    a, b = segment_la(network.subset(0, 2), flat, volume), segment_la(pair, flat, volume)
+    torch.testing.assert_close(a["logits"], b["logits"], atol=2e-2, rtol=0)  # float16 weights in the export
+    # cross-validations on other folds, or with another window, do not join; nothing is left behind
+    body = json.load(open(other / "fold1" / "model.json"))
+    body["preprocessing"]["spatial_size"] = 32
+    json.dump(body, open(other / "fold1" / "model.json", "w"))
+    with pytest.raises(ValueError, match="networks or preprocessing differ"):
+        export_ensemble(str(out), str(tmp_path / "models" / "bad.pt"), with_dirs=[str(other)], datalist=tiny_demo)
+    body = json.load(open(other / "fold0" / "model.json"))
+    body["preprocessing"]["spatial_size"] = 32  # both folds: a window of 80 mm against the first's 40 mm
+    json.dump(body, open(other / "fold0" / "model.json", "w"))
+    with pytest.raises(ValueError, match="more than the pixel size"):
+        export_ensemble(str(out), str(tmp_path / "models" / "bad.pt"), with_dirs=[str(other)], datalist=tiny_demo)
+    json.dump({"folds": [{"train": [], "val": [], "test": []}] * 2}, open(other / "folds.json", "w"))
+    with pytest.raises(ValueError, match="folds differ"):
+        export_ensemble(str(out), str(tmp_path / "models" / "bad.pt"), with_dirs=[str(other)], datalist=tiny_demo)
+    assert not any(n.startswith("bad") for n in os.listdir(tmp_path / "models"))
 
 
 def test_smoothing_along_the_slices_by_hand():

@@ -55,7 +55,10 @@ def test_network_def_is_the_shipped_detector():
     parser.read_config(CONFIG)
     network = parser.get_parsed_content("network_def")  # from models/detector.json; MONAI Label loads its weights
     assert type(network).__name__ == "Ensemble" and type(network.members[0]).__name__ == "UNet"
-    assert parser.get_parsed_content("pixel_mm") == 1.25 and parser.get_parsed_content("context_slices") == 1
+    # the 1.25 mm members run inside the plan's 1.0 mm inferer, their 160 px windows resampled to 128 px
+    assert type(network.members[-1]).__name__ == "Rescaled" and network.members[-1].scale == 0.8
+    assert parser.get_parsed_content("pixel_mm") == 1.0 and parser.get_parsed_content("spatial_size") == 160
+    assert parser.get_parsed_content("context_slices") == 1
 
 
 def test_mask_is_on_the_volume_grid_and_exact_without_resizing(tmp_path):

@@ -163,6 +163,32 @@ def test_inference_config_builds_the_qa_training_network(tmp_path):
         parser.get_parsed_content("qa_network_def")
 
 
+def test_a_qa_training_plan_is_all_inference_needs(tmp_path):
+    """A QA checkpoint with the plan its training wrote: the inference config builds the trained network and takes its
+    slice size and rule from the plan, without reading any QA config."""
+    import json
+
+    from bundle.networks import write_qa_plan
+
+    train = ConfigParser()
+    train.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "qa_baseline.yaml")])
+    train.update({**SMALL_QA, "spatial_size": 48, "pretrained_path": "/nowhere/encoder.pt"})
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train.get(), default=str))
+    ckpt = tmp_path / "qa_small.pt"
+    assert write_qa_plan(str(ckpt), str(config)) is None and not (tmp_path / "qa_small.json").exists()  # no weights
+    torch.save(small_qanet().state_dict(), ckpt)
+    write_qa_plan(str(ckpt), str(config))
+    parser = ConfigParser()
+    parser.read_config([os.path.join(ROOT, "configs", f) for f in ("common.yaml", "inference.yaml")])
+    parser.update({"bundle_root": ROOT, "qa_ckpt": str(ckpt), "qa_config": ["configs/nope.yaml"]})
+    net = parser.get_parsed_content("qa_network_def")
+    assert type(net) is QANet and net.encoder.layer1[0].conv1.out_channels == SMALL_QA["encoder_widths"][0]
+    net.load_state_dict(torch.load(ckpt))  # strict: the plan's network is the trained one
+    assert parser.get_parsed_content("qa_spatial_size") == 48 and parser.get_parsed_content("qa_rule") == "mode"
+    assert parser.get_parsed_content("qa_region") is None
+
+
 def test_scan_prior_gets_the_scan_features_at_inference():
     from bundle.networks.qa import scan_context
 
