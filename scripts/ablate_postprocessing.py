@@ -32,9 +32,7 @@ from bundle.errors import entry_point  # noqa: E402
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    from bundle.data.datalist import LIST_KEYS, load_datalist
-    from bundle.data.prepare import resolve_datalist
-    from bundle.evaluation.crossval import _make_folds, load_folds, score_settings
+    from bundle.evaluation.crossval import fold_detectors, score_settings
     from bundle.inference import load_detector
     from bundle.networks import FlipTTA
 
@@ -61,24 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bool(args.cv_dir) == bool(args.ensemble):
         p.error("give one of --cv_dir or --ensemble")
-    if args.ensemble:
-        import tempfile
-
-        ensemble, plan = load_detector(args.ensemble)
-        with tempfile.TemporaryDirectory() as tmp:  # the folds as the cross-validation draws them (seed 0)
-            folds, path, root = _make_folds(tmp, args.datalist, args.dataset_dir, args.folds, 0, args.n_val, 0.15)
-        if len(ensemble.members) % len(folds):
-            p.error(f"{args.ensemble} has {len(ensemble.members)} members, not one or more per fold ({len(folds)})")
-        models = {k: (ensemble.subset(k, len(folds)).eval(), plan) for k in range(len(folds))}
-    else:
-        path, root = resolve_datalist(args.dataset_dir, args.datalist, os.path.join(args.cv_dir, "demo"))
-        folds = load_folds(os.path.join(args.cv_dir, "folds.json"))
+    folds, entries, models = fold_detectors(
+        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val
+    )
     run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else list(range(len(folds)))
     if any(k < 0 or k >= len(folds) for k in run):
         p.error(f"--run_folds {args.run_folds}: folds are 0..{len(folds) - 1}")
-    if args.cv_dir:
-        models = {k: load_detector(os.path.join(args.cv_dir, f"fold{k}", "model.pt")) for k in run}
-    entries = load_datalist(path, root, LIST_KEYS)["segmentation"]
     settings = [
         {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest, "z_sigma": z}
         for t, a, largest, z in itertools.product(

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ __all__ = [
     "CV_METRICS",
     "cross_validate",
     "export_ensemble",
+    "fold_detectors",
     "load_folds",
     "score_settings",
     "summarise_folds",
@@ -70,6 +71,57 @@ def load_folds(path: str) -> list[dict[str, list[str]]]:
     ):
         raise DataError(f"{path}: 'folds' must be a list of {{'train', 'val', 'test'}} patient lists")
     return folds
+
+
+def fold_detectors(
+    cv_dir: str | None = None,
+    ensemble: str | None = None,
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+    folds: int = 5,
+    n_val: int = 4,
+) -> tuple[list[dict], list[dict], dict[int, tuple]]:
+    """Each fold's detector, to score it on that fold's patients: a cross-validation's fold models, or an exported
+    ensemble's members of each fold (:meth:`bundle.networks.Ensemble.subset`; its folds drawn again as the
+    cross-validation drew them, seed 0).
+
+    Args:
+        cv_dir: a finished cross-validation (its ``folds.json`` and ``fold<k>/model.pt``).
+        ensemble: an exported ensemble (e.g. ``models/detector.pt``) instead.
+        dataset_dir: the data the folds were drawn from.
+        datalist: its datalist.
+        folds: with ``ensemble``: K.
+        n_val: with ``ensemble``: validation patients per fold.
+
+    Returns:
+        ``(folds, segmentation entries, {k: (network, plan)})``.
+
+    Raises:
+        ValueError: without exactly one of ``cv_dir`` and ``ensemble``, or for an ensemble whose members do not split
+            into the folds.
+    """
+    import tempfile
+
+    from bundle.data.datalist import LIST_KEYS, load_datalist
+    from bundle.data.prepare import resolve_datalist
+    from bundle.inference.detector import load_detector
+
+    if bool(cv_dir) == bool(ensemble):
+        raise ValueError("give one of cv_dir or ensemble")
+    if ensemble:
+        network, plan = load_detector(ensemble)
+        with tempfile.TemporaryDirectory() as tmp:
+            fold_list, path, root = _make_folds(tmp, datalist, dataset_dir, folds, 0, n_val, 0.15)
+        if len(network.members) % len(fold_list):
+            raise ValueError(
+                f"{ensemble} has {len(network.members)} members, not one or more per fold ({len(fold_list)})"
+            )
+        models = {k: (network.subset(k, len(fold_list)).eval(), plan) for k in range(len(fold_list))}
+    else:
+        path, root = resolve_datalist(dataset_dir, datalist, os.path.join(cv_dir, "demo"))
+        fold_list = load_folds(os.path.join(cv_dir, FOLDS_FILE))
+        models = {k: load_detector(os.path.join(cv_dir, f"fold{k}", "model.pt")) for k in range(len(fold_list))}
+    return fold_list, load_datalist(path, root, LIST_KEYS)["segmentation"], models
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -135,6 +187,7 @@ def score_settings(
     settings: Sequence[dict],
     keep_masks: bool = False,
     others: Sequence[tuple] = (),
+    alter: Callable | None = None,
 ) -> list[list[dict]]:
     """Each volume predicted once, every stage-1 setting applied to the same logits and scored in the scan's grid.
 
@@ -149,6 +202,8 @@ def score_settings(
         others: more ``(network, plan)`` pairs (e.g. a detector trained on another slice axis) whose probabilities,
             in the scan's grid, are averaged with the first's before the rule (an ablation); the slice axis of the
             rule stays the first plan's.
+        alter: ``(raw image, label) -> raw image`` applied before inference's normalisation (a stress test's
+            contrast change, :mod:`bundle.evaluation.stress`); None: the image as it is.
 
     Returns:
         per setting, per entry: :func:`bundle.metrics.mask_metrics` plus ``reasons`` and ``n_la_slices``.
@@ -159,15 +214,19 @@ def score_settings(
     from bundle.inference.workflow import detect_la_volume
     from bundle.io.loader import LoadVolume
     from bundle.metrics.segmentation import mask_metrics
+    from bundle.transforms.intensity import ScaleForegroundPercentiles
     from bundle.transforms.selection import LABounds
     from bundle.transforms.slicing import voxel_spacing
 
-    read_label = LoadVolume(ensure_channel_first=True, image_only=True)
+    read = LoadVolume(ensure_channel_first=True, image_only=True)
     bounds = LABounds(**(plan.get("la_bounds") or {}))
     out: list[list[dict]] = [[] for _ in settings]
     for e in entries:
-        volume = load_volume(e["image"])
-        label = read_label(e["label"]).as_tensor()
+        label = read(e["label"]).as_tensor()
+        if alter is None:
+            volume = load_volume(e["image"])
+        else:
+            volume = ScaleForegroundPercentiles()(alter(read(e["image"]), label))
         pred = segment_la(network, plan, volume)
         if others:
             probs = [_probs(segment_la(n, p, volume)["logits"]) for n, p in others]

@@ -1,4 +1,4 @@
-from bundle.transforms.augment import BatchRandSliceAffine, RandSliceAffine, RandSliceAffined
+from bundle.transforms.augment import BatchRandSliceAffine, RandLabelContrastd, RandSliceAffine, RandSliceAffined
 from bundle.transforms.intensity import (
     DecodeSlice,
     DecodeSliced,

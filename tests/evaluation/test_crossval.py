@@ -195,3 +195,21 @@ def test_averaging_a_second_detector_before_the_rule(tiny_demo, tmp_path):
     for a, b, c in zip(pair, middle, low):
         assert (a["mask"] != b["mask"]).float().mean() < 1e-3 and a["dice"] == pytest.approx(b["dice"], abs=1e-3)
         assert int(c["mask"].sum()) > int(a["mask"].sum())  # the first detector alone finds more
+
+
+def test_an_alteration_reaches_the_detector_before_normalisation(tiny_demo, tmp_path):
+    from bundle.data.datalist import LIST_KEYS, load_datalist
+    from bundle.evaluation.crossval import score_settings
+    from tests.conftest import write_known_detector
+
+    net = load_detector(write_known_detector(tmp_path, 0.5))
+    entries = load_datalist(tiny_demo, os.path.dirname(tiny_demo), LIST_KEYS)["segmentation"][:1]
+    seen = []
+
+    def flat(image, label):  # a constant image: nothing above the detector's level after normalisation
+        seen.append((float(image.max()) > 1.0, tuple(label.shape) == tuple(image.shape)))
+        return image * 0 + 7.0
+
+    (plain,), (altered,) = (score_settings(*net, entries, [{}], alter=a)[0] for a in (None, flat))
+    assert seen == [(True, True)]  # raw intensities (not yet normalised) and the label in the image's grid
+    assert plain["n_la_slices"] > 0 and plain["dice"] > 0.1 and altered["n_la_slices"] == 0 and altered["dice"] == 0

@@ -54,3 +54,29 @@ def test_seeded_draws_repeat():
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         RandSliceAffine(**kwargs)
+
+
+def test_label_contrast_darkens_the_pool_and_brightens_a_ring_by_hand():
+    from bundle.transforms import RandLabelContrastd
+
+    image = torch.full((3, 9, 9), 0.5)
+    image[0, 0, 0] = 0.9  # the image's maximum, which the ring is clipped to
+    label = torch.zeros((1, 9, 9))
+    label[0, 3:6, 3:6] = 1
+    t = RandLabelContrastd(keys="image", pool_factor=(0.4, 0.4), wall_factor=(2.0, 2.0), wall_px=1, prob=1.0)
+    out = t({"image": image, "label": label})["image"]
+    assert torch.allclose(out[:, 4, 4], torch.tensor(0.2))  # every channel: the centre slice's mask
+    assert torch.allclose(out[:, 2, 2], torch.tensor(0.9)) and torch.allclose(out[:, 6, 4], torch.tensor(0.9))
+    assert torch.allclose(out[:, 1, 4], torch.tensor(0.5)) and out[0, 0, 0] == 0.9  # outside the 1-pixel ring
+    empty = {"image": image, "label": torch.zeros((1, 9, 9))}
+    assert torch.equal(t(empty)["image"], image)  # no LA on the slice: unchanged
+    never = RandLabelContrastd(keys="image", prob=0.0)
+    assert torch.equal(never({"image": image, "label": label})["image"], image)
+
+
+def test_label_contrast_validates_its_ranges():
+    from bundle.transforms import RandLabelContrastd
+
+    for kw in ({"pool_factor": (1.0, 0.5)}, {"wall_factor": (-1.0, 1.0)}, {"wall_px": -1}):
+        with pytest.raises(ValueError):
+            RandLabelContrastd(keys="image", **kw)

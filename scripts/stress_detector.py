@@ -1,0 +1,74 @@
+"""Stress the LA detector out of fold with contrasts la2018 lacks (dark blood pool and bright wall, gamma, noise).
+
+Each fold's detector (a cross-validation's fold model, or an exported ensemble's members of that fold) predicts its
+held-out volumes, each altered before inference's normalisation (``bundle.evaluation.stress``), with the detector's
+own rule. Prints one row per contrast: mean and worst 3D Dice, HD95, slice F1, the scans flagged (``implausible_la``,
+referred) and the silent failures (Dice below ``--fail_dice`` and not flagged: reported ``ok``). Trains nothing.
+
+    python scripts/stress_detector.py --ensemble models/detector.pt --dataset_dir ../shared/data/la2018
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from bundle.errors import entry_point  # noqa: E402
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    from bundle.evaluation.crossval import fold_detectors, score_settings
+    from bundle.evaluation.stress import CONTRASTS, alter_contrast
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cv_dir", default=None, help="a finished cross-validation (its folds.json and fold models)")
+    p.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
+    p.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
+    p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
+    p.add_argument("--dataset_dir", default=None)
+    p.add_argument("--datalist", default=None)
+    p.add_argument("--part", default="test", choices=["test", "val"])
+    p.add_argument("--contrasts", default=",".join(CONTRASTS), help=f"comma-separated, of {', '.join(CONTRASTS)}")
+    p.add_argument("--fail_dice", type=float, default=0.5, help="a Dice below this is a failure")
+    args = p.parse_args(argv)
+    if bool(args.cv_dir) == bool(args.ensemble):
+        p.error("give one of --cv_dir or --ensemble")
+    contrasts = [c.strip() for c in args.contrasts.split(",") if c.strip()]
+    unknown = sorted(set(contrasts) - set(CONTRASTS))
+    if unknown:
+        p.error(f"--contrasts: unknown {unknown}; one of {', '.join(CONTRASTS)}")
+    folds, entries, models = fold_detectors(
+        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val
+    )
+    print(
+        f"| contrast | 3D Dice (mean / worst) | HD95 (mm) | slice F1 | flagged | silent failures (Dice < "
+        f"{args.fail_dice:g}, reported ok) |  ({args.part}, {args.cv_dir or args.ensemble})"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in contrasts:
+        rows = []
+        for k, (network, plan) in models.items():
+            held = [e for e in entries if e["patient"] in set(folds[k][args.part])]
+            alter = None if name == "none" else functools.partial(alter_contrast, name, seed=k)
+            rows.extend(score_settings(network, plan, held, [{}], alter=alter)[0])
+        dice = np.asarray([r["dice"] for r in rows], float)
+        flagged = np.asarray([bool(r["reasons"]) for r in rows])
+        silent = int(((dice < args.fail_dice) & ~flagged).sum())
+        print(
+            f"| {name} | {np.nanmean(dice):.3f} / {np.nanmin(dice):.3f} | "
+            f"{np.nanmean([r['hd95_mm'] for r in rows]):.2f} | {np.nanmean([r['slice_f1'] for r in rows]):.3f} | "
+            f"{int(flagged.sum())} of {len(rows)} | {silent} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
