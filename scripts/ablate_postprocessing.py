@@ -59,12 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bool(args.cv_dir) == bool(args.ensemble):
         p.error("give one of --cv_dir or --ensemble")
+    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else None
     folds, entries, models = fold_detectors(
-        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val
+        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val, run_folds=run
     )
-    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else list(range(len(folds)))
-    if any(k < 0 or k >= len(folds) for k in run):
-        p.error(f"--run_folds {args.run_folds}: folds are 0..{len(folds) - 1}")
+    run = sorted(models)
     settings = [
         {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest, "z_sigma": z}
         for t, a, largest, z in itertools.product(

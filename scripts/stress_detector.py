@@ -2,8 +2,9 @@
 
 Each fold's detector (a cross-validation's fold model, or an exported ensemble's members of that fold) predicts its
 held-out volumes, each altered before inference's normalisation (``bundle.evaluation.stress``), with the detector's
-own rule. Prints one row per contrast: mean and worst 3D Dice, HD95, slice F1, the scans flagged (``implausible_la``,
-referred) and the silent failures (Dice below ``--fail_dice`` and not flagged: reported ``ok``). Trains nothing.
+own rule. Prints one row per contrast: mean and worst 3D Dice, HD95, slice F1, the scans referred at inference
+(``implausible_la`` or ``no_left_atrium``) and the silent failures (Dice below ``--fail_dice`` and not referred:
+reported ``ok``). Trains nothing.
 
     python scripts/stress_detector.py --ensemble models/detector.pt --dataset_dir ../shared/data/la2018
 """
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
     p.add_argument("--dataset_dir", default=None)
     p.add_argument("--datalist", default=None)
+    p.add_argument("--run_folds", default=None, help="comma-separated folds to score (default all), e.g. 0")
     p.add_argument("--part", default="test", choices=["test", "val"])
     p.add_argument("--contrasts", default=",".join(CONTRASTS), help=f"comma-separated, of {', '.join(CONTRASTS)}")
     p.add_argument("--fail_dice", type=float, default=0.5, help="a Dice below this is a failure")
@@ -44,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(contrasts) - set(CONTRASTS))
     if unknown:
         p.error(f"--contrasts: unknown {unknown}; one of {', '.join(CONTRASTS)}")
+    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else None
     folds, entries, models = fold_detectors(
-        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val
+        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val, run_folds=run
     )
     print(
-        f"| contrast | 3D Dice (mean / worst) | HD95 (mm) | slice F1 | flagged | silent failures (Dice < "
+        f"| contrast | 3D Dice (mean / worst) | HD95 (mm) | slice F1 | referred | silent failures (Dice < "
         f"{args.fail_dice:g}, reported ok) |  ({args.part}, {args.cv_dir or args.ensemble})"
     )
     print("| --- | --- | --- | --- | --- | --- |")
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             alter = None if name == "none" else functools.partial(alter_contrast, name, seed=k)
             rows.extend(score_settings(network, plan, held, [{}], alter=alter)[0])
         dice = np.asarray([r["dice"] for r in rows], float)
-        flagged = np.asarray([bool(r["reasons"]) for r in rows])
+        # referred at inference: an implausible LA (its reasons) or none at all (status no_left_atrium)
+        flagged = np.asarray([bool(r["reasons"]) or r["n_la_slices"] == 0 for r in rows])
         silent = int(((dice < args.fail_dice) & ~flagged).sum())
         print(
             f"| {name} | {np.nanmean(dice):.3f} / {np.nanmin(dice):.3f} | "

@@ -80,6 +80,7 @@ def fold_detectors(
     datalist: str | None = None,
     folds: int = 5,
     n_val: int = 4,
+    run_folds: Sequence[int] | None = None,
 ) -> tuple[list[dict], list[dict], dict[int, tuple]]:
     """Each fold's detector, to score it on that fold's patients: a cross-validation's fold models, or an exported
     ensemble's members of each fold (:meth:`bundle.networks.Ensemble.subset`; its folds drawn again as the
@@ -92,35 +93,42 @@ def fold_detectors(
         datalist: its datalist.
         folds: with ``ensemble``: K.
         n_val: with ``ensemble``: validation patients per fold.
+        run_folds: only these folds (e.g. ``[0]`` of a cross-validation trained on fold 0 only); None: all.
 
     Returns:
         ``(folds, segmentation entries, {k: (network, plan)})``.
 
     Raises:
-        ValueError: without exactly one of ``cv_dir`` and ``ensemble``, or for an ensemble whose members do not split
-            into the folds.
+        ConfigError: (a ValueError, one line) without exactly one of ``cv_dir`` and ``ensemble``, for an ensemble
+            whose members do not split into the folds, or for a fold outside them.
     """
     import tempfile
 
     from bundle.data.datalist import LIST_KEYS, load_datalist
     from bundle.data.prepare import resolve_datalist
+    from bundle.errors import ConfigError
     from bundle.inference.detector import load_detector
 
     if bool(cv_dir) == bool(ensemble):
-        raise ValueError("give one of cv_dir or ensemble")
+        raise ConfigError("give one of cv_dir or ensemble")
     if ensemble:
         network, plan = load_detector(ensemble)
         with tempfile.TemporaryDirectory() as tmp:
             fold_list, path, root = _make_folds(tmp, datalist, dataset_dir, folds, 0, n_val, 0.15)
         if len(network.members) % len(fold_list):
-            raise ValueError(
+            raise ConfigError(
                 f"{ensemble} has {len(network.members)} members, not one or more per fold ({len(fold_list)})"
             )
-        models = {k: (network.subset(k, len(fold_list)).eval(), plan) for k in range(len(fold_list))}
     else:
         path, root = resolve_datalist(dataset_dir, datalist, os.path.join(cv_dir, "demo"))
         fold_list = load_folds(os.path.join(cv_dir, FOLDS_FILE))
-        models = {k: load_detector(os.path.join(cv_dir, f"fold{k}", "model.pt")) for k in range(len(fold_list))}
+    run = list(range(len(fold_list))) if run_folds is None else [int(k) for k in run_folds]
+    if any(not 0 <= k < len(fold_list) for k in run):
+        raise ConfigError(f"folds {run}: the folds are 0..{len(fold_list) - 1}")
+    if ensemble:
+        models = {k: (network.subset(k, len(fold_list)).eval(), plan) for k in run}
+    else:
+        models = {k: load_detector(os.path.join(cv_dir, f"fold{k}", "model.pt")) for k in run}
     return fold_list, load_datalist(path, root, LIST_KEYS)["segmentation"], models
 
 

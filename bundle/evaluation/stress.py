@@ -2,11 +2,11 @@
 
 The issue behind it: an unseen patient with an unusually dark blood pool and a bright wall, where the detector found
 0.3 ml of LA and the report said ``ok``. la2018 has no such scan, so one is made from each held-out volume with its
-own label: the blood pool darkened and a shell around it brightened (``dark_pool``); global gamma changes and noise
-stand for other inversion times and a lower signal. Each altered volume then goes through inference's own
-normalisation, stage 1 and rule (:func:`bundle.evaluation.crossval.score_settings`), so a failure shows as a low Dice
-and, where the plausibility bounds catch it, as a flagged (referred) scan rather than ``ok``. A stress test, not a
-target: it tells which augmentation the training lacks.
+own label: the blood pool darkened and a shell around it brightened, with smoothed edges (``dark_pool``); global
+gamma changes and noise stand for other inversion times and a lower signal. Each altered volume then goes through
+inference's own normalisation, stage 1 and rule (:func:`bundle.evaluation.crossval.score_settings`), so a failure
+shows as a low Dice and, where the plausibility bounds catch it, as a referred scan rather than ``ok``. A stress
+test, not a target: it tells which augmentation the training lacks.
 """
 
 from __future__ import annotations
@@ -32,13 +32,17 @@ def _shell(label: np.ndarray, spacing: Sequence[float], mm: float) -> np.ndarray
 
 
 def _dark_pool(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], rng) -> np.ndarray:
-    """The blood pool at 40 % of its intensity, a 3 mm shell around it at 160 % (clipped to the image's top)."""
-    out = image.astype(np.float32).copy()
+    """The blood pool down to 40 % of its intensity and a 3 mm shell around it up to 160 % (clipped to the image's
+    top), both weights smoothed by a Gaussian of 1.5 mm, so the change does not trace the label's exact edge (which
+    a network trained with :class:`bundle.transforms.RandLabelContrastd`'s sharp mask would find for free)."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = [1.5 / float(s) for s in spacing]
+    inside = gaussian_filter((label > 0).astype(np.float32), sigma)
+    ring = gaussian_filter(_shell(label, spacing, 3.0).astype(np.float32), sigma) * (1.0 - inside)
     top = float(np.percentile(image[image > 0], 99.5)) if (image > 0).any() else float(image.max())
-    out[label > 0] *= 0.4
-    shell = _shell(label, spacing, 3.0)
-    out[shell] = np.minimum(out[shell] * 1.6, top)
-    return out
+    out = image.astype(np.float32) * (1.0 - 0.6 * inside)
+    return np.minimum(out * (1.0 + 0.6 * ring), np.maximum(top, out)).astype(np.float32)
 
 
 def _gamma(g: float) -> Callable:
