@@ -32,37 +32,25 @@ from bundle.errors import entry_point  # noqa: E402
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    from bundle.evaluation.crossval import fold_detectors, score_settings
+    from bundle.evaluation.crossval import add_fold_detector_arguments, fold_detectors_from_args, score_settings
     from bundle.inference import load_detector
     from bundle.networks import FlipTTA
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cv_dir", default=None, help="a finished cross-validation (its folds.json and fold models)")
-    p.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
+    add_fold_detector_arguments(p)
     p.add_argument(
         "--second_cv_dir",
         default=None,
         help="a second cross-validation on the same folds (e.g. trained on another slice axis): each fold's two "
         "models' probabilities are averaged before the rule",
     )
-    p.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
-    p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
-    p.add_argument("--run_folds", default=None, help="comma-separated folds to score (default all), e.g. 0")
     p.add_argument("--tta", action="store_true", help="average the probabilities over in-plane flips")
-    p.add_argument("--dataset_dir", default=None)
-    p.add_argument("--datalist", default=None)
-    p.add_argument("--part", default="test", choices=["test", "val"])
     p.add_argument("--thresholds", default="0.3,0.4,0.5,0.6")
     p.add_argument("--areas", default="0,20", help="minimum LA areas (mm^2)")
     p.add_argument("--z_sigmas", default="0", help="Gaussian smoothing of the probabilities along the slices (slices)")
     p.add_argument("--largest", default="yes,no", help="largest-component filter: yes, no or both")
     args = p.parse_args(argv)
-    if bool(args.cv_dir) == bool(args.ensemble):
-        p.error("give one of --cv_dir or --ensemble")
-    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else None
-    folds, entries, models = fold_detectors(
-        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val, run_folds=run
-    )
+    folds, entries, models = fold_detectors_from_args(p, args)
     run = sorted(models)
     settings = [
         {"la_threshold": t, "min_la_area_mm2": a, "keep_largest": largest, "z_sigma": z}

@@ -25,31 +25,19 @@ from bundle.errors import entry_point  # noqa: E402
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    from bundle.evaluation.crossval import fold_detectors, score_settings
+    from bundle.evaluation.crossval import add_fold_detector_arguments, fold_detectors_from_args, score_settings
     from bundle.evaluation.stress import CONTRASTS, alter_contrast
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cv_dir", default=None, help="a finished cross-validation (its folds.json and fold models)")
-    p.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
-    p.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
-    p.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
-    p.add_argument("--dataset_dir", default=None)
-    p.add_argument("--datalist", default=None)
-    p.add_argument("--run_folds", default=None, help="comma-separated folds to score (default all), e.g. 0")
-    p.add_argument("--part", default="test", choices=["test", "val"])
+    add_fold_detector_arguments(p)
     p.add_argument("--contrasts", default=",".join(CONTRASTS), help=f"comma-separated, of {', '.join(CONTRASTS)}")
     p.add_argument("--fail_dice", type=float, default=0.5, help="a Dice below this is a failure")
     args = p.parse_args(argv)
-    if bool(args.cv_dir) == bool(args.ensemble):
-        p.error("give one of --cv_dir or --ensemble")
     contrasts = [c.strip() for c in args.contrasts.split(",") if c.strip()]
     unknown = sorted(set(contrasts) - set(CONTRASTS))
     if unknown:
         p.error(f"--contrasts: unknown {unknown}; one of {', '.join(CONTRASTS)}")
-    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else None
-    folds, entries, models = fold_detectors(
-        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val, run_folds=run
-    )
+    folds, entries, models = fold_detectors_from_args(p, args)
     print(
         f"| contrast | 3D Dice (mean / worst) | HD95 (mm) | slice F1 | referred | silent failures (Dice < "
         f"{args.fail_dice:g}, reported ok) |  ({args.part}, {args.cv_dir or args.ensemble})"

@@ -28,8 +28,10 @@ from bundle.networks.loading import read_state_dict
 __all__ = [
     "CV_METRICS",
     "cross_validate",
+    "add_fold_detector_arguments",
     "export_ensemble",
     "fold_detectors",
+    "fold_detectors_from_args",
     "load_folds",
     "score_settings",
     "summarise_folds",
@@ -130,6 +132,30 @@ def fold_detectors(
     else:
         models = {k: load_detector(os.path.join(cv_dir, f"fold{k}", "model.pt")) for k in run}
     return fold_list, load_datalist(path, root, LIST_KEYS)["segmentation"], models
+
+
+def add_fold_detector_arguments(parser) -> None:
+    """The command-line options of the scripts that score each fold's detector on that fold's patients
+    (``scripts/ablate_postprocessing.py``, ``scripts/stress_detector.py``): see :func:`fold_detectors_from_args`."""
+    parser.add_argument("--cv_dir", default=None, help="a finished cross-validation (its folds.json and fold models)")
+    parser.add_argument("--ensemble", default=None, help="an exported fold ensemble (e.g. models/detector.pt) instead")
+    parser.add_argument("--folds", type=int, default=5, help="with --ensemble: K, as the cross-validation drew them")
+    parser.add_argument("--n_val", type=int, default=4, help="with --ensemble: validation patients per fold")
+    parser.add_argument("--run_folds", default=None, help="comma-separated folds to score (default all), e.g. 0")
+    parser.add_argument("--dataset_dir", default=None, help="folder the datalist paths are relative to")
+    parser.add_argument("--datalist", default=None, help="datalist JSON (default <dataset_dir>/dataset.json)")
+    parser.add_argument("--part", default="test", choices=["test", "val"], help="held-out or validation patients")
+
+
+def fold_detectors_from_args(parser, args) -> tuple[list[dict], list[dict], dict[int, tuple]]:
+    """:func:`fold_detectors` for the options of :func:`add_fold_detector_arguments`; a usage error (one line, exit 2)
+    without exactly one of ``--cv_dir`` and ``--ensemble``."""
+    if bool(args.cv_dir) == bool(args.ensemble):
+        parser.error("give one of --cv_dir or --ensemble")
+    run = [int(k) for k in args.run_folds.split(",")] if args.run_folds else None
+    return fold_detectors(
+        args.cv_dir, args.ensemble, args.dataset_dir, args.datalist, folds=args.folds, n_val=args.n_val, run_folds=run
+    )
 
 
 def _nanmean(values: Sequence[float]) -> float:
