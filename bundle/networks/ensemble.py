@@ -44,7 +44,6 @@ class Ensemble(nn.Module):
         if not networks:
             raise ValueError("network must be a network or a non-empty list of networks")
         self.combine = combine
-        self.members_per_network = int(members)
         self.members = nn.ModuleList([copy.deepcopy(n) for n in networks for _ in range(int(members))])
 
     @classmethod
@@ -52,7 +51,6 @@ class Ensemble(nn.Module):
         """An ensemble holding ``networks`` themselves (e.g. trained fold models)."""
         ens = cls(networks[0], members=1, combine=combine)
         ens.members = nn.ModuleList(networks)
-        ens.members_per_network = len(networks)
         return ens
 
     def subset(self, index: int, period: int) -> Ensemble:

@@ -54,7 +54,7 @@ def test_a_list_of_architectures_gets_members_copies_each_in_order():
     from bundle.networks import Rescaled
 
     ens = Ensemble([Scale(1.0), Rescaled(Scale(2.0), scale=0.5)], members=3)
-    assert len(ens.members) == 6 and ens.members_per_network == 3
+    assert len(ens.members) == 6
     assert all(isinstance(m, Scale) for m in ens.members[:3]) and all(isinstance(m, Rescaled) for m in ens.members[3:])
     assert sorted(k for k in ens.state_dict() if k.startswith("members.4.")) == ["members.4.network.w"]
     ens.members[1].w.data.fill_(5.0)  # copies, not one shared module
