@@ -707,8 +707,8 @@ def export_ensemble(
         members.append(member)
         scales.append(scale)
     state = {}
-    for g, (plans, states) in enumerate(groups):
-        prefix = "network." if members[g] is not plans[0]["network_def"] else ""
+    for g, (_, states) in enumerate(groups):
+        prefix = "network." if scales[g] != 1.0 else ""  # Rescaled members hold the network under .network
         for k, sd in enumerate(states):
             for name, v in sd.items():
                 state[f"members.{g * n + k}.{prefix}{name}"] = v.half() if half and v.is_floating_point() else v
