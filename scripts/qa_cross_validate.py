@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", required=True, help="the cross-validation's folder (the same one resumes)")
     p.add_argument("--dataset_dir", default=None, help="folder the datalist paths are relative to")
     p.add_argument("--datalist", default=None, help="datalist JSON (default <dataset_dir>/dataset.json)")
-    p.add_argument("--strategies", default="reference,region", help="comma-separated: reference, region, artifact")
+    p.add_argument(
+        "--strategies",
+        default="reference,region",
+        help="comma-separated: reference, region, artifact (LA region); baseline, multitask, contrastive (whole slice)",
+    )
     p.add_argument(
         "--seeds",
         default="0,1,2",

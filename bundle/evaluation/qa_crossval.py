@@ -8,7 +8,11 @@ Strategies (``docs/qa_crossval.md``):
 - ``region``: the LA-region network (:func:`bundle.engines.region_qa.train_region_qa`) trained on the training
   patients; its temperature per label is fitted on the fold's validation patients;
 - ``artifact``: the same network, its encoder first pretrained without any score to recognise simulated acquisition
-  artifacts on the training patients' clean images (:mod:`bundle.engines.artifact_pretrain`).
+  artifacts on the training patients' clean images (:mod:`bundle.engines.artifact_pretrain`);
+- ``baseline``, ``multitask``, ``contrastive``: the paper's whole-slice networks, trained and evaluated by the
+  bundle's own workflows (``configs/qa_*.yaml`` through :func:`bundle.evaluation.runs.bundle_workflow`, with the
+  recipe's ``workflow`` overrides) on the fold's split; a scan's logit is the mean logit of its LA slices
+  (:func:`bundle.metrics.scan_verdict`'s ``mean_logit`` rule), its temperature fitted on the validation patients.
 
 Every fold and seed writes ``<output_dir>/<strategy>/fold<k>_seed<s>/`` (``predictions.json``, and for networks
 ``model.pt``); a finished one is skipped on rerun. ``oof_predictions.csv`` holds every scan's test logit,
@@ -20,6 +24,7 @@ fold; ``roc.png`` and ``reliability.png`` the pictures.
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import logging
 import os
@@ -36,6 +41,7 @@ from bundle.networks.loading import read_state_dict
 __all__ = [
     "QA_STRATEGIES",
     "TABLE2_METRICS",
+    "WORKFLOW_STRATEGIES",
     "calibration_sweep",
     "export_qa_ensemble",
     "load_predictions",
@@ -46,7 +52,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-QA_STRATEGIES = ("reference", "region", "artifact")
+WORKFLOW_STRATEGIES = ("baseline", "multitask", "contrastive")  # the paper's whole-slice networks (configs/qa_*.yaml)
+QA_STRATEGIES = ("reference", "region", "artifact", *WORKFLOW_STRATEGIES)
 TABLE2_METRICS = ("precision", "recall", "f1", "specificity", "balanced_accuracy", "auroc", "ece")
 TTA_FLIPS = ((), (0,), (1,), (0, 1))
 DEFAULT_RECIPE = {
@@ -67,6 +74,13 @@ DEFAULT_RECIPE = {
     "pretrain_epochs": 60,
     "stats_prior": True,
     "scan_prior": ["nulling"],
+    "workflow": {  # overrides of the whole-slice strategies' configs (a CPU budget: the paper trains 128 px, longer)
+        "spatial_size": 64,
+        "max_epochs": 20,
+        "pretrain_epochs": 20,
+        "pos_weight": "balanced",
+        "qa_slices": "mask",
+    },
 }
 
 
@@ -90,7 +104,9 @@ def _fit_temperatures(logits: np.ndarray, targets: np.ndarray, t_range: Sequence
     return [fit_temperature(logits[:, j], targets[:, j], t_range or T_RANGE) for j in range(logits.shape[1])]
 
 
-def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe: dict, seed: int, out: str) -> dict:
+def _run_fold(
+    strategy: str, fold: dict, scans: list, clean: list | None, recipe: dict, seed: int, out: str, ctx: dict
+) -> dict:
     from bundle.engines.region_qa import scan_logits, train_region_qa
 
     part = {k: [s for s in scans if s.patient in set(fold[k])] for k in ("train", "val", "test")}
@@ -111,6 +127,10 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
             "val": fit_predict_region_reference(feats["train"], y["train"], feats["val"], seed),
         }
         temperature = [1.0] * 4  # a logistic regression's own probabilities
+    elif strategy in WORKFLOW_STRATEGIES:
+        run = _run_workflow_fold(strategy, fold, part, recipe, seed, out, ctx)
+        logits, extra["mlflow_run_id"] = run["logits"], run["mlflow_run_id"]
+        temperature = _fit_temperatures(logits["val"], y["val"])
     else:
         init = None
         if strategy == "artifact":
@@ -153,6 +173,86 @@ def _run_fold(strategy: str, fold: dict, scans: list, clean: list | None, recipe
         **{f"{k}_targets": y[k].tolist() for k in ("val", "test")},
     }
     return pred
+
+
+def _workflow_scan_logits(pred_dir: str, part: list) -> np.ndarray:
+    """``(n, 4)`` scan logits of ``part``'s scans (in its order) from an evaluation's ``slice_predictions.csv``: each
+    scan's slice probabilities through :func:`bundle.metrics.scan_verdict`'s ``mean_logit`` rule.
+
+    Raises:
+        DataError: when the evaluation misses one of the part's scans.
+    """
+    import pandas as pd
+
+    from bundle.data.region_cache import scan_name
+    from bundle.errors import DataError
+    from bundle.metrics.qa import scan_verdict
+
+    table = pd.read_csv(os.path.join(pred_dir, "slice_predictions.csv"))
+    table["name"] = [scan_name(str(x)) for x in table["scan"]]
+    groups = dict(tuple(table.groupby("name")))
+    missing = [s.name for s in part if s.name not in groups]
+    if missing:
+        raise DataError(f"{pred_dir}: the evaluation has no slices of {missing[:3]} (its LA slices were not selected)")
+    probs = [
+        [scan_verdict(groups[s.name][f"{label}_prob"], rule="mean_logit")[0] for label in SCORE_KEYS] for s in part
+    ]
+    p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1, 4), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _run_workflow_fold(strategy: str, fold: dict, part: dict, recipe: dict, seed: int, out: str, ctx: dict) -> dict:
+    """Train the whole-slice ``strategy`` with the bundle's workflow on the fold's split (an MLflow child of the
+    cross-validation's parent), evaluate it on the validation and the test patients into the same run; returns the
+    scan logits per part and the child run's id."""
+    from bundle.data.split import save_split
+    from bundle.evaluation.compare import STRATEGIES
+    from bundle.evaluation.runs import bundle_workflow, default_bundle_root, evaluate_workflow, run_workflow
+
+    root = default_bundle_root()
+    files = STRATEGIES[strategy]
+    split_file = save_split({p: list(fold[p]) for p in ("train", "val", "test")}, os.path.join(out, "split_in.json"))
+    run_name = f"{os.path.basename(out)}_{strategy}_{time.strftime('%Y%m%d_%H%M%S')}"
+    common = {
+        **recipe["workflow"],
+        "dataset_dir": ctx["dataset_dir"],
+        "datalist": ctx["datalist"],
+        "split_file": split_file,
+        "seed": seed,
+        "output_dir": ctx["output_dir"],
+        "cache_dir": os.path.join(ctx["output_dir"], "slice_cache"),
+        "ckpt_dir": out,
+        "overwrite_checkpoint": True,
+        "tracking_uri": ctx["tracking_uri"],
+        "experiment_name": "qa_crossval",
+    }
+    run_workflow(
+        bundle_workflow(
+            root,
+            files,
+            "train",
+            run_name=run_name,
+            run_dir=os.path.join(out, "train"),
+            parent_run_id=ctx["parent"],
+            **common,
+        )
+    )
+    gc.collect()
+    child = ctx["client"].search_runs([ctx["experiment_id"]], f"tags.mlflow.runName = '{run_name}'")[0].info.run_id
+    logits = {}
+    for k in ("val", "test"):
+        evaluate_workflow(
+            root,
+            files,
+            os.path.join(out, k),
+            eval_part=k,
+            run_name=run_name,
+            mlflow_run_id=child,
+            projection="none",
+            **common,
+        )
+        logits[k] = _workflow_scan_logits(os.path.join(out, k), part[k])
+    return {"logits": logits, "mlflow_run_id": child}
 
 
 def qa_cross_validate(
@@ -211,6 +311,7 @@ def qa_cross_validate(
     if bad:
         raise ValueError(f"unknown recipe keys {sorted(bad)}; known: {sorted(DEFAULT_RECIPE)}")
     recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+    recipe["workflow"] = {**DEFAULT_RECIPE["workflow"], **recipe["workflow"]}  # a change of one override keeps the rest
     os.makedirs(output_dir, exist_ok=True)
     if folds_from and not os.path.isfile(os.path.join(output_dir, "folds.json")):
         shutil.copyfile(folds_from, os.path.join(output_dir, "folds.json"))
@@ -261,6 +362,15 @@ def qa_cross_validate(
         with open(state_file, "w", encoding="utf-8") as f:
             json.dump({"parent_run_id": parent}, f)
     todo = range(len(fold_list)) if run_folds is None else [int(k) for k in run_folds]
+    ctx = {
+        "dataset_dir": root,
+        "datalist": path,
+        "output_dir": os.path.abspath(output_dir),
+        "tracking_uri": tracking_uri,
+        "client": client,
+        "experiment_id": experiment_id,
+        "parent": parent,
+    }
     for strategy in strategies:
         for seed in seeds if strategy != "reference" else seeds[:1]:
             for k in todo:
@@ -270,7 +380,7 @@ def qa_cross_validate(
                     continue
                 os.makedirs(out, exist_ok=True)
                 logger.info(f"QA cross-validation: {strategy}, fold {k}, seed {seed}")
-                pred = _run_fold(strategy, fold_list[k], scans, clean, recipe, seed, out)
+                pred = _run_fold(strategy, fold_list[k], scans, clean, recipe, seed, out, ctx)
                 pred["fold"] = k
                 tmp = done + ".tmp"
                 with open(tmp, "w", encoding="utf-8") as f:
@@ -278,7 +388,8 @@ def qa_cross_validate(
                 os.replace(tmp, done)
                 _log_child(client, experiment_id, parent, pred, recipe["threshold"])
                 logger.info(f"QA cross-validation: {strategy} fold {k} seed {seed} in {pred['seconds']:.0f} s")
-    result = write_table2(output_dir, strategies, recipe["threshold"])
+    finished = [s for s in QA_STRATEGIES if s in strategies or load_predictions(output_dir, s)]  # the whole table
+    result = write_table2(output_dir, finished, recipe["threshold"])
     for strategy, row in result["table"].items():
         for label, metrics in row["pooled"].items():
             for m, v in metrics.items():
@@ -291,15 +402,19 @@ def qa_cross_validate(
 
 
 def _log_child(client, experiment_id: str, parent: str, pred: dict, threshold: float) -> None:
+    """The fold's calibrated out-of-fold scores as an MLflow child run (the workflow strategies' own training run)."""
     probs, targets = _calibrated(pred)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"{pred['strategy']}_fold{pred['fold']}_seed{pred['seed']}",
-        tags={"mlflow.parentRunId": parent},
+    own = pred.get("mlflow_run_id")  # the training run logged its own params: the fold's go beside them
+    rid = (
+        own
+        or client.create_run(
+            experiment_id,
+            run_name=f"{pred['strategy']}_fold{pred['fold']}_seed{pred['seed']}",
+            tags={"mlflow.parentRunId": parent},
+        ).info.run_id
     )
-    rid = run.info.run_id
     for k in ("strategy", "fold", "seed"):
-        client.log_param(rid, k, str(pred[k]))
+        client.log_param(rid, f"cv_{k}" if own else k, str(pred[k]))
     client.log_metric(rid, "seconds", float(pred["seconds"]))
     for label, metrics in score_predictions(targets, probs, threshold).items():
         for m, v in metrics.items():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from bundle.evaluation.qa_crossval import QA_STRATEGIES, export_qa_ensemble, qa_cross_validate
+from bundle.evaluation.qa_crossval import QA_STRATEGIES, WORKFLOW_STRATEGIES, export_qa_ensemble, qa_cross_validate
 from bundle.inference import qa_network, qa_plan
 from tests.conftest import write_known_detector
 
@@ -32,6 +32,21 @@ TINY = {
         "stats_skip": True,
     },
 }  # the default recipe's heads
+REGION_STRATEGIES = tuple(s for s in QA_STRATEGIES if s not in WORKFLOW_STRATEGIES)
+WORKFLOW_TINY = {  # the paper's whole-slice networks, small: one epoch in seconds
+    "spatial_size": 32,
+    "batch_size": 16,
+    "max_epochs": 1,
+    "num_workers": 0,
+    "encoder_layers": [1, 1, 1, 1],
+    "encoder_widths": [8, 16, 32, 64],
+    "head_channels": 8,
+    "qa_channels": 4,
+    "network_def#decoder_channels": [32, 16, 8, 8, 4],
+    "pretrain_epochs": 1,
+    "pretrain_batch_size": 16,
+    "projection_dim": 16,
+}
 
 
 @pytest.mark.slow
@@ -39,22 +54,22 @@ def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "qa_cv"
     recipe = {**TINY, "scan_prior": ["nulling"]}  # with a scan prior, which inference must feed too
-    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=QA_STRATEGIES, folds=2, n_val=1, recipe=recipe)
+    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=REGION_STRATEGIES, folds=2, n_val=1, recipe=recipe)
     table = res["table"]
-    assert set(table) == set(QA_STRATEGIES)
-    for s in QA_STRATEGIES:
+    assert set(table) == set(REGION_STRATEGIES)
+    for s in REGION_STRATEGIES:
         assert table[s]["runs"] == 2 and "balanced_accuracy" in table[s]["pooled"]["fibrosis"]
     with open(out / "oof_predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     quality = json.load(open(tiny_demo))["quality"]
-    assert len(rows) == len(QA_STRATEGIES) * len(quality) * 4  # every scan out of fold once per strategy and label
+    assert len(rows) == len(REGION_STRATEGIES) * len(quality) * 4  # every scan out of fold once per strategy and label
     assert all(r["verdict"] == str(int(float(r["probability"]) >= 0.5)) for r in rows)  # the one threshold rule
     for name in ("table2.md", "table2.csv", "roc.png", "reliability.png", "recipe.json"):
         assert os.path.isfile(out / name), name
     client = mlflow.MlflowClient(f"sqlite:///{out}/mlruns.db")
     exp = client.get_experiment_by_name("qa_crossval")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1 + 2 * len(QA_STRATEGIES)
+    assert len(runs) == 1 + 2 * len(REGION_STRATEGIES)
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
     assert "region.fibrosis.auroc" in parent.data.metrics or "region.fibrosis.balanced_accuracy" in parent.data.metrics
     # resume: nothing retrained
@@ -96,6 +111,51 @@ def test_every_strategy_table2_resume_export_and_inference(tiny_demo, tmp_path):
     scan = report["scans"][0]
     assert scan["status"] in ("ok", "implausible_la"), scan
     assert 0.0 <= scan["p_fibrosis"] <= 1.0 and scan["diagnostic"] == int(scan["p_fibrosis"] >= 0.5)
+
+
+@pytest.mark.slow
+def test_the_papers_whole_slice_strategies_run_on_the_same_folds(tiny_demo, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    torch.set_num_threads(1)
+    out = tmp_path / "qa_cv"
+    strategies = ("reference", *WORKFLOW_STRATEGIES)
+    recipe = {**TINY, "workflow": WORKFLOW_TINY}
+    res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=strategies, folds=2, n_val=1, recipe=recipe)
+    assert set(res["table"]) == set(strategies)
+    quality = json.load(open(tiny_demo))["quality"]
+    with open(out / "oof_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(strategies) * len(quality) * 4  # every scan out of fold once per strategy and label
+    folds = json.load(open(out / "folds.json"))["folds"]
+    saved = json.load(open(out / "recipe.json"))["recipe"]["workflow"]
+    assert saved["qa_slices"] == "mask" and saved["max_epochs"] == 1  # the defaults kept beside the overrides
+    client = mlflow.MlflowClient(f"sqlite:///{out}/mlruns.db")
+    exp = client.get_experiment_by_name("qa_crossval")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 + 2 * len(strategies)  # a workflow's training run is its fold's child run
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0].info.run_id
+    for s in WORKFLOW_STRATEGIES:
+        for k in range(2):
+            fold_dir = out / s / f"fold{k}_seed0"
+            pred = json.load(open(fold_dir / "predictions.json"))
+            ref = json.load(open(out / "reference" / f"fold{k}_seed0" / "predictions.json"))
+            assert pred["test_scans"] == ref["test_scans"] and pred["val_scans"] == ref["val_scans"]
+            assert json.load(open(fold_dir / "split_in.json"))["test"] == folds[k]["test"]
+            assert os.path.isfile(fold_dir / f"qa_{s}.pt")
+            # the scan logit is the mean logit of the scan's slices in the evaluation's predictions
+            slices = pd.read_csv(fold_dir / "test" / "slice_predictions.csv")
+            first = slices[[os.path.basename(x).startswith(pred["test_scans"][0] + ".") for x in slices["scan"]]]
+            p = np.clip(first["fibrosis_prob"].to_numpy(float), 1e-6, 1 - 1e-6)
+            assert len(first) > 0
+            assert pred["test_logits"][0][3] == pytest.approx(float(np.log(p / (1 - p)).mean()), abs=1e-5)
+            run = client.get_run(pred["mlflow_run_id"])
+            assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["cv_fold"] == str(k)
+            assert "fibrosis.balanced_accuracy" in run.data.metrics and "val_mse" in run.data.metrics
+    stamp = os.path.getmtime(out / "baseline" / "fold0_seed0" / "qa_baseline.pt")
+    qa_cross_validate(str(out), datalist=tiny_demo, strategies=("baseline",), folds=2, n_val=1, recipe=recipe)
+    assert os.path.getmtime(out / "baseline" / "fold0_seed0" / "qa_baseline.pt") == stamp  # resumed, not retrained
 
 
 def test_seed_ensembles_average_the_seeds_of_each_fold():
