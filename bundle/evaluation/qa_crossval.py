@@ -76,8 +76,9 @@ DEFAULT_RECIPE = {
     "scan_prior": ["nulling"],
     "workflow": {  # overrides of the whole-slice strategies' configs (a CPU budget: the paper trains 128 px, longer)
         "spatial_size": 64,
-        "max_epochs": 20,
-        "pretrain_epochs": 20,
+        "train_slice_step": 2,
+        "max_epochs": 15,
+        "pretrain_epochs": 10,
         "pos_weight": "balanced",
         "qa_slices": "mask",
     },
