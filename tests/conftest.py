@@ -11,6 +11,20 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_QA = {  # the QA workflows (configs/qa_*.yaml) with a small encoder and image size: one epoch in seconds on a CPU
+    "spatial_size": 32,
+    "batch_size": 16,
+    "max_epochs": 1,
+    "num_workers": 0,
+    "encoder_layers": [1, 1, 1, 1],
+    "encoder_widths": [8, 16, 32, 64],
+    "head_channels": 8,
+    "qa_channels": 4,
+    "network_def#decoder_channels": [32, 16, 8, 8, 4],
+    "pretrain_epochs": 1,
+    "pretrain_batch_size": 16,
+    "projection_dim": 16,
+}
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 

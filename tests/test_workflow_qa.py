@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from tests.conftest import bundle_cmd, cli_args, write_known_detector
+from tests.conftest import TINY_QA, bundle_cmd, cli_args, write_known_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -20,23 +20,7 @@ CONFIGS = {
     "multitask": ["common.yaml", "qa_baseline.yaml", "qa_multitask.yaml"],
     "contrastive": ["common.yaml", "qa_baseline.yaml", "qa_contrastive.yaml"],
 }
-TINY = {  # a small encoder and image size, so one epoch takes seconds on a CPU
-    "spatial_size": 32,
-    "batch_size": 16,
-    "max_epochs": 1,
-    "num_workers": 0,
-    "test_size": 2,
-    "val_fraction": 0.2,
-    "encoder_layers": [1, 1, 1, 1],
-    "encoder_widths": [8, 16, 32, 64],
-    "head_channels": 8,
-    "qa_channels": 4,
-    "network_def#decoder_channels": [32, 16, 8, 8, 4],
-    "pretrain_epochs": 1,
-    "pretrain_batch_size": 16,
-    "projection_dim": 16,
-    "qa_slices": "mask",
-}
+TINY = {**TINY_QA, "test_size": 2, "val_fraction": 0.2, "qa_slices": "mask"}  # one epoch in seconds on a CPU
 pytestmark = pytest.mark.slow
 
 

@@ -337,26 +337,50 @@ def _evaluate_fold(
     from bundle.networks.plan import plan_path, write_plan
 
     network, plan = load_detector(ckpt)
-    if val_entries:
-        best, mean = tune_min_area(network, plan, val_entries)
-        logger.info(
-            f"fold {fold}: min_la_area_mm2 {best:g} chosen on {len(val_entries)} validation volumes "
-            f"(slice F1 {', '.join(f'{a:g}: {f:.3f}' for a, f in mean.items())})"
-        )
-        plan["min_la_area_mm2"] = best
-        with open(plan_path(ckpt), encoding="utf-8") as f:
-            body = json.load(f)
-        body["postprocessing"]["min_la_area_mm2"] = best
-        body["tuning"] = {
-            "min_la_area_mm2": {
-                "grid_slice_f1": {str(a): f for a, f in mean.items()},
-                "validation_patients": sorted({e["patient"] for e in val_entries}),
-            }
+    if not val_entries:
+        return _score_fold(network, plan, entries, fold, mask_dir, dataset_dir)
+    rows, best, mean = _tuned_fold_rows(network, plan, val_entries, entries, fold, mask_dir, dataset_dir)
+    with open(plan_path(ckpt), encoding="utf-8") as f:
+        body = json.load(f)
+    body["postprocessing"]["min_la_area_mm2"] = best
+    body["tuning"] = {
+        "min_la_area_mm2": {
+            "grid_slice_f1": {str(a): f for a, f in mean.items()},
+            "validation_patients": sorted({e["patient"] for e in val_entries}),
         }
-        for k in ("plan_version", "checkpoint", "written"):
-            body.pop(k, None)
-        write_plan(ckpt, body)
-    return _score_fold(network, plan, entries, fold, mask_dir, dataset_dir)
+    }
+    for k in ("plan_version", "checkpoint", "written"):
+        body.pop(k, None)
+    write_plan(ckpt, body)
+    return rows
+
+
+def _tuned_fold_rows(
+    network, plan: dict, val_entries: list[dict], entries: list[dict], fold: int, mask_dir: str, dataset_dir: str
+) -> tuple[list[dict], float, dict]:
+    """A fold's detector scored as it ships: the minimum LA area chosen on the fold's validation volumes
+    (:func:`tune_min_area`), then the held-out ``entries`` scored with it (:func:`_score_fold`).
+
+    Returns:
+        ``(rows, min_la_area_mm2, {area: mean validation slice F1})``.
+    """
+    best, mean = tune_min_area(network, plan, val_entries)
+    logger.info(
+        f"fold {fold}: min_la_area_mm2 {best:g} chosen on {len(val_entries)} validation volumes "
+        f"(slice F1 {', '.join(f'{a:g}: {f:.3f}' for a, f in mean.items())})"
+    )
+    rows = _score_fold(network, {**plan, "min_la_area_mm2": best}, entries, fold, mask_dir, dataset_dir)
+    return rows, best, mean
+
+
+def _write_results(path: str, rows: list[dict], columns: Sequence[str]) -> str:
+    """``rows`` as a CSV of ``columns`` (floats to 4 decimals); returns ``path``."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, list(dict.fromkeys(columns)), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
 
 
 def _score_fold(network, plan: dict, entries: list[dict], fold: int, mask_dir: str, dataset_dir: str) -> list[dict]:
@@ -581,12 +605,7 @@ def _tabulate(out: str, client, parent: str) -> dict:
         "seconds",
         "reasons",
     ]
-    columns = list(dict.fromkeys(columns))
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows + fold_rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    _write_results(csv_path, rows + fold_rows, columns)
     body = {"folds_done": len(fold_rows), "folds": n_folds, "volumes": len(rows), "summary": summary}
     with open(os.path.join(out, "cv_summary.json"), "w", encoding="utf-8") as f:
         json.dump(body, f, indent=1)
@@ -801,23 +820,20 @@ def _score_export(
     ensemble, plan = load_detector(ckpt_path)
     areas, rows = [], []
     for k, fold in enumerate(folds):
-        network = ensemble.subset(k, len(folds))
         val = [e for e in entries if e["patient"] in set(fold["val"])]
         held = [e for e in entries if e["patient"] in set(fold["test"])]
-        best, mean = tune_min_area(network, plan, val)
-        logger.info(f"export fold {k}: min_la_area_mm2 {best:g} on {len(val)} validation volumes ({mean})")
+        fold_rows, best, _ = _tuned_fold_rows(
+            ensemble.subset(k, len(folds)), plan, val, held, k, os.path.join(out, "masks"), root
+        )
         areas.append(best)
-        fold_plan = {**plan, "min_la_area_mm2": best}
-        for r in _score_fold(network, fold_plan, held, k, os.path.join(out, "masks"), root):
-            rows.append(r)
+        rows.extend(fold_rows)
     summary = summarise_folds(rows)
     os.makedirs(out, exist_ok=True)
-    columns = ["fold", "patient", "image", *CV_METRICS, "min_la_area_mm2", "reasons"]
-    with open(os.path.join(out, "cv_results.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    _write_results(
+        os.path.join(out, "cv_results.csv"),
+        rows,
+        ["fold", "patient", "image", *CV_METRICS, "min_la_area_mm2", "reasons"],
+    )
     result = {"summary": summary, "volumes": len(rows)}
     with open(os.path.join(out, "cv_summary.json"), "w", encoding="utf-8") as f:
         json.dump({**result, "min_la_area_mm2": areas}, f, indent=1)

@@ -13,7 +13,7 @@ from monai.bundle import ConfigWorkflow
 
 from bundle.evaluation.qa_crossval import QA_STRATEGIES, WORKFLOW_STRATEGIES, export_qa_ensemble, qa_cross_validate
 from bundle.inference import qa_network, qa_plan
-from tests.conftest import write_known_detector
+from tests.conftest import TINY_QA, write_known_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = {
@@ -33,20 +33,6 @@ TINY = {
     },
 }  # the default recipe's heads
 REGION_STRATEGIES = tuple(s for s in QA_STRATEGIES if s not in WORKFLOW_STRATEGIES)
-WORKFLOW_TINY = {  # the paper's whole-slice networks, small: one epoch in seconds
-    "spatial_size": 32,
-    "batch_size": 16,
-    "max_epochs": 1,
-    "num_workers": 0,
-    "encoder_layers": [1, 1, 1, 1],
-    "encoder_widths": [8, 16, 32, 64],
-    "head_channels": 8,
-    "qa_channels": 4,
-    "network_def#decoder_channels": [32, 16, 8, 8, 4],
-    "pretrain_epochs": 1,
-    "pretrain_batch_size": 16,
-    "projection_dim": 16,
-}
 
 
 @pytest.mark.slow
@@ -121,7 +107,7 @@ def test_the_papers_whole_slice_strategies_run_on_the_same_folds(tiny_demo, tmp_
     torch.set_num_threads(1)
     out = tmp_path / "qa_cv"
     strategies = ("reference", *WORKFLOW_STRATEGIES)
-    recipe = {**TINY, "workflow": WORKFLOW_TINY}
+    recipe = {**TINY, "workflow": TINY_QA}
     res = qa_cross_validate(str(out), datalist=tiny_demo, strategies=strategies, folds=2, n_val=1, recipe=recipe)
     assert set(res["table"]) == set(strategies)
     quality = json.load(open(tiny_demo))["quality"]
