@@ -27,6 +27,7 @@ from bundle.evaluation.runs import (
     mlflow_experiment,
     reference_row,
     start_parent_run,
+    strategy_configs,
     train_and_evaluate,
 )
 
@@ -34,17 +35,9 @@ __all__ = ["STRATEGIES", "compare_strategies", "publish_tables", "reevaluate", "
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = {  # strategy: config files stacked on configs/common.yaml
-    "baseline": ["qa_baseline.yaml"],
-    "multitask": ["qa_baseline.yaml", "qa_multitask.yaml"],
-    "contrastive": ["qa_baseline.yaml", "qa_contrastive.yaml"],
-}
-DISPLAY = {
-    "reference": "Logistic regression (reference)",
-    "baseline": "QA",
-    "multitask": "Multi-Task QA",
-    "contrastive": "QA & Contrastive",
-}
+_CONFIGS = strategy_configs()  # the strategies are the configs' own: configs/qa_*.yaml
+STRATEGIES = {s: c["files"] for s, c in _CONFIGS.items()}  # strategy: config files stacked on configs/common.yaml
+DISPLAY = {"reference": "Logistic regression (reference)", **{s: c["title"] for s, c in _CONFIGS.items()}}
 TABLE_METRICS = ("precision", "recall", "f1", "specificity", "auroc", "balanced_accuracy")
 METRIC_NAMES = {
     "precision": "Precision",

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from bundle.data.datalist import SCORE_KEYS
+from bundle.evaluation.compare import STRATEGIES
 from bundle.networks.loading import read_state_dict
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WORKFLOW_STRATEGIES = ("baseline", "multitask", "contrastive")  # the paper's whole-slice networks (configs/qa_*.yaml)
+WORKFLOW_STRATEGIES = tuple(STRATEGIES)  # the paper's whole-slice networks: the configs' (configs/qa_*.yaml)
 QA_STRATEGIES = ("reference", "region", "artifact", *WORKFLOW_STRATEGIES)
 TABLE2_METRICS = ("precision", "recall", "f1", "specificity", "balanced_accuracy", "auroc", "ece")
 TTA_FLIPS = ((), (0,), (1,), (0, 1))
@@ -207,7 +208,6 @@ def _run_workflow_fold(strategy: str, fold: dict, part: dict, recipe: dict, seed
     cross-validation's parent), evaluate it on the validation and the test patients into the same run; returns the
     scan logits per part and the child run's id."""
     from bundle.data.split import save_split
-    from bundle.evaluation.compare import STRATEGIES
     from bundle.evaluation.runs import bundle_workflow, default_bundle_root, evaluate_workflow, run_workflow
 
     root = default_bundle_root()

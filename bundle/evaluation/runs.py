@@ -23,6 +23,7 @@ __all__ = [
     "reference_row",
     "run_workflow",
     "start_parent_run",
+    "strategy_configs",
     "train_and_evaluate",
 ]
 
@@ -35,6 +36,40 @@ def default_bundle_root() -> str:
 def bundle_configs(root: str, files: Sequence[str]) -> list[str]:
     """``configs/common.yaml`` and ``files`` (names under ``configs/``), in stacking order, as paths."""
     return [os.path.join(root, "configs", f) for f in ("common.yaml", *files)]
+
+
+def strategy_configs(root: str | None = None) -> dict[str, dict]:
+    """The QA strategies the bundle's configs define, in one place: ``configs/qa_baseline.yaml`` (every QA workflow's
+    base) and each other ``configs/qa_<name>.yaml``, stacked on it. A strategy is named by its file's ``strategy``
+    and titled by its ``strategy_title``.
+
+    Args:
+        root: the bundle (default: the one this package sits in).
+
+    Returns:
+        ``{strategy: {"files": config files stacked on common.yaml, "title": ...}}``, the baseline first.
+
+    Raises:
+        ConfigError: for a ``qa_*.yaml`` without a ``strategy``.
+    """
+    import glob
+
+    import yaml
+
+    from bundle.errors import ConfigError
+
+    base = "qa_baseline.yaml"
+    paths = sorted(glob.glob(os.path.join(root or default_bundle_root(), "configs", "qa_*.yaml")))
+    out = {}
+    for path in sorted(paths, key=lambda p: os.path.basename(p) != base):
+        with open(path, encoding="utf-8") as f:
+            body = yaml.safe_load(f) or {}
+        name = os.path.basename(path)
+        if not body.get("strategy"):
+            raise ConfigError(f"{path}: a QA strategy config names its strategy (strategy: <name>)")
+        files = [base] if name == base else [base, name]
+        out[str(body["strategy"])] = {"files": files, "title": str(body.get("strategy_title", body["strategy"]))}
+    return out
 
 
 def bundle_workflow(root: str, files: Sequence[str], workflow_type: str, /, **overrides):

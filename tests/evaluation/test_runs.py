@@ -2,11 +2,15 @@
 
 import os
 
+import pytest
+
+from bundle.errors import ConfigError
 from bundle.evaluation.runs import (
     bundle_configs,
     default_bundle_root,
     mlflow_experiment,
     start_parent_run,
+    strategy_configs,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,6 +24,25 @@ def test_configs_stack_on_common_and_root_is_this_bundle():
         "/b/configs/evaluate.yaml",
     ]
     assert all(os.path.isfile(p) for p in bundle_configs(ROOT, ["train.yaml"]))
+
+
+def test_the_strategies_are_the_configs_qa_files(tmp_path):
+    found = strategy_configs()  # this bundle's: the paper's three, each stacked on the baseline
+    assert list(found)[0] == "baseline" and set(found) == {"baseline", "multitask", "contrastive"}
+    assert found["multitask"] == {"files": ["qa_baseline.yaml", "qa_multitask.yaml"], "title": "Multi-Task QA"}
+    assert all(os.path.isfile(p) for c in found.values() for p in bundle_configs(ROOT, c["files"]))
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "qa_baseline.yaml").write_text("strategy: baseline\n")
+    (configs / "qa_alpha.yaml").write_text("strategy: mine\nstrategy_title: My QA\n")  # named by its key, not file
+    (configs / "train.yaml").write_text("strategy: not_a_qa_file\n")
+    assert strategy_configs(str(tmp_path)) == {
+        "baseline": {"files": ["qa_baseline.yaml"], "title": "baseline"},
+        "mine": {"files": ["qa_baseline.yaml", "qa_alpha.yaml"], "title": "My QA"},
+    }
+    (configs / "qa_broken.yaml").write_text("max_epochs: 3\n")
+    with pytest.raises(ConfigError, match="qa_broken.yaml"):
+        strategy_configs(str(tmp_path))
 
 
 def test_experiment_made_once_artifacts_beside_the_store_and_parent_params(tmp_path):
