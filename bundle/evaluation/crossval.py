@@ -385,19 +385,14 @@ def _write_results(path: str, rows: list[dict], columns: Sequence[str]) -> str:
 
 def _score_fold(network, plan: dict, entries: list[dict], fold: int, mask_dir: str, dataset_dir: str) -> list[dict]:
     """One row per held-out volume (:func:`bundle.metrics.mask_metrics`, the plan's rule), its mask saved."""
-    import nibabel as nib
+    from bundle.inference.report import write_mask
 
     rows = []
     os.makedirs(mask_dir, exist_ok=True)
     t0 = time.time()
     for e, m in zip(entries, score_settings(network, plan, entries, [{}], keep_masks=True)[0]):
         name = os.path.basename(e["image"]).split(".")[0]
-        nib.save(
-            nib.Nifti1Image(
-                m.pop("mask")[0].cpu().numpy().astype(np.uint8), m.pop("affine").cpu().numpy().astype(float)
-            ),
-            os.path.join(mask_dir, f"{name}_la_mask.nii.gz"),
-        )
+        write_mask(os.path.join(mask_dir, f"{name}_la_mask.nii.gz"), m.pop("mask")[0], m.pop("affine").cpu().numpy())
         reasons = m.pop("reasons")
         rows.append(
             {
