@@ -327,19 +327,16 @@ def qa_cross_validate(
         from bundle.engines.artifact_pretrain import clean_region_scans
 
         clean = clean_region_scans(lists["segmentation"], cache_dir or os.path.join(output_dir, "cache"), recipe)
-    with open(os.path.join(output_dir, "recipe.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "recipe": recipe,
-                "strategies": list(strategies),
-                "seeds": list(seeds),
-                "command": command,
-                "datalist": path,
-                "mask_dir": mask_dir,
-            },
-            f,
-            indent=1,
-        )
+    recipe_file = os.path.join(output_dir, "recipe.json")
+    history = []  # every invocation of this folder, so a table run in several goes keeps each go's command
+    if os.path.isfile(recipe_file):
+        with open(recipe_file, encoding="utf-8") as f:
+            before = json.load(f)
+        history = before.get("history") or [{k: before.get(k) for k in ("strategies", "seeds", "command")}]
+    this = {"strategies": list(strategies), "seeds": list(seeds), "command": command}
+    body = {"recipe": recipe, **this, "datalist": path, "mask_dir": mask_dir, "history": [*history, this]}
+    with open(recipe_file, "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=1)
     tracking_uri = tracking_uri or f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'mlruns.db'))}"
     client, experiment_id = mlflow_experiment(tracking_uri, "qa_crossval")
     state_file = os.path.join(output_dir, "mlflow_parent.json")

@@ -142,6 +142,8 @@ def test_the_papers_whole_slice_strategies_run_on_the_same_folds(tiny_demo, tmp_
     stamp = os.path.getmtime(out / "baseline" / "fold0_seed0" / "qa_baseline.pt")
     qa_cross_validate(str(out), datalist=tiny_demo, strategies=("baseline",), folds=2, n_val=1, recipe=recipe)
     assert os.path.getmtime(out / "baseline" / "fold0_seed0" / "qa_baseline.pt") == stamp  # resumed, not retrained
+    history = json.load(open(out / "recipe.json"))["history"]  # each go's strategies kept
+    assert [h["strategies"] for h in history] == [list(strategies), ["baseline"]]
 
 
 def test_seed_ensembles_average_the_seeds_of_each_fold():
