@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run_folds", default=None, help="comma-separated folds to run now (default all)")
     p.add_argument("--n_val", type=int, default=4, help="fewest validation patients per fold (default 4)")
     p.add_argument("--folds_from", default=None, help="a stage-1 cross-validation's folds.json to reuse")
-    p.add_argument("--mask_dir", default=None, help="predicted LA masks to cut the region around (default: labels)")
+    p.add_argument(
+        "--mask_dir",
+        default=None,
+        help="predicted LA masks to cut the LA region around (default: labels; the whole-slice strategies' LA slices "
+        "come from the recipe's workflow qa_slices)",
+    )
     p.add_argument(
         "--recipe",
         default=None,

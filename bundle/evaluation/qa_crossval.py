@@ -288,7 +288,8 @@ def qa_cross_validate(
         recipe: overrides of :data:`DEFAULT_RECIPE`.
         cache_dir: LA-region cache (default ``<output_dir>/cache``).
         mask_dir: predicted LA masks to cut the region around (e.g. a stage-1 cross-validation's ``oof_masks``);
-            None: the datalist's labels.
+            None: the datalist's labels. The whole-slice strategies choose their LA slices by the recipe's
+            ``workflow`` ``qa_slices`` instead (``mask``: the labels; ``detector``: a ``detector_ckpt`` as inference).
         tracking_uri: MLflow store (default sqlite ``<output_dir>/mlruns.db``).
         folds_from: a ``folds.json`` (e.g. a stage-1 cross-validation's) copied into ``output_dir`` when it has none,
             so the run uses those folds.
