@@ -40,14 +40,14 @@ def bundle_configs(root: str, files: Sequence[str]) -> list[str]:
 
 def strategy_configs(root: str | None = None) -> dict[str, dict]:
     """The QA strategies the bundle's configs define, in one place: ``configs/qa_baseline.yaml`` (every QA workflow's
-    base) and each other ``configs/qa_<name>.yaml``, stacked on it. A strategy is named by its file's ``strategy``
-    and titled by its ``strategy_title``.
+    base) and each other ``configs/qa_<name>.yaml``, stacked on it. A strategy is named by its file's ``strategy``,
+    titled by its ``strategy_title`` and ordered by its ``strategy_rank`` (then by file name).
 
     Args:
         root: the bundle (default: the one this package sits in).
 
     Returns:
-        ``{strategy: {"files": config files stacked on common.yaml, "title": ...}}``, the baseline first.
+        ``{strategy: {"files": config files stacked on common.yaml, "title": ...}}``, in rank order.
 
     Raises:
         ConfigError: for a ``qa_*.yaml`` without a ``strategy``.
@@ -59,14 +59,15 @@ def strategy_configs(root: str | None = None) -> dict[str, dict]:
     from bundle.errors import ConfigError
 
     base = "qa_baseline.yaml"
-    paths = sorted(glob.glob(os.path.join(root or default_bundle_root(), "configs", "qa_*.yaml")))
-    out = {}
-    for path in sorted(paths, key=lambda p: os.path.basename(p) != base):
+    found = []
+    for path in sorted(glob.glob(os.path.join(root or default_bundle_root(), "configs", "qa_*.yaml"))):
         with open(path, encoding="utf-8") as f:
             body = yaml.safe_load(f) or {}
-        name = os.path.basename(path)
         if not body.get("strategy"):
             raise ConfigError(f"{path}: a QA strategy config names its strategy (strategy: <name>)")
+        found.append((float(body.get("strategy_rank", float("inf"))), os.path.basename(path), body))
+    out = {}
+    for _, name, body in sorted(found, key=lambda x: x[:2]):
         files = [base] if name == base else [base, name]
         out[str(body["strategy"])] = {"files": files, "title": str(body.get("strategy_title", body["strategy"]))}
     return out

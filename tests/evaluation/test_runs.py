@@ -28,18 +28,21 @@ def test_configs_stack_on_common_and_root_is_this_bundle():
 
 def test_the_strategies_are_the_configs_qa_files(tmp_path):
     found = strategy_configs()  # this bundle's: the paper's three, each stacked on the baseline
-    assert list(found)[0] == "baseline" and set(found) == {"baseline", "multitask", "contrastive"}
+    assert list(found) == ["baseline", "multitask", "contrastive"]  # the paper's order, by strategy_rank
     assert found["multitask"] == {"files": ["qa_baseline.yaml", "qa_multitask.yaml"], "title": "Multi-Task QA"}
     assert all(os.path.isfile(p) for c in found.values() for p in bundle_configs(ROOT, c["files"]))
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "qa_baseline.yaml").write_text("strategy: baseline\n")
+    (configs / "qa_baseline.yaml").write_text("strategy: baseline\nstrategy_rank: 1\n")
     (configs / "qa_alpha.yaml").write_text("strategy: mine\nstrategy_title: My QA\n")  # named by its key, not file
+    (configs / "qa_zeta.yaml").write_text("strategy: zeta\nstrategy_rank: 2\n")  # ranked before the unranked
     (configs / "train.yaml").write_text("strategy: not_a_qa_file\n")
     assert strategy_configs(str(tmp_path)) == {
         "baseline": {"files": ["qa_baseline.yaml"], "title": "baseline"},
+        "zeta": {"files": ["qa_baseline.yaml", "qa_zeta.yaml"], "title": "zeta"},
         "mine": {"files": ["qa_baseline.yaml", "qa_alpha.yaml"], "title": "My QA"},
     }
+    assert list(strategy_configs(str(tmp_path))) == ["baseline", "zeta", "mine"]
     (configs / "qa_broken.yaml").write_text("max_epochs: 3\n")
     with pytest.raises(ConfigError, match="qa_broken.yaml"):
         strategy_configs(str(tmp_path))
