@@ -387,8 +387,7 @@ def qa_cross_validate(
                 os.replace(tmp, done)
                 _log_child(client, experiment_id, parent, pred, recipe["threshold"])
                 logger.info(f"QA cross-validation: {strategy} fold {k} seed {seed} in {pred['seconds']:.0f} s")
-    finished = [s for s in QA_STRATEGIES if s in strategies or load_predictions(output_dir, s)]  # the whole table
-    result = write_table2(output_dir, finished, recipe["threshold"])
+    result = write_table2(output_dir, QA_STRATEGIES, recipe["threshold"])  # every finished strategy of the folder
     for strategy, row in result["table"].items():
         for label, metrics in row["pooled"].items():
             for m, v in metrics.items():
